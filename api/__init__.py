@@ -1,0 +1,1 @@
+"""The FastAPI service: embed, classify, search, attention, health and metrics."""

@@ -1,0 +1,1 @@
+"""The small shared kernel of dinoserve: image handling, model package format, engines, store."""

@@ -1,0 +1,1 @@
+"""The `dinoserve` command line."""

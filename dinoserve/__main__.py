@@ -1,0 +1,5 @@
+import sys
+
+from dinoserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Embeds image collections with a model package and writes them into Qdrant."""

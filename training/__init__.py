@@ -1,0 +1,1 @@
+"""DINO self-supervised pretraining of timm ViTs (student/teacher self-distillation)."""

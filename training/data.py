@@ -1,0 +1,206 @@
+"""Training data: image folders or tar archives, decoded by CPU workers, in a resumable order.
+
+Workers only decode and resize to one square `load_size` (keeping the aspect ratio aside); every
+augmentation happens later, batched, on the training device (see augment.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from core.images import IMAGE_EXTENSIONS, to_rgb
+
+log = logging.getLogger(__name__)
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not Path(name).name.startswith(".")
+
+
+def unpack_archive(archive: Path, cache_dir: Path) -> Path:
+    """Unpack a tar/tar.gz once into the cache (atomically) and return the folder.
+
+    Compressed archives cannot be read at random offsets, so they are unpacked; the cache key is
+    the archive's path, size and mtime, so a changed archive is unpacked again.
+    """
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    target = cache_dir / f"{archive.name.split('.')[0]}-{key[:12]}"
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".unpack-"))
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and is_image(m.name)]
+            tar.extractall(tmp, members=members, filter="data")
+        os.replace(tmp, target)
+    except FileExistsError:  # another process won the race; its copy is complete
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_source(source: str | Path, cache_dir: str | Path) -> Path:
+    """A folder as is; a tar/tar.gz/tgz unpacked into the cache."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_file() and tarfile.is_tarfile(path):
+        return unpack_archive(path, Path(cache_dir))
+    raise FileNotFoundError(f"{source}: not a folder of images or a tar archive")
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """Files of a source and, when it has class sub-folders, their labels."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+
+def list_images(root: Path) -> ImageList:
+    """All images under `root`, sorted; the first-level folder name is the class (if any)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image(p.name))
+    if not files:
+        raise FileNotFoundError(f"{root}: no images found")
+    top = [p.relative_to(root).parts for p in files]
+    classes = sorted({parts[0] for parts in top if len(parts) > 1})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [index[parts[0]] if len(parts) > 1 else -1 for parts in top]
+    # A single wrapping folder (e.g. train/ inside an archive) is not a class.
+    if len(classes) == 1 and any(p.is_dir() for p in (root / classes[0]).iterdir()):
+        return list_images(root / classes[0])
+    return ImageList(root, files, labels, classes)
+
+
+def decode_square(data: bytes | Path, load_size: int) -> tuple[np.ndarray, float]:
+    """Decode an image and resize it to load_size² (antialiased bicubic), with its aspect ratio."""
+    with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
+        img.draft("RGB", (load_size, load_size))  # JPEG: decode at a reduced scale when possible
+        rgb = to_rgb(img)
+    aspect = rgb.width / rgb.height
+    if rgb.size != (load_size, load_size):
+        rgb = rgb.resize((load_size, load_size), Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), aspect
+
+
+class TrainImages(Dataset):
+    """Decoded training images: (uint8 (3, S, S), aspect, ok). Unreadable files give ok=False."""
+
+    def __init__(self, images: ImageList, load_size: int) -> None:
+        self.images = images
+        self.load_size = load_size
+
+    def __len__(self) -> int:
+        return len(self.images.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, float, bool]:
+        try:
+            arr, aspect = decode_square(self.images.files[i], self.load_size)
+            return torch.from_numpy(arr), aspect, True
+        except _DECODE_ERRORS as exc:
+            log.debug("skipping %s: %s", self.images.files[i], exc)
+            s = self.load_size
+            return torch.zeros(3, s, s, dtype=torch.uint8), 1.0, False
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, S, S) uint8
+    aspect: torch.Tensor  # (B,)
+    failed: int  # unreadable images replaced in this batch
+
+
+class UnreadableBatch(RuntimeError):
+    """Every image of a batch failed to decode."""
+
+
+def collate(items: list[tuple[torch.Tensor, float, bool]]) -> Batch:
+    """Stack a batch; unreadable images are replaced by readable ones of the same batch.
+
+    Replacing rather than dropping keeps every process's batch the same size (DDP stays in step).
+    """
+    good = [i for i, (_, _, ok) in enumerate(items) if ok]
+    if not good:
+        raise UnreadableBatch("a whole batch of images could not be decoded; is the data readable?")
+    pick = [i if items[i][2] else good[n % len(good)] for n, i in enumerate(range(len(items)))]
+    return Batch(
+        images=torch.stack([items[i][0] for i in pick]),
+        aspect=torch.tensor([items[i][1] for i in pick], dtype=torch.float32),
+        failed=len(items) - len(good),
+    )
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded permutation per epoch, split across processes, that can start mid-epoch.
+
+    The order depends only on (seed, epoch), so a resumed run sees exactly the batches the
+    uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = n // world_size
+        self.batches_per_epoch = self.per_rank // batch_size
+        if self.batches_per_epoch < 1:
+            raise ValueError(
+                f"{n} images cannot fill one batch of {batch_size} on {world_size} process(es)"
+            )
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        mine = perm[self.rank : self.per_rank * self.world_size : self.world_size]
+        mine = mine[: self.batches_per_epoch * self.batch_size]
+        return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def subset(images: ImageList, indices: np.ndarray | list[int]) -> ImageList:
+    return ImageList(
+        images.root,
+        [images.files[i] for i in indices],
+        [images.labels[i] for i in indices],
+        images.classes,
+    )
+
+
+def split_holdout(images: ImageList, per_class: int) -> tuple[ImageList, ImageList]:
+    """(rest, held out): the last `per_class` images (in sorted order) of each class held out."""
+    if not images.classes:
+        raise ValueError(f"{images.root}: holding out per class needs class sub-folders")
+    labels = np.asarray(images.labels)
+    held = np.concatenate(
+        [np.flatnonzero(labels == c)[-per_class:] for c in range(len(images.classes))]
+    )
+    mask = np.zeros(len(labels), bool)
+    mask[held] = True
+    return subset(images, np.flatnonzero(~mask)), subset(images, np.flatnonzero(mask))

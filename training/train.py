@@ -1,0 +1,352 @@
+"""The training loop: wires data, augmentation, the DINO meta-architecture, schedules, metrics
+and checkpoints together. Every step's randomness is a function of (seed, step, rank), so a
+resumed run continues exactly where the uninterrupted one would have been."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training import checkpoint
+from training.augment import MultiCropAugment
+from training.config import TrainConfig, save_config
+from training.data import (
+    ImageList,
+    ResumableSampler,
+    TrainImages,
+    collate,
+    list_images,
+    resolve_source,
+    split_holdout,
+)
+from training.distributed import DistInfo, barrier, init_distributed, shutdown
+from training.knn import KnnEvaluator
+from training.meta_arch import DINO
+from training.metrics import MetricsLog, plot_curves
+from training.schedules import Schedules, build_schedules
+
+log = logging.getLogger(__name__)
+LAST = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    knn_start: float | None
+    knn_end: float | None
+    wall_s: float
+    images_per_s: float
+    failed_images: int
+    losses: list[float]  # loss of every step run in this process (for tests and the guard)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 4099 + rank) % (2**63)
+
+
+def build_data(cfg: TrainConfig) -> tuple[ImageList, KnnEvaluator | None]:
+    """The training images and, when configured, the k-NN evaluator."""
+    images = list_images(resolve_source(cfg.data.train, cfg.data.cache_dir))
+    memory = queries = None
+    if cfg.data.holdout_per_class > 0:
+        images, queries = split_holdout(images, cfg.data.holdout_per_class)
+        memory = images
+    if cfg.data.knn_train:
+        memory = list_images(resolve_source(cfg.data.knn_train, cfg.data.cache_dir))
+    if cfg.data.knn_val:
+        queries = list_images(resolve_source(cfg.data.knn_val, cfg.data.cache_dir))
+    evaluator = None
+    if memory is not None and queries is not None:
+        evaluator = KnnEvaluator(
+            memory, queries, cfg.model.img_size, cfg.crops.mean, cfg.crops.std, cfg.eval.crop_pct
+        )
+    return images, evaluator
+
+
+class Trainer:
+    """One training run in one process (torchrun starts one per GPU).
+
+    Args:
+        cfg: resolved configuration.
+        run_dir: where config, checkpoints, metrics and curves go.
+        resume: continue from run_dir/last.pt when it exists.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = pick_device(cfg.run.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.amp = autocast_dtype(cfg, self.device)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+
+        images, self.evaluator = build_data(cfg)
+        load_size = cfg.crops.load_size or round(cfg.crops.global_size * 8 / 7)
+        self.sampler = ResumableSampler(
+            len(images.files),
+            cfg.data.batch_size,
+            cfg.run.seed,
+            self.dist.rank,
+            self.dist.world_size,
+        )
+        self.loader = DataLoader(
+            TrainImages(images, load_size),
+            batch_size=cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+        )
+        self.iters_per_epoch = self.sampler.batches_per_epoch
+        self.sched: Schedules = build_schedules(cfg, self.iters_per_epoch, self.dist.world_size)
+
+        torch.manual_seed(cfg.run.seed)  # same initial weights on every process
+        self.model = DINO(cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.param_groups(),
+            lr=0.0,
+            betas=cfg.optim.betas,
+            fused=self.device.type == "cuda",
+        )
+        self.augment = MultiCropAugment(cfg.crops)
+        self.step = 0
+        if resume and (run_dir / LAST).exists():
+            self._load(run_dir / LAST)
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.model.wrap_ddp(ids)
+        if cfg.run.compile:
+            self.model.compile_backbones()
+        self.metrics = MetricsLog(
+            run_dir, cfg.run.tensorboard and self.dist.is_main, cfg.head.out_dim
+        )
+        self.failed_images = 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "student": self.model.student.state_dict(),
+            "teacher": self.model.teacher.state_dict(),
+            "dino_loss": self.model.dino_loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self, extra_name: str | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.run_dir / LAST
+        checkpoint.save_atomic(self.state(), path)
+        if extra_name:
+            checkpoint.copy_atomic(path, self.run_dir / extra_name)
+
+    def _load(self, path: Path) -> None:
+        ckpt = checkpoint.load(path)
+        self.model.student.load_state_dict(ckpt["student"])
+        self.model.teacher.load_state_dict(ckpt["teacher"])
+        self.model.dino_loss.load_state_dict(ckpt["dino_loss"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # -- one step ----------------------------------------------------------------------------
+    def _set_hyperparams(self, it: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.sched.lr[it])
+            if group.get("apply_wd"):
+                group["weight_decay"] = float(self.sched.weight_decay[it])
+
+    def train_step(self, images: torch.Tensor, aspect: torch.Tensor) -> dict[str, torch.Tensor]:
+        it, cfg = self.step, self.cfg
+        self._set_hyperparams(it)
+        seed = step_seed(cfg.run.seed, it, self.dist.rank)
+        torch.manual_seed(seed)  # drop path
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        images = images.to(self.device, non_blocking=True)
+        crops = self.augment(images, aspect.to(self.device, non_blocking=True), g)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model.forward_backward(crops, float(self.sched.teacher_temp[it]), self.amp)
+        self.model.clip_gradients(cfg.optim.clip_grad)
+        if it < self.sched.freeze_last_layer_iters:
+            self.model.cancel_last_layer_grads()
+        self.optimizer.step()
+        self.model.update_teacher(float(self.sched.momentum[it]))
+        self.step += 1
+        return out
+
+    def evaluate(self) -> float | None:
+        if self.evaluator is None:
+            return None
+        acc = None
+        if self.dist.is_main:
+            e = self.cfg.eval
+            acc = self.evaluator(
+                self.model.teacher_backbone(),
+                self.device,
+                e.k,
+                e.temperature,
+                e.batch_size,
+                self.cfg.data.num_workers,
+                self.amp,
+            )
+        barrier()
+        return acc
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg, ipe = self.cfg, self.iters_per_epoch
+        total = self.sched.total_iters
+        stop = min(total, cfg.run.max_steps) if cfg.run.max_steps else total
+        knn_start = self.evaluate() if self.step == 0 and cfg.eval.at_start else None
+        if knn_start is not None:
+            log.info("k-NN top-1 at initialisation: %.2f%%", knn_start)
+        knn_end, knn_step = knn_start, 0
+        losses: list[float] = []
+        imgs_per_step = cfg.data.batch_size * self.dist.world_size
+        bar = tqdm(
+            total=stop * imgs_per_step,
+            initial=self.step * imgs_per_step,
+            unit="img",
+            unit_scale=True,
+            disable=not self.dist.is_main,
+            desc="train",
+            dynamic_ncols=True,
+        )
+        t0, start_step = time.perf_counter(), self.step
+        try:
+            while self.step < stop:
+                epoch, start_batch = divmod(self.step, ipe)
+                self.sampler.set_epoch(epoch, start_batch)
+                epoch_sums: dict[str, torch.Tensor] = {}
+                window: dict[str, torch.Tensor] = {}
+                n_epoch = n_window = 0
+                for batch in self.loader:
+                    out = self.train_step(batch.images, batch.aspect)
+                    self.failed_images += batch.failed
+                    for k, v in out.items():  # sums stay on the device: no sync per step
+                        epoch_sums[k] = epoch_sums.get(k, 0) + v
+                        window[k] = window.get(k, 0) + v
+                    n_epoch, n_window = n_epoch + 1, n_window + 1
+                    bar.update(imgs_per_step)
+                    if self.step % cfg.run.log_every_steps == 0 or self.step == stop:
+                        values = {k: float(v) / n_window for k, v in window.items()}
+                        self.metrics.check(values, self.step)
+                        self.metrics.scalars(
+                            {f"train/{k}": v for k, v in values.items()}
+                            | {"train/lr": float(self.sched.lr[self.step - 1])},
+                            self.step,
+                        )
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=epoch)
+                        window, n_window = {}, 0
+                    losses.append(out["loss"])
+                    if cfg.run.save_every_steps and self.step % cfg.run.save_every_steps == 0:
+                        self.save()
+                    if self.step >= stop:
+                        break
+                epoch_done = self.step % ipe == 0
+                values = {k: float(v) / max(n_epoch, 1) for k, v in epoch_sums.items()}
+                self.metrics.check(values, self.step)
+                last_epoch = epoch_done and self.step // ipe == cfg.optim.epochs
+                knn = None
+                if epoch_done and ((epoch + 1) % cfg.eval.every_epochs == 0 or last_epoch):
+                    knn = self.evaluate()
+                    knn_end, knn_step = knn, self.step
+                if self.dist.is_main:
+                    elapsed = time.perf_counter() - t0
+                    self.metrics.epoch(
+                        {
+                            "epoch": epoch + (1 if epoch_done else 0),
+                            "step": self.step,
+                            **values,
+                            "lr": float(self.sched.lr[self.step - 1]),
+                            "weight_decay": float(self.sched.weight_decay[self.step - 1]),
+                            "momentum": float(self.sched.momentum[self.step - 1]),
+                            "teacher_temp": float(self.sched.teacher_temp[self.step - 1]),
+                            "knn_top1": knn,
+                            "failed_images": self.failed_images,
+                            "images_per_s": (self.step - start_step) * imgs_per_step / elapsed,
+                            "elapsed_s": elapsed,
+                        }
+                    )
+                    if knn is not None:
+                        log.info("epoch %d: k-NN top-1 %.2f%%", epoch + 1, knn)
+                save_every = cfg.run.save_every_epochs
+                if epoch_done and save_every and (self.step // ipe) % save_every == 0:
+                    self.save(f"checkpoint-epoch{self.step // ipe:04d}.pt")
+                else:
+                    self.save()
+            if self.evaluator is not None and knn_step != self.step and self.step > start_step:
+                knn_end = self.evaluate()  # stopped between evaluations: measure where it ended
+            if self.failed_images:
+                log.warning("%d unreadable images were skipped", self.failed_images)
+        except KeyboardInterrupt:
+            self.save()
+            log.warning("interrupted: saved %s at step %d; --resume continues", LAST, self.step)
+            raise
+        finally:
+            bar.close()
+            self.metrics.close()
+        wall = time.perf_counter() - t0
+        result = TrainResult(
+            run_dir=self.run_dir,
+            steps=self.step - start_step,
+            knn_start=knn_start,
+            knn_end=knn_end,
+            wall_s=wall,
+            images_per_s=(self.step - start_step) * imgs_per_step / max(wall, 1e-9),
+            failed_images=self.failed_images,
+            losses=[float(v) for v in losses],
+        )
+        if self.dist.is_main:
+            plot_curves(self.run_dir)
+            summary = {k: v for k, v in vars(result).items() if k not in ("losses", "run_dir")}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return result
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Run DINO training to the end (or run.max_steps) and return a summary.
+
+    Args:
+        cfg: resolved configuration (see training.config.load_config).
+        run_dir: output directory.
+        resume: continue from run_dir/last.pt if present.
+    """
+    trainer = Trainer(cfg, Path(run_dir), resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown()
