@@ -147,7 +147,10 @@ def color_jitter(
     bri, con, sat, hue = strength
     apply = _bernoulli(b, p, g, dev)
     out = x
-    for op in torch.randperm(4, generator=g, device=dev).tolist():
+    # The op order is host-side control flow: draw it on the CPU from the generator's seed so a
+    # CUDA generator never forces a device→host sync.
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(g.initial_seed()))
+    for op in order.tolist():
         if op == 0 and bri > 0:
             out = (out * _uniform(b, 1 - bri, 1 + bri, g, dev).view(-1, 1, 1, 1)).clamp(0, 1)
         elif op == 1 and con > 0:
