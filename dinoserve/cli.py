@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+from core.package import PackageError
 from training.config import ConfigError
 
 DEMO_DATA = Path("var/data/synthetic")
@@ -32,6 +34,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _report(result) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, one summary
     print(f"run: {result.run_dir}  steps: {result.steps}  {result.images_per_s:.0f} img/s")
     if result.knn_start is not None or result.knn_end is not None:
         print(f"k-NN top-1: start {result.knn_start}  end {result.knn_end}")
@@ -62,6 +66,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    out = export_run(Path(args.run_dir), Path(args.models_dir), args.name, args.quantize)
+    _report_package(out)
+    return 0
+
+
+def _cmd_import_timm(args: argparse.Namespace) -> int:
+    from training.export import import_timm
+
+    weights = Path(args.weights) if args.weights else None
+    out = import_timm(args.model, Path(args.models_dir), args.name, weights, args.quantize)
+    _report_package(out)
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from core.settings import Settings
+    from core.store import StoreError
+    from indexer.run import index_source
+
+    try:
+        report = index_source(
+            Settings(),
+            args.source,
+            collection=args.collection,
+            labels=args.labels,
+            manifest=args.manifest,
+            batch=args.batch,
+            workers=args.workers,
+            shard=args.shard,
+            prune=args.prune,
+            failures=args.failures,
+        )
+    except StoreError as exc:
+        print(f"dinoserve: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if report.failed:
+        print(f"skipped images and reasons: {report.failures_path}")
+    return 0
+
+
+def _report_package(out: Path) -> None:
+    from core.package import read_meta
+
+    meta = read_meta(out)
+    print(f"package: {out}  (CURRENT → {meta.version})")
+    print(f"variants: {', '.join(meta.onnx)}  parity (max abs): {meta.parity}")
+
+
+def _models_dir_default() -> str:
+    from core.settings import Settings
+
+    return str(Settings().models_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dinoserve", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -83,6 +145,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("png", "jpg"), default="png")
     s.set_defaults(func=_cmd_synth)
 
+    e = sub.add_parser("export", help="package a run's teacher backbone (ONNX + safetensors)")
+    e.add_argument("run_dir", help="training run directory")
+    e.add_argument("--name", required=True, help="model name under the models directory")
+    e.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
+    e.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
+    e.set_defaults(func=_cmd_export)
+
+    i = sub.add_parser("import-timm", help="package published DINO weights through timm")
+    i.add_argument("model", help="timm name, e.g. vit_small_patch16_224.dino")
+    i.add_argument("--name", required=True, help="model name under the models directory")
+    i.add_argument("--weights", default=None, help="local state dict instead of the hub")
+    i.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
+    i.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
+    i.set_defaults(func=_cmd_import_timm)
+
+    x = sub.add_parser("index", help="embed a folder, tar or manifest into Qdrant")
+    x.add_argument("source", nargs="?", default="", help="folder or tar/tar.gz of images")
+    x.add_argument("--collection", default=None, help="logical name (default DINOSERVE_COLLECTION)")
+    x.add_argument("--labels", choices=("dirs", "none"), default="none",
+                   help="dirs: label = first-level sub-folder")  # fmt: skip
+    x.add_argument("--manifest", default=None, help="CSV/JSONL with path,label,… columns")
+    x.add_argument("--batch", type=int, default=None, help="default DINOSERVE_INDEXER__BATCH")
+    x.add_argument("--workers", type=int, default=None, help="decode threads")
+    x.add_argument("--shard", default=None, help="i/N: this worker's share of the source")
+    x.add_argument("--prune", action="store_true", help="delete points whose source is gone")
+    x.add_argument("--failures", default=None, help="JSONL report of skipped images")
+    x.set_defaults(func=_cmd_index)
+
     d = sub.add_parser("demo", help="the offline demo on synthetic images")
     d.add_argument("--config", default="configs/tiny.yaml")
     d.add_argument("--data", default=str(DEMO_DATA))
@@ -98,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if getattr(args, "models_dir", "") is None:
+            args.models_dir = _models_dir_default()
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, PackageError) as exc:
         print(f"dinoserve: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

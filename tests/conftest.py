@@ -51,3 +51,26 @@ def micro_config(synthetic_dir: Path, tmp_path: Path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def micro_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-step training run of the micro model (config.yaml, last.pt, summary.json)."""
+    from training.train import Trainer
+
+    run_dir = tmp_path_factory.mktemp("micro_run")
+    cache = run_dir.parent / f"{run_dir.name}_cache"
+    cfg = load_config(
+        TINY_PRESET,
+        [*MICRO, f"data.train={synthetic_dir}", f"data.cache_dir={cache}", "run.max_steps=2"],
+    )
+    Trainer(cfg, run_dir).fit()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def micro_package(micro_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The micro run exported as a model package with an int8 variant."""
+    from training.export import export_run
+
+    return export_run(micro_run, tmp_path_factory.mktemp("models"), "micro", quantize="int8")

@@ -1,0 +1,146 @@
+"""Inference engines behind one protocol: ONNX Runtime (the default) and torch.
+
+Both take the same preprocessed batch, (N, 3, H, W) float32 normalised (see `preprocess_batch`),
+and return L2-normalised float32 embeddings (N, D) and attention maps (N, heads, h, w).
+torch and onnxruntime are imported only by the engine that needs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from core import package
+from core.images import preprocess
+from core.settings import InferenceSettings
+
+
+@runtime_checkable
+class Engine(Protocol):
+    model_version: str
+    dim: int
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def attention(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def preprocess_batch(meta: package.PackageMeta, images: list[Image.Image]) -> np.ndarray:
+    """DINO's evaluation transform for a package's image size, mean/std and crop_pct, stacked."""
+    return np.stack(
+        [preprocess(im, meta.img_size, meta.mean, meta.std, meta.crop_pct) for im in images]
+    )
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class OrtEngine:
+    """ONNX Runtime on the best available provider (TensorRT → CUDA → CPU by default).
+
+    Args:
+        package_dir: a verified model package.
+        settings: threads, provider preference and which ONNX variant (fp32 or int8).
+    """
+
+    def __init__(self, package_dir: Path, settings: InferenceSettings | None = None) -> None:
+        import onnxruntime as ort
+
+        s = settings or InferenceSettings()
+        self.meta = package.read_meta(package_dir)
+        if s.onnx_variant not in self.meta.onnx:
+            raise package.PackageError(f"{package_dir} has no {s.onnx_variant} ONNX variant")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = s.intra_op_threads
+        opts.inter_op_num_threads = s.inter_op_threads
+        available = set(ort.get_available_providers())
+        providers = [p for p in s.providers if p in available] or ["CPUExecutionProvider"]
+        path = Path(package_dir) / self.meta.onnx[s.onnx_variant].file
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.model_version, self.dim = self.meta.version, self.meta.embed_dim
+
+    def _run(self, batch: np.ndarray, output: str) -> np.ndarray:
+        feed = {"images": np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run([output], feed)[0]
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return l2_normalize(self._run(batch, "embedding"))
+
+    def attention(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch, "attention").astype(np.float32, copy=False)
+
+
+class TorchEngine:
+    """The same network in PyTorch: CUDA in bf16 (optionally compiled), or the CPU in fp32.
+
+    Args:
+        package_dir: a verified model package (uses backbone.safetensors).
+        settings: device, torch.compile and CPU thread count.
+    """
+
+    def __init__(self, package_dir: Path, settings: InferenceSettings | None = None) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from core.vit import EmbedAttention, build_vit
+
+        s = settings or InferenceSettings()
+        self.meta = package.read_meta(package_dir)
+        cuda = torch.cuda.is_available() and s.device != "cpu"
+        if s.device == "cuda" and not cuda:
+            raise RuntimeError("inference.device=cuda but no CUDA device is available")
+        if s.intra_op_threads:
+            torch.set_num_threads(s.intra_op_threads)
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.dtype = torch.bfloat16 if cuda else None
+        vit = build_vit(self.meta.arch, self.meta.timm_kwargs)
+        vit.load_state_dict(load_file(Path(package_dir) / package.WEIGHTS), strict=True)
+        self.net: Any = EmbedAttention(vit).to(self.device)
+        if cuda and s.torch_compile:
+            self.net = torch.compile(self.net)
+        self.model_version, self.dim = self.meta.version, self.meta.embed_dim
+
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, self.dtype, enabled=self.dtype is not None),
+        ):
+            emb, attn = self.net(x)
+        return emb.float().cpu().numpy(), attn.float().cpu().numpy()
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return l2_normalize(self._forward(batch)[0])
+
+    def attention(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(batch)[1]
+
+
+def load_engine(
+    package_dir: Path,
+    kind: str = "onnxruntime",
+    settings: InferenceSettings | None = None,
+    check: bool = True,
+) -> Engine:
+    """Verify a package's sha256s and open it with the engine `kind`.
+
+    Args:
+        package_dir: a package directory (see core.package.resolve for names).
+        kind: "onnxruntime" or "torch" (DINOSERVE_ENGINE).
+        settings: engine settings (DINOSERVE_INFERENCE__*).
+        check: verify file hashes first (refuse a tampered package).
+    """
+    if check:
+        package.verify(package_dir)
+    if kind == "onnxruntime":
+        return OrtEngine(package_dir, settings)
+    if kind == "torch":
+        return TorchEngine(package_dir, settings)
+    raise ValueError(f"unknown engine {kind!r}: use onnxruntime or torch")

@@ -1,0 +1,177 @@
+"""The model package: `<models_dir>/<name>/<version>/` (immutable) with model.onnx,
+backbone.safetensors and model.json, plus `<name>/CURRENT` naming the live version.
+
+A package is built in a hidden staging folder and renamed into place in one step, so readers see
+either no version or a complete one; CURRENT is switched by writing a temporary file and
+`os.replace`, so a reader never sees a half-written name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+SCHEMA_VERSION = 1
+META = "model.json"
+CURRENT = "CURRENT"
+ONNX_FP32, ONNX_INT8, WEIGHTS = "model.onnx", "model.int8.onnx", "backbone.safetensors"
+
+
+class PackageError(ValueError):
+    """A package or model name is missing, malformed or of an unknown schema."""
+
+
+class IntegrityError(PackageError):
+    """A package file is missing or its sha256 differs from model.json."""
+
+
+class OnnxVariant(BaseModel):
+    file: str
+    min_cosine: float | None = None  # vs fp32 on the export's check images (quantised only)
+
+
+class PackageMeta(BaseModel):
+    """model.json. `files` maps every other file of the package to its sha256."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str = ""
+    created_at: str = ""
+    arch: str
+    timm_kwargs: dict[str, Any]
+    img_size: int
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+    embed_dim: int
+    num_heads: int
+    grid: tuple[int, int]
+    onnx: dict[str, OnnxVariant]  # "fp32", optionally "int8"
+    parity: dict[str, float] = {}  # max abs differences ORT vs torch measured at export
+    provenance: dict[str, Any] = {}
+    evaluation: dict[str, Any] = {}
+    files: dict[str, str] = {}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def staging_dir(models_dir: Path, name: str) -> Path:
+    """A fresh hidden folder beside the versions of `name`, to write a package's files into."""
+    if not name or "/" in name or name.startswith("."):
+        raise PackageError(f"invalid model name: {name!r}")
+    stage = Path(models_dir) / name / f".staging-{os.getpid()}-{time.time_ns()}"
+    stage.mkdir(parents=True)
+    return stage
+
+
+def finalize(stage: Path, meta: PackageMeta) -> Path:
+    """Hash the staged files, write model.json and rename the folder to its version.
+
+    The version is `YYYYMMDD-HHMMSS-<hash of the file hashes>` (UTC), so versions sort by time.
+    Returns the package directory.
+    """
+    files = {p.name: sha256(p) for p in sorted(stage.iterdir()) if p.name != META}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]
+    now = time.gmtime()
+    meta = meta.model_copy(
+        update={
+            "files": files,
+            "version": f"{time.strftime('%Y%m%d-%H%M%S', now)}-{digest}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+        }
+    )
+    (stage / META).write_text(meta.model_dump_json(indent=2) + "\n")
+    final = stage.parent / meta.version
+    if final.exists():  # same content within the same second: keep the one already there
+        shutil.rmtree(stage)
+        return final
+    os.replace(stage, final)
+    for p in final.iterdir():
+        p.chmod(0o444)  # immutable once written
+    return final
+
+
+def read_meta(package_dir: Path) -> PackageMeta:
+    """Parse model.json of a package (no hashing; see `verify`)."""
+    path = Path(package_dir) / META
+    if not path.is_file():
+        raise PackageError(f"not a model package (no {META}): {package_dir}")
+    try:
+        meta = PackageMeta.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise PackageError(f"{path}: invalid {META}: {exc}") from exc
+    if meta.schema_version != SCHEMA_VERSION:
+        raise PackageError(f"{path}: schema {meta.schema_version}, expected {SCHEMA_VERSION}")
+    return meta
+
+
+def verify(package_dir: Path) -> PackageMeta:
+    """Read model.json and check every listed file's sha256; raise IntegrityError otherwise."""
+    meta = read_meta(package_dir)
+    for name, expected in meta.files.items():
+        path = Path(package_dir) / name
+        if not path.is_file():
+            raise IntegrityError(f"{package_dir}: missing {name}")
+        if sha256(path) != expected:
+            raise IntegrityError(f"{package_dir}: {name} does not match its sha256")
+    return meta
+
+
+def list_versions(name_dir: Path) -> list[str]:
+    """Complete versions of one model, oldest first."""
+    if not Path(name_dir).is_dir():
+        return []
+    return sorted(
+        p.name for p in Path(name_dir).iterdir() if not p.name.startswith(".") and p.is_dir()
+    )
+
+
+def switch_current(name_dir: Path, version: str) -> None:
+    """Point `<name>/CURRENT` at `version` atomically (temporary file + fsync + os.replace)."""
+    if not (Path(name_dir) / version / META).is_file():
+        raise PackageError(f"no such version: {name_dir}/{version}")
+    tmp = Path(name_dir) / f".{CURRENT}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, Path(name_dir) / CURRENT)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def current_version(name_dir: Path) -> str:
+    path = Path(name_dir) / CURRENT
+    if not path.is_file():
+        raise PackageError(f"no {CURRENT} in {name_dir}")
+    return path.read_text().strip()
+
+
+def resolve(models_dir: Path, model: str) -> Path:
+    """A package directory from a model name (its CURRENT version) or a package path.
+
+    Args:
+        models_dir: the registry, e.g. var/models.
+        model: a name under models_dir, or a path to a package directory.
+    """
+    if (Path(model) / META).is_file():
+        return Path(model)
+    name_dir = Path(models_dir) / model
+    if not name_dir.is_dir():
+        raise PackageError(f"unknown model {model!r} (not in {models_dir}, not a package path)")
+    return name_dir / current_version(name_dir)

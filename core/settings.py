@@ -1,0 +1,78 @@
+"""The one settings class of the service and the CLI: environment variables `DINOSERVE_*`, nested
+groups with `__` (e.g. `DINOSERVE_INFERENCE__INTRA_OP_THREADS=4`). Read once at start-up and
+handed on; a bad value fails here, at construction, not on the first request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class InferenceSettings(BaseModel):
+    """How the engine runs (`DINOSERVE_INFERENCE__*`)."""
+
+    # 0 = the runtime's default (all cores for intra-op work).
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+    # ONNX Runtime providers in order of preference; those not available are skipped.
+    providers: list[str] = Field(default_factory=lambda: list(ORT_PROVIDERS))
+    # Which ONNX file: fp32, or int8 (the quantised CPU variant, when the package has one).
+    onnx_variant: Literal["fp32", "int8"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # torch engine
+    torch_compile: bool = False  # torch engine on CUDA
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        unknown = [p for p in value if not p.endswith("ExecutionProvider")]
+        if unknown or not value:
+            raise ValueError(f"providers must be ONNX Runtime provider names, got {value}")
+        return value
+
+
+class QdrantSettings(BaseModel):
+    """Collection layout on a Qdrant server or cluster (`DINOSERVE_QDRANT__*`); applied when a
+    physical collection is created, ignored by the embedded store."""
+
+    shard_number: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    write_consistency_factor: int = Field(1, ge=1)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class IndexerSettings(BaseModel):
+    """Defaults of `dinoserve index` (`DINOSERVE_INDEXER__*`); its flags override them."""
+
+    batch: int = Field(32, ge=1, le=4096)
+    workers: int = Field(4, ge=1, le=256)
+    max_image_bytes: int = Field(64 * 1024 * 1024, gt=0)  # larger files are skipped, reported
+
+
+class Settings(BaseSettings):
+    """Service settings; the variable names (DESIGN.md's table) are part of the contract."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DINOSERVE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    qdrant_path: Path = Path("var/qdrant")
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    models_dir: Path = Path("var/models")
+    model: str = "dino-vits16"  # a name under models_dir, or a package path
+    collection: str = "images"
+    engine: Literal["onnxruntime", "torch"] = "onnxruntime"
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)
+    max_batch_images: int = Field(64, gt=0)
+    api_key: str | None = None
+    admin_api_key: str | None = None
+    index_dir: Path = Path("var/index")  # failure reports of indexing runs
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    indexer: IndexerSettings = Field(default_factory=IndexerSettings)

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import timm
+import torch
+
+from core.attention import attention_mask, kept_mass, upsample
+from core.vit import EmbedAttention
+
+
+def test_mask_on_a_hand_made_map():
+    att = np.array([[[0.5, 0.3], [0.1, 0.1]]])  # one head, 2×2 patches
+    # ascending 0.1, 0.1, 0.3, 0.5 → cumsum 0.1, 0.2, 0.5, 1.0 → keep where > 0.4
+    assert attention_mask(att, 0.6).tolist() == [[[True, True], [False, False]]]
+    assert attention_mask(att, 1.0).all()
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_mask_keeps_the_requested_mass_with_the_fewest_patches(threshold):
+    rng = np.random.default_rng(0)
+    att = rng.dirichlet(np.full(49, 0.3), size=(4, 6)).reshape(4, 6, 7, 7)  # (N, heads, h, w)
+    mask = attention_mask(att, threshold)
+    mass = kept_mass(att, mask)
+    assert mass.shape == (4, 6)
+    assert (mass >= threshold - 1e-9).all()
+    # minimal: dropping the smallest kept patch of any head falls below the threshold
+    smallest = np.where(mask, att, np.inf).reshape(4, 6, -1).min(-1)
+    assert (mass - smallest < threshold + 1e-9).all()
+
+
+def test_mask_rejects_a_bad_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        attention_mask(np.ones((1, 2, 2)), 0.0)
+
+
+def test_upsample_by_the_patch_size():
+    maps = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    up = upsample(maps, 4)
+    assert up.shape == (1, 8, 12)
+    assert up[0, 5, 9] == maps[0, 1, 2] and up[0, 0, 3] == maps[0, 0, 0]
+
+
+def _reference_cls_attention(vit, x):
+    """timm's own last-block attention matrix (non-fused path), captured at its dropout."""
+    attn = vit.blocks[-1].attn
+    attn.fused_attn = False
+    seen = []
+    handle = attn.attn_drop.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        out = vit(x)
+    finally:
+        handle.remove()
+        attn.fused_attn = True
+    row = seen[0][:, :, 0, vit.num_prefix_tokens :]  # CLS → patches, (B, heads, P)
+    return out, row / row.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "size"),
+    [
+        # the tiny preset's path: patch 4 on 32 px, NHWC patch tokens with dynamic_img_size
+        ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2,
+                                  "num_heads": 2, "dynamic_img_size": True}, 32),
+        # ViT-S/16-shaped (2 blocks for speed) with register tokens to skip
+        ("vit_small_patch16_224", {"depth": 2, "reg_tokens": 4, "dynamic_img_size": True}, 224),
+    ],
+)  # fmt: skip
+def test_wrapper_matches_timm(arch, kwargs, size):
+    torch.manual_seed(0)
+    vit = timm.create_model(arch, num_classes=0, global_pool="token", **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        emb, att = EmbedAttention(vit)(x)
+        ref_emb, ref_att = _reference_cls_attention(vit, x)
+    grid = vit.patch_embed.grid_size
+    assert att.shape == (2, vit.blocks[-1].attn.num_heads, *grid)
+    torch.testing.assert_close(emb, ref_emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(att.flatten(2), ref_att, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(att.sum((-2, -1)), torch.ones(att.shape[:2]))

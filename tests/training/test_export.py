@@ -1,0 +1,111 @@
+import functools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from core import package
+from core.vit import EmbedAttention, build_vit
+from dinoserve.cli import main
+from training import checkpoint
+from training.backbone import backbone_kwargs
+from training.config import load_config
+from training.export import export_run, import_timm
+from training.onnx_export import ExportError, check_images
+
+
+def test_export_package_matches_the_run(micro_run, micro_package):
+    cfg = load_config(micro_run / "config.yaml")
+    meta = package.verify(micro_package)
+    assert package.current_version(micro_package.parent) == micro_package.name
+    assert set(meta.files) == {package.ONNX_FP32, package.ONNX_INT8, package.WEIGHTS}
+    assert meta.provenance["config_hash"] == cfg.digest()
+    assert meta.provenance["run_dir"] == str(micro_run.resolve())
+    assert meta.evaluation["steps"] == 2
+    assert (meta.img_size, meta.patch_size, meta.grid) == (32, 4, (8, 8))
+    assert (meta.embed_dim, meta.num_heads, meta.crop_pct) == (32, 2, cfg.eval.crop_pct)
+    assert max(meta.parity.values()) <= 1e-4
+    assert meta.onnx["int8"].min_cosine >= 0.99
+
+    # the ONNX graph, checked independently of the exporter's own check: dynamic batch,
+    # and the teacher backbone of last.pt through PyTorch on the same images
+    model = onnx.load(micro_package / package.ONNX_FP32)
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ["embedding", "attention"]
+    teacher = checkpoint.load(micro_run / "last.pt")["teacher"]
+    vit = build_vit(cfg.model.arch, backbone_kwargs(cfg.model))
+    vit.load_state_dict({k[9:]: v for k, v in teacher.items() if k.startswith("backbone.")})
+    x = check_images(32, meta.mean, meta.std, meta.crop_pct, seed=5)["real"][:3]
+    sess = ort.InferenceSession(micro_package / package.ONNX_FP32)
+    emb, att = sess.run(None, {"images": x})
+    with torch.no_grad():
+        ref_emb, ref_att = EmbedAttention(vit)(torch.from_numpy(x))
+    np.testing.assert_allclose(emb, ref_emb.numpy(), atol=1e-4)
+    np.testing.assert_allclose(att, ref_att.numpy(), atol=1e-4)
+    assert att.shape == (3, 2, 8, 8)
+
+
+def test_cli_export_switches_current_and_keeps_old_versions(micro_run, tmp_path, capsys):
+    models = tmp_path / "models"
+    assert main(["export", str(micro_run), "--name", "m", "--models-dir", str(models)]) == 0
+    first = package.current_version(models / "m")
+    assert "CURRENT" in capsys.readouterr().out
+    out = export_run(micro_run, models, "m")
+    assert package.list_versions(models / "m") == sorted([first, out.name])
+    assert package.current_version(models / "m") == out.name
+    assert main(["export", str(tmp_path / "nope"), "--name", "m", "--models-dir", str(models)]) == 2
+
+
+def test_failed_check_writes_nothing(micro_run, tmp_path, monkeypatch):
+    from training import export
+
+    models = tmp_path / "models"
+    strict = functools.partial(export.check_parity, atol=0.0)
+    monkeypatch.setattr(export, "check_parity", strict)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_run(micro_run, models, "m")
+    assert list((models / "m").iterdir()) == []  # no version, no staging folder, no CURRENT
+
+
+def test_int8_is_dropped_when_too_far_from_fp32(micro_run, tmp_path, monkeypatch):
+    from training import export
+
+    monkeypatch.setattr(export, "INT8_MIN_COSINE", 1.01)
+    out = export_run(micro_run, tmp_path, "m", quantize="int8")
+    meta = package.verify(out)
+    assert set(meta.onnx) == {"fp32"} and not (out / package.ONNX_INT8).exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_import_timm_from_a_local_state_dict(tmp_path, suffix):
+    # ViT-S/16-shaped (2 blocks, to stay fast) under the DINO pretrained tag, random weights
+    name, kwargs = "vit_small_patch16_224.dino", {"depth": 2}
+    torch.manual_seed(0)
+    src = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    weights = tmp_path / f"w{suffix}"
+    if suffix == ".pth":
+        torch.save(src.state_dict(), weights)
+    else:
+        save_file(src.state_dict(), weights)
+    out = import_timm(name, tmp_path / "models", "dino", weights, timm_kwargs=kwargs)
+    meta = package.verify(out)
+    assert (meta.arch, meta.img_size, meta.grid, meta.embed_dim) == (name, 224, (14, 14), 384)
+    assert meta.crop_pct == 0.875 and meta.mean == (0.485, 0.456, 0.406)
+    assert meta.provenance["source"] == "timm"
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    emb = ort.InferenceSession(out / package.ONNX_FP32).run(["embedding"], {"images": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(emb, src.eval()(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+def test_import_timm_refuses_weights_of_another_model(tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", num_classes=0).state_dict(), weights)
+    argv = ["import-timm", "vit_small_patch16_224.dino", "--weights", str(weights)]
+    assert main([*argv, "--name", "x", "--models-dir", str(tmp_path)]) == 2
+    assert "does not fit" in capsys.readouterr().err
+    assert package.list_versions(tmp_path / "x") == []

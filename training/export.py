@@ -1,0 +1,194 @@
+"""Model packages from a training run (`dinoserve export`) or from official DINO weights through
+timm (`dinoserve import-timm`). Both go through `write_package`, which checks the export and
+only then makes the package live."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core import package
+from core.vit import EmbedAttention, build_vit
+from training import checkpoint
+from training.backbone import backbone_kwargs
+from training.config import load_config
+from training.onnx_export import (
+    INT8_MIN_COSINE,
+    ExportError,
+    check_images,
+    check_parity,
+    export_onnx,
+    quantize_int8,
+)
+
+log = logging.getLogger(__name__)
+
+
+def write_package(
+    vit: nn.Module,
+    meta: dict[str, Any],
+    models_dir: Path,
+    name: str,
+    quantize: str | None = None,
+) -> Path:
+    """Export, check, write and switch CURRENT to a new version of model `name`.
+
+    Args:
+        vit: a timm ViT (num_classes=0) whose weights to package.
+        meta: model.json fields that depend on the source (arch, timm_kwargs, mean, std,
+            crop_pct, provenance, evaluation).
+        models_dir: the registry, e.g. var/models.
+        name: model name.
+        quantize: None, or "int8" for an extra quantised ONNX file for CPUs.
+    Returns:
+        The new package directory.
+    """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantisation {quantize!r}: only int8")
+    vit = vit.float().eval()
+    net = EmbedAttention(vit)
+    pe = vit.patch_embed
+    size = pe.img_size[0]
+    stage = package.staging_dir(Path(models_dir), name)
+    try:
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, stage / package.WEIGHTS)
+        export_onnx(net, stage / package.ONNX_FP32, size)
+        batches = check_images(size, meta["mean"], meta["std"], meta["crop_pct"])
+        parity = check_parity(net, stage / package.ONNX_FP32, batches)
+        log.info("ONNX Runtime vs PyTorch, max abs difference: %s", parity)
+        onnx = {"fp32": package.OnnxVariant(file=package.ONNX_FP32)}
+        if quantize == "int8":
+            cos = quantize_int8(
+                stage / package.ONNX_FP32, stage / package.ONNX_INT8, batches["real"]
+            )
+            if cos >= INT8_MIN_COSINE:
+                onnx["int8"] = package.OnnxVariant(file=package.ONNX_INT8, min_cosine=cos)
+            else:  # kept only while it stays close to fp32
+                (stage / package.ONNX_INT8).unlink()
+                log.warning("int8 dropped: min cosine to fp32 %.4f < %s", cos, INT8_MIN_COSINE)
+        full = package.PackageMeta(
+            name=name,
+            img_size=size,
+            patch_size=pe.patch_size[0],
+            embed_dim=vit.num_features,
+            num_heads=vit.blocks[-1].attn.num_heads,
+            grid=tuple(pe.grid_size),
+            onnx=onnx,
+            parity=parity,
+            **meta,
+        )
+        out = package.finalize(stage, full)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    package.switch_current(out.parent, out.name)
+    return out
+
+
+def export_run(
+    run_dir: Path,
+    models_dir: Path,
+    name: str,
+    quantize: str | None = None,
+    ckpt_name: str = "last.pt",
+) -> Path:
+    """Package the teacher backbone of a training run.
+
+    Args:
+        run_dir: a run directory written by training/train.py.
+        models_dir: the registry.
+        name: model name.
+        quantize: None or "int8".
+        ckpt_name: checkpoint inside run_dir.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    ckpt = checkpoint.load(run_dir / ckpt_name)
+    prefix = "backbone."
+    weights = {k[len(prefix) :]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
+    kwargs = backbone_kwargs(cfg.model)
+    vit = build_vit(cfg.model.arch, kwargs)
+    vit.load_state_dict(weights, strict=True)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    evaluation = {k: summary.get(k) for k in ("knn_start", "knn_end", "steps")}
+    evaluation.update(k=cfg.eval.k, temperature=cfg.eval.temperature)
+    meta = {
+        "arch": cfg.model.arch,
+        "timm_kwargs": kwargs,
+        "mean": cfg.crops.mean,
+        "std": cfg.crops.std,
+        "crop_pct": cfg.eval.crop_pct,
+        "provenance": {
+            "source": "training",
+            "run_dir": str(run_dir.resolve()),
+            "checkpoint": ckpt_name,
+            "step": int(ckpt.get("step", 0)),
+            "config_hash": cfg.digest(),
+            "data": cfg.data.train,
+        },
+        "evaluation": evaluation,
+    }
+    return write_package(vit, meta, models_dir, name, quantize)
+
+
+def import_timm(
+    model_name: str,
+    models_dir: Path,
+    name: str,
+    weights: Path | None = None,
+    quantize: str | None = None,
+    timm_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Package a timm ViT with published weights, e.g. `vit_small_patch16_224.dino`.
+
+    Args:
+        model_name: timm name with its pretrained tag.
+        models_dir: the registry.
+        name: model name.
+        weights: a local state dict (.pth/.pt/.safetensors) instead of the hub; loaded strictly.
+        quantize: None or "int8".
+        timm_kwargs: extra timm kwargs (e.g. a smaller model for tests).
+    """
+    kwargs = {"num_classes": 0, "global_pool": "token", "dynamic_img_size": True}
+    kwargs.update(timm_kwargs or {})
+    try:
+        vit = build_vit(model_name, kwargs, pretrained=weights is None)
+    except (OSError, ValueError, RuntimeError) as exc:  # hub unreachable, unknown name
+        hint = "" if weights else " (without the hub: --weights FILE)"
+        raise package.PackageError(f"cannot build {model_name}: {exc}{hint}") from exc
+    if weights is not None:
+        weights = Path(weights)
+        if weights.suffix == ".safetensors":
+            state = load_file(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            vit.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # missing/unexpected keys or shapes: name the file
+            raise package.PackageError(f"{weights} does not fit {model_name}: {exc}") from exc
+    cfg = vit.pretrained_cfg
+    meta = {
+        "arch": model_name,
+        "timm_kwargs": kwargs,
+        "mean": tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
+        "std": tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
+        "crop_pct": 0.875,  # DINO's k-NN evaluation: resize to 256, crop 224
+        "provenance": {
+            "source": "timm",
+            "timm_model": model_name,
+            "weights": str(weights.resolve()) if weights else cfg.get("hf_hub_id"),
+        },
+    }
+    return write_package(vit, meta, models_dir, name, quantize)
+
+
+__all__ = ["ExportError", "export_run", "import_timm", "write_package"]
