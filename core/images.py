@@ -3,6 +3,8 @@ the indexer and the API so that all three see an image exactly the same way."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -50,3 +52,42 @@ def preprocess(
 ) -> np.ndarray:
     """DINO's k-NN evaluation transform: RGB, resize, centre crop, normalise → (3, size, size)."""
     return normalize(resize_center_crop(to_rgb(img), size, crop_pct), mean, std)
+
+
+class ImageRejected(ValueError):
+    """An input that is not a usable image; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> Image.Image:
+    """Decode untrusted bytes to an RGB image (first frame of animations), within limits.
+
+    The pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb costs nothing.
+
+    Raises:
+        ImageRejected: reason "too_large" (bytes or pixels), "empty" or "invalid".
+    """
+    if not data:
+        raise ImageRejected("empty", "the file is empty")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageRejected("too_large", f"{len(data)} bytes is over the limit of {max_bytes}")
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageRejected(
+                "too_large", f"{w}×{h} = {w * h} pixels is over the limit of {max_pixels}"
+            )
+        img.seek(0)
+        img.load()
+        return to_rgb(img)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_large", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected("invalid", f"not a readable image: {exc}") from exc

@@ -1,0 +1,309 @@
+"""The indexing run: read → hash → skip unchanged → decode → embed → upsert, overlapped.
+
+A producer thread reads, hashes and decodes batch k+1 (decoding in a worker pool) while the
+main thread embeds batch k and a writer thread upserts batch k−1. A point is written only with
+its embedding and the sha256 of the bytes it came from, so a run killed at any moment and
+started again ends with exactly the right points: unchanged images are skipped, the rest done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from tqdm import tqdm
+
+from core import store
+from core.images import ImageRejected, decode_image
+from indexer.sources import TAR_SCHEME, Item, in_shard, reader
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """What the pipeline needs of a model: preprocessing, batched embedding and identity.
+
+    Args:
+        embed: (N, 3, H, W) float32 → (N, D) L2-normalised float32.
+        preprocess: RGB image → (3, H, W) float32.
+        model_version: stored with every point and in the physical collection's name.
+        dim: embedding size.
+    """
+
+    def __init__(
+        self,
+        embed: Callable[[np.ndarray], np.ndarray],
+        preprocess: Callable[[Image.Image], np.ndarray],
+        model_version: str,
+        dim: int,
+    ) -> None:
+        self.embed, self.preprocess = embed, preprocess
+        self.model_version, self.dim = model_version, dim
+
+
+@dataclass
+class Limits:
+    max_pixels: int = 40_000_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    physical: str
+    total: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    pruned: int = 0
+    seconds: float = 0.0
+    failures_path: str | None = None
+
+    def summary(self) -> str:
+        rate = self.indexed / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.collection} → {self.physical}: {self.indexed} indexed, {self.unchanged} "
+            f"unchanged, {self.failed} failed, {self.pruned} pruned of {self.total} "
+            f"in {self.seconds:.1f}s ({rate:.1f} img/s)"
+        )
+
+
+@dataclass
+class _Prepared:
+    ids: list[str] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)
+    payloads: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    unchanged: int = 0
+    size: int = 0
+
+
+def _stream_bytes(
+    items: list[Item], pool: ThreadPoolExecutor, window: int
+) -> Iterator[tuple[Item, bytes | Exception]]:
+    """Bytes of each item; tar members are streamed in one pass of each archive, files read by
+    the pool `window` at a time (never the whole source in memory)."""
+    tar_items = [it for it in items if it.uri.startswith(TAR_SCHEME)]
+    if tar_items:
+        yield from _stream_tar(tar_items)
+    files = [it for it in items if not it.uri.startswith(TAR_SCHEME)]
+
+    def read(it: Item) -> bytes | Exception:
+        try:
+            return reader(it.uri)()
+        except OSError as exc:
+            return exc
+
+    for start in range(0, len(files), window):
+        part = files[start : start + window]
+        yield from zip(part, pool.map(read, part), strict=True)
+
+
+def _stream_tar(items: list[Item]) -> Iterator[tuple[Item, bytes | Exception]]:
+    by_archive: dict[str, dict[str, Item]] = {}
+    for it in items:
+        archive, _, member = it.uri[len(TAR_SCHEME) :].partition("#")
+        by_archive.setdefault(archive, {})[member] = it
+    for archive, wanted in by_archive.items():
+        with tarfile.open(archive, "r|*") as tar:  # streaming: one sequential pass
+            for m in tar:
+                it = wanted.pop(m.name, None)
+                if it is not None:
+                    f = tar.extractfile(m)
+                    yield it, (f.read() if f else OSError("not a regular file"))
+        for it in wanted.values():
+            yield it, OSError("member disappeared from the archive")
+
+
+def _decode(
+    item: Item, data: bytes, embedder: Embedder, limits: Limits
+) -> tuple[np.ndarray, int, int] | ImageRejected:
+    try:
+        img = decode_image(data, limits.max_pixels, limits.max_bytes)
+        return embedder.preprocess(img), img.width, img.height
+    except ImageRejected as exc:
+        return exc
+
+
+class Indexer:
+    """Indexes one source into one logical collection.
+
+    Args:
+        client: Qdrant client (embedded or server).
+        embedder: the model.
+        collection: logical name (the alias).
+        batch: images per engine batch and per upsert.
+        workers: decode threads.
+        limits: per-image byte and pixel limits.
+        cluster: shard_number / replication_factor / write_consistency_factor for a server.
+    """
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        embedder: Embedder,
+        collection: str,
+        batch: int = 32,
+        workers: int = 4,
+        limits: Limits | None = None,
+        cluster: dict[str, int] | None = None,
+    ) -> None:
+        self.client, self.embedder = client, embedder
+        self.collection = store.check_name(collection)
+        self.batch, self.workers = max(1, batch), max(1, workers)
+        self.limits = limits or Limits()
+        self.cluster = cluster or {}
+        self._lock = threading.Lock()  # the embedded client is not thread-safe
+
+    def _q(self, fn: Callable):
+        with self._lock:
+            return fn()
+
+    def run(
+        self,
+        items: list[Item],
+        shard: tuple[int, int] = (0, 1),
+        prune: bool = False,
+        failures_path: Path | None = None,
+        progress: bool = True,
+    ) -> IndexReport:
+        """Index `items` (those of this shard); returns counts. Never aborts on a bad image."""
+        t0 = time.perf_counter()
+        mine = [it for it in items if in_shard(it.uri, shard)]
+        physical = store.ensure_collection(
+            self.client, self.collection, self.embedder.model_version, self.embedder.dim,
+            **self.cluster,
+        )  # fmt: skip
+        if store.resolve_alias(self.client, self.collection) is None:
+            store.point_alias(self.client, self.collection, physical)
+        report = IndexReport(self.collection, physical, total=len(mine))
+        failures: list[dict] = []
+        bar = tqdm(total=len(mine), unit="img", disable=not progress, desc=f"index {physical}")
+        prepared: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._produce, args=(mine, physical, prepared, stop), daemon=True
+        )
+        producer.start()
+        pending: Future | None = None
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="upsert") as writer:
+                while (batch := prepared.get()) is not None:
+                    if isinstance(batch, BaseException):
+                        raise batch
+                    points = self._embed(batch)
+                    if pending is not None:
+                        pending.result()  # one upsert in flight; errors surface here
+                    pending = writer.submit(self._q, lambda p=points: store.upsert(
+                        self.client, physical, p))  # fmt: skip
+                    report.indexed += len(points)
+                    report.unchanged += batch.unchanged
+                    report.failed += len(batch.failures)
+                    failures += batch.failures
+                    bar.update(batch.size)
+                    bar.set_postfix(new=report.indexed, same=report.unchanged, bad=report.failed)
+                if pending is not None:
+                    pending.result()
+        finally:
+            stop.set()
+            bar.close()
+        if prune:
+            report.pruned = self._prune(physical, mine, shard)
+        if failures_path is not None:
+            failures_path.parent.mkdir(parents=True, exist_ok=True)
+            failures_path.write_text("".join(json.dumps(f) + "\n" for f in failures))
+            report.failures_path = str(failures_path)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _produce(
+        self, items: list[Item], physical: str, out: queue.Queue, stop: threading.Event
+    ) -> None:
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+                stream = _stream_bytes(items, pool, window=2 * self.batch)
+                while not stop.is_set():
+                    chunk = [x for _, x in zip(range(self.batch), stream, strict=False)]
+                    if not chunk:
+                        break
+                    out.put(self._prepare(chunk, physical, pool))
+            out.put(None)
+        except BaseException as exc:
+            out.put(exc)
+
+    def _prepare(
+        self, chunk: list[tuple[Item, bytes | Exception]], physical: str, pool: ThreadPoolExecutor
+    ) -> _Prepared:
+        result = _Prepared(size=len(chunk))
+        ids = [store.point_id(it.uri) for it, _ in chunk]
+        existing = self._q(lambda: store.existing_hashes(self.client, physical, ids))
+        todo = []
+        for pid, (it, data) in zip(ids, chunk, strict=True):
+            if isinstance(data, Exception):
+                result.failures.append(
+                    {"uri": it.uri, "reason": "unreadable", "message": str(data)}
+                )
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if existing.get(pid) == sha:
+                result.unchanged += 1
+            else:
+                todo.append((pid, it, data, sha))
+        decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        for (pid, it, _, sha), dec in zip(todo, decoded, strict=True):
+            if isinstance(dec, ImageRejected):
+                result.failures.append({"uri": it.uri, "reason": dec.reason, "message": str(dec)})
+                continue
+            arr, w, h = dec
+            result.ids.append(pid)
+            result.arrays.append(arr)
+            result.payloads.append(
+                {
+                    **it.extra,
+                    "uri": it.uri,
+                    "label": it.label,
+                    "sha256": sha,
+                    "width": w,
+                    "height": h,
+                    "model_version": self.embedder.model_version,
+                    "indexed_at": now,
+                }
+            )
+        return result
+
+    def _embed(self, batch: _Prepared) -> list[qm.PointStruct]:
+        if not batch.arrays:
+            return []
+        vectors = self.embedder.embed(np.stack(batch.arrays))
+        return [
+            qm.PointStruct(id=pid, vector=vec.tolist(), payload=payload)
+            for pid, vec, payload in zip(batch.ids, vectors, batch.payloads, strict=True)
+        ]
+
+    def _prune(self, physical: str, items: list[Item], shard: tuple[int, int]) -> int:
+        """Delete points of this shard whose source URI is no longer in the source."""
+        wanted = {store.point_id(it.uri) for it in items}
+        gone = [
+            pid
+            for pid, payload in self._q(
+                lambda: list(store.iter_points(self.client, physical, ["uri"]))
+            )
+            if pid not in wanted and in_shard(str(payload.get("uri", "")), shard)
+        ]
+        self._q(lambda: store.delete_points(self.client, physical, gone))
+        return len(gone)

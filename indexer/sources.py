@@ -1,0 +1,155 @@
+"""What to index: a directory tree, a CSV/JSONL manifest or a tar/tar.gz, as a sorted list of items.
+
+Each item has a stable URI (the point id is derived from it), an optional label and extra payload,
+and knows how to read its bytes. `--shard i/N` keeps the items whose id falls in shard i, so N
+workers cover a source exactly once whatever order they list it in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.images import IMAGE_EXTENSIONS
+
+TAR_SCHEME = "tar://"
+RESERVED = {"uri", "label", "sha256", "width", "height", "model_version", "indexed_at"}
+
+
+class SourceError(ValueError):
+    """The source cannot be listed (missing, unreadable manifest, bad shard spec)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    uri: str
+    label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_image_name(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
+
+
+def _label_from(rel_parts: tuple[str, ...], labels: str) -> str | None:
+    return rel_parts[0] if labels == "dirs" and len(rel_parts) > 1 else None
+
+
+def list_directory(root: Path, labels: str) -> list[Item]:
+    root = root.resolve()
+    items = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and is_image_name(p.name):
+            parts = p.relative_to(root).parts
+            items.append(Item(str(p), _label_from(parts, labels)))
+    return items
+
+
+def list_tar(archive: Path, labels: str) -> list[Item]:
+    archive = archive.resolve()
+    with tarfile.open(archive) as tar:
+        names = sorted(m.name for m in tar.getmembers() if m.isfile() and is_image_name(m.name))
+    parts = [tuple(p for p in n.split("/") if p not in ("", ".")) for n in names]
+    # Folders every member shares (train/<class>/x.jpg) wrap the classes; they are not labels.
+    depth = _wrapping_depth(parts) if labels == "dirs" else 0
+    return [
+        Item(f"{TAR_SCHEME}{archive}#{n}", _label_from(p[depth:], labels))
+        for n, p in zip(names, parts, strict=True)
+    ]
+
+
+def _wrapping_depth(all_parts: list[tuple[str, ...]]) -> int:
+    """How many leading folders every member shares (those wrap the class folders)."""
+    depth = 0
+    while all_parts and all(len(p) > depth + 2 for p in all_parts):
+        if len({p[depth] for p in all_parts}) != 1:
+            break
+        depth += 1
+    return depth
+
+
+def list_manifest(manifest: Path) -> list[Item]:
+    """CSV with a header (`path`, optional `label`, other columns → payload) or JSONL objects."""
+    base = manifest.resolve().parent
+    rows: list[dict[str, Any]]
+    try:
+        if manifest.suffix.lower() in (".jsonl", ".ndjson"):
+            rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        else:
+            with manifest.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+    except (OSError, ValueError, csv.Error) as exc:
+        raise SourceError(f"{manifest}: cannot read the manifest: {exc}") from exc
+    items = []
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("path"):
+            raise SourceError(f"{manifest}: row {n} has no 'path'")
+        path = Path(str(row["path"]))
+        uri = str(path if path.is_absolute() else (base / path).resolve())
+        label = row.get("label")
+        extra = {k: v for k, v in row.items() if k not in ("path", "label") and k not in RESERVED}
+        items.append(Item(uri, str(label) if label not in (None, "") else None, extra))
+    return sorted(items, key=lambda it: it.uri)
+
+
+def list_source(
+    source: str | Path, labels: str = "none", manifest: Path | None = None
+) -> list[Item]:
+    """All items of a source, sorted by URI.
+
+    Args:
+        source: a directory or a tar/tar.gz (ignored when `manifest` is given).
+        labels: "dirs" to label by first-level sub-folder, "none" for no labels.
+        manifest: a CSV/JSONL manifest of paths (relative to the manifest's folder).
+    """
+    if labels not in ("dirs", "none"):
+        raise SourceError("labels must be 'dirs' or 'none'")
+    if manifest is not None:
+        return list_manifest(Path(manifest))
+    path = Path(source)
+    if path.is_dir():
+        return list_directory(path, labels)
+    if path.is_file() and tarfile.is_tarfile(path):
+        return list_tar(path, labels)
+    raise SourceError(f"{source}: not a directory, a tar archive or a manifest")
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'i/N' → (i, N) with 0 ≤ i < N; None → (0, 1)."""
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError as exc:
+        raise SourceError(f"--shard must look like i/N, got {spec!r}") from exc
+    if n < 1 or not 0 <= i < n:
+        raise SourceError(f"--shard {spec}: need 0 ≤ i < N")
+    return i, n
+
+
+def in_shard(uri: str, shard: tuple[int, int]) -> bool:
+    i, n = shard
+    return n == 1 or uuid.uuid5(uuid.NAMESPACE_URL, uri).int % n == i
+
+
+def reader(uri: str) -> Callable[[], bytes]:
+    """A function reading the bytes behind a URI (a file path or tar://archive#member)."""
+    if uri.startswith(TAR_SCHEME):
+        archive, _, member = uri[len(TAR_SCHEME) :].partition("#")
+
+        def read_member() -> bytes:
+            with tarfile.open(archive) as tar:
+                f = tar.extractfile(member)
+                if f is None:
+                    raise OSError(f"{member} is not a file in {archive}")
+                return f.read()
+
+        return read_member
+    return Path(uri).read_bytes

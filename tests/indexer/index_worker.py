@@ -1,0 +1,26 @@
+"""Run by test_resume.py as a real process: index a folder slowly, printing after each batch."""
+
+import sys
+
+from core import store
+from indexer.pipeline import Indexer
+from indexer.sources import list_source
+from tests.indexer.fakes import fake_embedder
+
+if __name__ == "__main__":
+    source, qdrant_path, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    client = store.open_client(path=qdrant_path)
+    emb = fake_embedder(delay_s=delay)
+    real_embed = emb.embed
+
+    def embed_and_say(batch):
+        out = real_embed(batch)
+        print("batch", flush=True)
+        return out
+
+    emb.embed = embed_and_say
+    report = Indexer(client, emb, "photos", batch=4, workers=2).run(
+        list_source(source, "dirs"), progress=False
+    )
+    client.close()
+    print(f"done indexed={report.indexed} unchanged={report.unchanged}", flush=True)
