@@ -68,6 +68,9 @@ class DataConfig:
     holdout_per_class: int = 0
     batch_size: int = 64  # per process
     num_workers: int = 4
+    # Where JPEGs are decoded: "device" = workers only read files and the batch is decoded on
+    # the training device (nvJPEG on CUDA); "cpu" = workers decode; "auto" = device on CUDA.
+    decode: str = "auto"
     cache_dir: str = "var/cache"  # where compressed tars are unpacked once
 
 
@@ -114,6 +117,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
+    # Where multi-crop runs: "auto" = the training device; "cpu" = the plain path (crops made on
+    # the CPU, then copied), kept as the baseline of bench/train_throughput.py.
+    augment_device: str = "auto"
     save_every_epochs: int = 10
     save_every_steps: int = 0  # 0 = only at epoch boundaries and the end
     max_steps: int = 0  # stop early (the schedules still span the whole run); 0 = no limit
@@ -146,10 +152,14 @@ class TrainConfig:
             self.crops.local_number and self.crops.local_size % self.model.patch_size
         ):
             raise ConfigError("crop sizes must be multiples of model.patch_size")
+        if self.data.decode not in ("auto", "cpu", "device"):
+            raise ConfigError("data.decode must be auto, cpu or device")
         if self.loss.centering not in ("center", "sinkhorn"):
             raise ConfigError("loss.centering must be 'center' or 'sinkhorn'")
         if self.run.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError("run.precision must be auto, bf16 or fp32")
+        if self.run.augment_device not in ("auto", "cpu"):
+            raise ConfigError("run.augment_device must be auto or cpu")
         if self.run.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("run.device must be auto, cpu or cuda")
         if self.optim.epochs < 1 or self.data.batch_size < 1:

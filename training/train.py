@@ -27,6 +27,7 @@ from training.data import (
     resolve_source,
     split_holdout,
 )
+from training.device_decode import EncodedImages, collate_encoded, decode_batch
 from training.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.knn import KnnEvaluator
 from training.meta_arch import DINO
@@ -119,12 +120,15 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
         )
+        self.load_size = load_size
+        decode = cfg.data.decode
+        self.device_decode = decode == "device" or (decode == "auto" and self.device.type == "cuda")
         self.loader = DataLoader(
-            TrainImages(images, load_size),
+            (EncodedImages if self.device_decode else TrainImages)(images, load_size),
             batch_size=cfg.data.batch_size,
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_encoded if self.device_decode else collate,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
@@ -194,9 +198,10 @@ class Trainer:
         self._set_hyperparams(it)
         seed = step_seed(cfg.run.seed, it, self.dist.rank)
         torch.manual_seed(seed)  # drop path
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        images = images.to(self.device, non_blocking=True)
-        crops = self.augment(images, aspect.to(self.device, non_blocking=True), g)
+        aug_dev = torch.device("cpu") if cfg.run.augment_device == "cpu" else self.device
+        g = torch.Generator(device=aug_dev).manual_seed(seed)
+        crops = self.augment(images.to(aug_dev, non_blocking=True), aspect.to(aug_dev), g)
+        crops = [c.to(self.device, non_blocking=True) for c in crops]
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model.forward_backward(crops, float(self.sched.teacher_temp[it]), self.amp)
         self.model.clip_gradients(cfg.optim.clip_grad)
@@ -254,6 +259,8 @@ class Trainer:
                 window: dict[str, torch.Tensor] = {}
                 n_epoch = n_window = 0
                 for batch in self.loader:
+                    if self.device_decode:
+                        batch = decode_batch(batch, self.load_size, self.device)
                     out = self.train_step(batch.images, batch.aspect)
                     self.failed_images += batch.failed
                     for k, v in out.items():  # sums stay on the device: no sync per step

@@ -1,0 +1,169 @@
+"""DINO training throughput: the fast path vs the plain path, in one run on one device.
+
+    python bench/train_throughput.py [--images 4096] [--batches 64,128] [--steps 30] [--out DIR]
+    python bench/train_throughput.py --smoke      # CPU, tiny model: checks the script runs
+
+Generates a folder of 500×375 synthetic JPEG photos, then measures per configuration img/s,
+step ms, peak device memory and MFU (FLOPs of one step counted by torch's FlopCounterMode,
+over the step time and `--peak-tflops`):
+- fast, end to end: JPEGs read by workers, decoded on the device, multi-crop on the device,
+  bf16, torch.compile (the default on CUDA);
+- fast, device only: the same step on decoded images already on the device (no loader);
+- plain (baseline): workers decode, multi-crop on the CPU, fp32, no compile.
+Recipe (issue 9): ViT-S/16, 2 × 224 + 10 × 96 crops, K = 65536, AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.train_knn_cpu import cpu_model  # noqa: E402
+from training.config import TrainConfig, load_config  # noqa: E402
+from training.device_decode import decode_batch  # noqa: E402
+from training.synthetic import draw_shape  # noqa: E402
+from training.train import Trainer  # noqa: E402
+
+
+def _photo(args: tuple[Path, int]) -> None:
+    path, seed = args
+    rng = np.random.default_rng(seed)
+    img = draw_shape(int(rng.integers(10)), rng, 375).resize((500, 375), Image.Resampling.BICUBIC)
+    img.save(path, quality=90)
+
+
+def make_photos(folder: Path, n: int) -> Path:
+    """n synthetic 500×375 JPEGs (skipped when the folder already has them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) >= n:
+        return folder
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_photo, [(folder / f"{i:06d}.jpg", i) for i in range(n)], chunksize=64))
+    return folder
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor) -> float:
+    """FLOPs of one training step (teacher forward, student forward + backward)."""
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(images, aspect)
+    return float(counter.get_total_flops())
+
+
+def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, device_only: bool,
+            peak_tflops: float) -> dict:  # fmt: skip
+    trainer = Trainer(cfg, run_dir)
+    dev = trainer.device
+    batches = iter(trainer.loader)
+
+    def next_batch():
+        batch = next(batches)
+        return decode_batch(batch, trainer.load_size, dev) if trainer.device_decode else batch
+
+    first = next_batch()
+    images, aspect = first.images.to(dev), first.aspect
+    for _ in range(warmup):  # compile, autotune, allocator warm-up
+        trainer.train_step(images, aspect)
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        if device_only:
+            trainer.train_step(images, aspect)
+        else:
+            b = next_batch()
+            trainer.train_step(b.images, b.aspect)
+    _sync(dev)
+    elapsed = time.perf_counter() - t0
+    n = cfg.data.batch_size * steps
+    flops = step_flops(trainer, images, aspect)
+    step_s = elapsed / steps
+    return {
+        "img_per_s": round(n / elapsed, 1),
+        "step_ms": round(step_s * 1000, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+        if dev.type == "cuda"
+        else None,
+        "gflops_per_step": round(flops / 1e9, 1),
+        "mfu": round(flops / step_s / (peak_tflops * 1e12), 4),
+    }
+
+
+def configs(args: argparse.Namespace, data: Path, batch: int) -> dict[str, list[str]]:
+    common = [f"data.train={data}", f"data.batch_size={batch}", f"data.num_workers={args.workers}",
+              "run.tensorboard=false", "eval.at_start=false", "optim.epochs=100"]  # fmt: skip
+    if args.smoke:
+        common += ["model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "head.out_dim=256",
+                   "head.hidden_dim=64", "head.bottleneck_dim=32", "crops.global_size=64",
+                   "crops.local_size=32", "crops.local_number=2", "model.patch_size=16",
+                   "model.img_size=64"]  # fmt: skip
+    fast = [*common, "data.decode=auto", "run.precision=auto",
+            f"run.compile={'false' if args.smoke else 'true'}"]  # fmt: skip
+    plain = [*common, "data.decode=cpu", "run.augment_device=cpu", "run.precision=fp32",
+             "run.compile=false"]  # fmt: skip
+    return {"fast end-to-end": fast, "fast device-only": fast, "plain (baseline)": plain}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=4096)
+    ap.add_argument("--batches", default="64,128")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--peak-tflops", type=float, default=794.0, help="bf16 peak measured (H100)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "vit_small16_imagenet.yaml"))
+    ap.add_argument("--out", default="runs/bench-train")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, few steps")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.images, args.batches, args.steps, args.warmup, args.workers = 64, "8", 2, 1, 0
+    out = Path(args.out)
+    data = make_photos(out / "photos", args.images)
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        for name, overrides in configs(args, data, batch).items():
+            cfg = load_config(args.config, overrides)
+            r = measure(cfg, out / "run", args.steps, args.warmup, "device-only" in name,
+                        args.peak_tflops)  # fmt: skip
+            rows.append({"config": name, "batch": batch, **r})
+            print(json.dumps(rows[-1]), flush=True)
+    for row in rows:
+        base = next(r for r in rows if r["batch"] == row["batch"] and "plain" in r["config"])
+        row["vs_plain"] = round(row["img_per_s"] / base["img_per_s"], 2)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
+        "torch": torch.__version__,
+        "command": "python bench/train_throughput.py " + shlex.join(argv or sys.argv[1:]),
+        "rows": rows,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("| config | batch | img/s | step ms | peak GiB | MFU | × plain |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['batch']} | {r['img_per_s']} | {r['step_ms']} | "
+              f"{r['peak_mem_gib']} | {r['mfu']:.1%} | {r['vs_plain']} |")  # fmt: skip
+    return report
+
+
+if __name__ == "__main__":
+    main()
