@@ -8,7 +8,7 @@ CONFIG ?= configs/tiny.yaml
 DATA ?= var/data/synthetic/train
 RUN ?= runs/latest
 
-.PHONY: venv demo test lint train bench clean
+.PHONY: venv demo test lint train serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ lint: venv
 
 train: venv
 	$(VENV)/bin/dinoserve train --config $(CONFIG) --data $(DATA) --out $(RUN)
+
+serve: venv
+	$(VENV)/bin/dinoserve serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 bench: venv
 	$(PY) bench/train_knn_cpu.py

@@ -53,6 +53,22 @@ class IndexerSettings(BaseModel):
     max_image_bytes: int = Field(64 * 1024 * 1024, gt=0)  # larger files are skipped, reported
 
 
+class ServeSettings(BaseModel):
+    """The HTTP service (`DINOSERVE_SERVE__*`); `dinoserve serve --host/--port` override the
+    bind address."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Micro-batching: concurrent requests share engine batches of up to max_batch images, the
+    # first waiting at most max_wait_ms for company. batching=false serves each request alone.
+    batching: bool = True
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    thumbnail_px: int = Field(256, ge=16, le=2048)  # GET /images/{id}: longer side
+    retry_after_s: int = Field(5, ge=1, le=3600)  # sent with 503s
+    store_attempts: int = Field(2, ge=1, le=10)  # tries per Qdrant call before a 503
+
+
 class Settings(BaseSettings):
     """Service settings; the variable names (DESIGN.md's table) are part of the contract."""
 
@@ -76,3 +92,4 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)

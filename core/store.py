@@ -93,20 +93,24 @@ def with_retry(fn: Callable[[], T], attempts: int = 5, base_delay: float = 0.5) 
     raise AssertionError("unreachable")
 
 
-def resolve_alias(client: QdrantClient, alias: str) -> str | None:
+def resolve_alias(client: QdrantClient, alias: str, attempts: int = 5) -> str | None:
     """The physical collection an alias points to, or None."""
-    for a in with_retry(lambda: client.get_aliases()).aliases:
+    for a in with_retry(lambda: client.get_aliases(), attempts).aliases:
         if a.alias_name == alias:
             return a.collection_name
     return None
 
 
-def resolve_collection(client: QdrantClient, name: str) -> str:
-    """Alias → physical name; a physical name passes through. Raises UnknownCollection."""
-    target = resolve_alias(client, name)
+def resolve_collection(client: QdrantClient, name: str, attempts: int = 5) -> str:
+    """Alias → physical name; a physical name passes through. Raises UnknownCollection.
+
+    Args:
+        attempts: tries per Qdrant call (a request handler wants few, a batch job many).
+    """
+    target = resolve_alias(client, name, attempts)
     if target is not None:
         return target
-    if with_retry(lambda: client.collection_exists(name)):
+    if with_retry(lambda: client.collection_exists(name), attempts):
         return name
     raise UnknownCollection(f"no collection named {name!r}")
 

@@ -110,6 +110,26 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Validate settings and the model before binding the port, then run uvicorn."""
+    from core import package
+    from core.settings import Settings
+
+    settings = Settings()  # a bad DINOSERVE_* value fails here (pydantic → exit 2)
+    flags = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    serve = type(settings.serve).model_validate({**settings.serve.model_dump(), **flags})
+    settings = settings.model_copy(update={"serve": serve})
+    meta = package.verify(package.resolve(settings.models_dir, settings.model))
+    print(f"serving {meta.name} {meta.version} on http://{serve.host}:{serve.port}")
+
+    import uvicorn
+
+    from api.main import create_app
+
+    uvicorn.run(create_app(settings), host=serve.host, port=serve.port, log_level="info")
+    return 0
+
+
 def _report_package(out: Path) -> None:
     from core.package import read_meta
 
@@ -172,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--prune", action="store_true", help="delete points whose source is gone")
     x.add_argument("--failures", default=None, help="JSONL report of skipped images")
     x.set_defaults(func=_cmd_index)
+
+    v = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    v.add_argument("--host", default=None, help="bind address (default DINOSERVE_SERVE__HOST)")
+    v.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    v.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="the offline demo on synthetic images")
     d.add_argument("--config", default="configs/tiny.yaml")

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from core import store
 from core.images import ImageRejected, decode_image
-from indexer.sources import TAR_SCHEME, Item, in_shard, reader
+from core.uris import TAR_SCHEME, reader, split_tar
+from indexer.sources import Item, in_shard
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _stream_bytes(
 def _stream_tar(items: list[Item]) -> Iterator[tuple[Item, bytes | Exception]]:
     by_archive: dict[str, dict[str, Item]] = {}
     for it in items:
-        archive, _, member = it.uri[len(TAR_SCHEME) :].partition("#")
+        archive, member = split_tar(it.uri)
         by_archive.setdefault(archive, {})[member] = it
     for archive, wanted in by_archive.items():
         with tarfile.open(archive, "r|*") as tar:  # streaming: one sequential pass

@@ -11,14 +11,13 @@ import csv
 import json
 import tarfile
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.images import IMAGE_EXTENSIONS
+from core.uris import TAR_SCHEME
 
-TAR_SCHEME = "tar://"
 RESERVED = {"uri", "label", "sha256", "width", "height", "model_version", "indexed_at"}
 
 
@@ -137,19 +136,3 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 def in_shard(uri: str, shard: tuple[int, int]) -> bool:
     i, n = shard
     return n == 1 or uuid.uuid5(uuid.NAMESPACE_URL, uri).int % n == i
-
-
-def reader(uri: str) -> Callable[[], bytes]:
-    """A function reading the bytes behind a URI (a file path or tar://archive#member)."""
-    if uri.startswith(TAR_SCHEME):
-        archive, _, member = uri[len(TAR_SCHEME) :].partition("#")
-
-        def read_member() -> bytes:
-            with tarfile.open(archive) as tar:
-                f = tar.extractfile(member)
-                if f is None:
-                    raise OSError(f"{member} is not a file in {archive}")
-                return f.read()
-
-        return read_member
-    return Path(uri).read_bytes

@@ -1,0 +1,58 @@
+"""`Annotated` dependencies: how a route reaches the runtime objects built in the lifespan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.batcher import Batcher
+from api.errors import ApiError
+from api.metrics import Metrics
+from api.runtime import Runtime
+from api.vectors import Vectors
+from core.engines import Engine
+from core.package import PackageMeta
+from core.settings import Settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime = getattr(request.state, "runtime", None)
+    if runtime is None:  # only without the lifespan (an app used without starting it)
+        raise ApiError(503, "not_ready", "the service is not started", {"Retry-After": "5"})
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings(rt: RuntimeDep) -> Settings:
+    return rt.settings
+
+
+def get_engine(rt: RuntimeDep) -> Engine:
+    return rt.engine
+
+
+def get_meta(rt: RuntimeDep) -> PackageMeta:
+    return rt.meta
+
+
+def get_vectors(rt: RuntimeDep) -> Vectors:
+    return rt.vectors
+
+
+def get_embedder(rt: RuntimeDep) -> Batcher:
+    return rt.embedder
+
+
+def get_metrics(rt: RuntimeDep) -> Metrics:
+    return rt.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+MetaDep = Annotated[PackageMeta, Depends(get_meta)]
+StoreDep = Annotated[Vectors, Depends(get_vectors)]
+BatcherDep = Annotated[Batcher, Depends(get_embedder)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,122 @@
+"""Errors at the HTTP boundary: every failure leaves as `{"error": {"code", "message"}}`.
+
+Domain code raises precise exceptions (ImageRejected, UnknownCollection, StoreError, …); the
+handlers here are the only place that turns them into status codes. FastAPI's own validation
+errors, unknown routes (404) and wrong methods (405) get the same shape; anything unexpected is
+logged and answered 500 in that shape too, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.batcher import BatcherClosed
+from core.images import ImageRejected
+from core.store import StoreError, UnknownCollection
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a stable machine-readable code and a message for people.
+
+    Args:
+        status: HTTP status code.
+        code: short snake_case code clients can branch on.
+        message: what went wrong and, where possible, what to do.
+        headers: extra response headers (e.g. Retry-After).
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _code_for(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+def _validation_message(errors: list) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body"))
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI, retry_after_s: int = 5) -> None:
+    """Register the handlers that translate exceptions into the JSON error shape.
+
+    Args:
+        app: the application.
+        retry_after_s: the Retry-After sent with 503s.
+    """
+    retry = {"Retry-After": str(retry_after_s)}
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code
+        if status == 404:
+            message = "no such route" if exc.detail == "Not Found" else str(exc.detail)
+        else:
+            message = str(exc.detail)
+        return error_response(status, _code_for(status), message, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_parameter", _validation_message(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(422, "invalid_parameter", _validation_message(list(exc.errors())))
+
+    @app.exception_handler(ImageRejected)
+    async def _image(_: Request, exc: ImageRejected) -> JSONResponse:
+        if exc.reason == "too_large":
+            return error_response(413, "image_too_large", str(exc))
+        code = "empty_image" if exc.reason == "empty" else "invalid_image"
+        return error_response(422, code, str(exc))
+
+    @app.exception_handler(UnknownCollection)
+    async def _collection(_: Request, exc: UnknownCollection) -> JSONResponse:
+        return error_response(404, "unknown_collection", str(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        log.warning("Qdrant: %s", exc)
+        return error_response(503, "store_unavailable", f"the vector store failed: {exc}", retry)
+
+    @app.exception_handler(BatcherClosed)
+    async def _closed(_: Request, exc: BatcherClosed) -> JSONResponse:
+        return error_response(503, "shutting_down", str(exc), retry)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "an unexpected error occurred; see the log")

@@ -1,0 +1,46 @@
+"""The app factory: `create_app(settings)` wires routes, error handlers, metrics and the lifespan
+that builds the runtime objects. No module-level state: every app is independent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+import api
+from api import errors
+from api.metrics import Metrics, MetricsMiddleware
+from api.routes import router
+from api.routes.page import STATIC
+from api.runtime import lifespan
+from core.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A dinoserve API application.
+
+    Args:
+        settings: the validated service settings (default: read from DINOSERVE_* now).
+    """
+    settings = settings or Settings()
+    metrics = Metrics()  # a registry per app, not prometheus_client's global one
+
+    @asynccontextmanager
+    async def _lifespan(app: FastAPI) -> AsyncIterator[dict]:
+        async with lifespan(app, settings, metrics) as state:
+            yield state
+
+    app = FastAPI(
+        title="dinoserve",
+        version=api.__version__,
+        description="DINO image embeddings: embed, classify, search and attention maps.",
+        lifespan=_lifespan,
+    )
+    errors.install(app, settings.serve.retry_after_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(router)
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,61 @@
+"""`POST /attention`: the last block's CLS attention per head, as JSON or as a picture."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import RuntimeDep
+from api.params import AttentionParams
+from api.render import render_attention
+from api.uploads import body_doc, merge_params, read_upload, single
+from core.attention import attention_mask, kept_mass
+from core.images import resize_center_crop
+
+router = APIRouter(tags=["attention"])
+
+
+@router.post(
+    "/attention",
+    summary="Self-attention maps of an image",
+    responses={200: {"content": {"application/json": {}, "image/png": {}}}},
+    openapi_extra=body_doc(many=False),
+)
+async def attention(
+    request: Request, rt: RuntimeDep, query: Annotated[AttentionParams, Query()]
+) -> Response:
+    """`format=json`: per head an (h, w) grid of the CLS token's attention to each patch (sums
+    to 1 per head), the boolean mask of the patches that hold `threshold` of it, and the sizes.
+    `format=png`: the image the model saw, a heat-map per head and the masks."""
+    s = rt.settings
+    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
+    params = merge_params(query, upload.fields, request)
+    (image,), batch = await rt.decode([single(upload)])
+    att = (await rt.attender.submit(batch))[0]  # (heads, h, w)
+    masks = attention_mask(att, params.threshold)
+    meta = rt.meta
+    if params.format == "png":
+
+        def draw() -> bytes:
+            seen = resize_center_crop(image, meta.img_size, meta.crop_pct)
+            return render_attention(seen, att, masks, tile=max(meta.img_size, 128))
+
+        return Response(await run_in_threadpool(draw), media_type="image/png")
+    return JSONResponse(
+        {
+            "model_version": meta.version,
+            "heads": int(att.shape[0]),
+            "grid": [int(att.shape[1]), int(att.shape[2])],
+            "patch_size": meta.patch_size,
+            "input_size": meta.img_size,
+            "image_size": [image.width, image.height],
+            "threshold": params.threshold,
+            "attention": att.astype(np.float64).round(6).tolist(),
+            "mask": masks.tolist(),
+            "kept_mass": kept_mass(att, masks).round(6).tolist(),
+        }
+    )

@@ -1,0 +1,69 @@
+"""`POST /classify`: an image → label by the k-NN vote of its nearest labelled neighbours."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from api.deps import RuntimeDep, StoreDep
+from api.errors import ApiError
+from api.knn import knn_vote
+from api.params import ClassifyParams
+from api.uploads import body_doc, merge_params, read_upload, single
+
+router = APIRouter(tags=["classification"])
+
+
+class Neighbor(BaseModel):
+    id: str
+    label: str
+    score: float
+    uri: str | None
+
+
+class ClassifyResponse(BaseModel):
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    neighbors: list[Neighbor]
+    collection: str
+    model_version: str
+
+
+@router.post(
+    "/classify",
+    summary="Classify an image by its labelled neighbours",
+    response_model=ClassifyResponse,
+    openapi_extra=body_doc(many=False),
+)
+async def classify(
+    request: Request, rt: RuntimeDep, vectors: StoreDep, query: Annotated[ClassifyParams, Query()]
+) -> ClassifyResponse:
+    """DINO's weighted k-NN: class score = Σ exp(similarity / T) over the k nearest labelled
+    points of that class, normalised to sum 1. 404 for an unknown collection, 409 for one
+    without labels or with another model version's embeddings."""
+    s = rt.settings
+    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
+    params = merge_params(query, upload.fields, request)
+    name = params.collection or s.collection
+    physical = await vectors.physical(name)
+    vector = (await rt.embed([single(upload)]))[0]
+    hits = await vectors.nearest(physical, vector.tolist(), params.k, labelled_only=True)
+    if not hits:
+        raise ApiError(
+            409,
+            "no_labels",
+            f"collection {name!r} has no labelled images to vote: index it with labels "
+            "(dinoserve index --labels dirs, or a manifest with a label column)",
+        )
+    vote = knn_vote([h.score for h in hits], [str(h.label) for h in hits], params.temperature)
+    return ClassifyResponse(
+        label=vote.label,
+        confidence=vote.confidence,
+        scores=vote.scores,
+        neighbors=[Neighbor(id=h.id, label=str(h.label), score=h.score, uri=h.uri) for h in hits],
+        collection=name,
+        model_version=rt.meta.version,
+    )

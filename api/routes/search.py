@@ -1,0 +1,70 @@
+"""`GET /search?image=…` (an indexed image) and `POST /search` (an uploaded one): the most
+similar indexed images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from api.deps import RuntimeDep, StoreDep
+from api.errors import ApiError
+from api.params import SearchByIdParams, SearchParams
+from api.uploads import body_doc, merge_params, read_upload, single
+from api.vectors import query_id
+
+router = APIRouter(tags=["search"])
+
+
+class Result(BaseModel):
+    id: str
+    score: float
+    uri: str | None
+    label: str | None
+
+
+class SearchResponse(BaseModel):
+    results: list[Result]
+
+
+def _response(hits: list) -> SearchResponse:
+    return SearchResponse(results=[Result(**h.as_dict()) for h in hits])
+
+
+@router.get("/search", summary="Images similar to an indexed image", response_model=SearchResponse)
+async def search_indexed(
+    rt: RuntimeDep, vectors: StoreDep, params: Annotated[SearchByIdParams, Query()]
+) -> SearchResponse:
+    """`image` is a point id or the URI it was indexed from; its stored vector is the query and
+    it is left out of the results. `label` keeps only images with that label."""
+    physical = await vectors.physical(params.collection or rt.settings.collection)
+    pid = query_id(params.image)
+    point = await vectors.point(physical, pid, with_vector=True)
+    if point is None or point.vector is None:
+        raise ApiError(404, "unknown_image", f"no indexed image {params.image!r} in the collection")
+    vector = point.vector if isinstance(point.vector, list) else None
+    if vector is None:  # named vectors are not part of the layout
+        raise ApiError(409, "unsupported_collection", "the collection has named vectors")
+    hits = await vectors.nearest(physical, vector, params.k, params.label, exclude=pid)
+    return _response(hits)
+
+
+@router.post(
+    "/search",
+    summary="Images similar to an uploaded image",
+    response_model=SearchResponse,
+    openapi_extra=body_doc(many=False),
+)
+async def search_upload(
+    request: Request, rt: RuntimeDep, vectors: StoreDep, query: Annotated[SearchParams, Query()]
+) -> SearchResponse:
+    """The upload (multipart `image` or JSON `{"image": base64}`) is embedded by the served
+    model and compared with the collection."""
+    s = rt.settings
+    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
+    params = merge_params(query, upload.fields, request)
+    physical = await vectors.physical(params.collection or s.collection)
+    vector = (await rt.embed([single(upload)]))[0]
+    hits = await vectors.nearest(physical, vector.tolist(), params.k, params.label)
+    return _response(hits)

@@ -1,0 +1,227 @@
+"""Reading uploads within limits: multipart files or base64 JSON, bytes, count and pixels.
+
+The body is read by hand (not by FastAPI's form parsing) so that its size is checked twice: the
+declared Content-Length before reading anything, and the bytes actually received while reading,
+which stops a client that lies or streams without a length. The byte limit is on the image bytes
+a request carries; a base64 JSON body may be 4/3 of that on the wire. Pixels are checked from
+the image header before decoding (decompression bombs), see core.images.decode_image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from PIL import Image
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from api.errors import ApiError
+from core.images import ImageRejected, decode_image
+
+P = TypeVar("P", bound=BaseModel)
+IMAGE_FIELDS = ("images", "image")
+_SLACK = 64 * 1024  # multipart boundaries, headers and JSON punctuation
+
+
+@dataclass
+class Upload:
+    """What a request carried: raw image bytes in order, and its scalar fields (form or JSON)."""
+
+    images: list[bytes]
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _too_large(message: str) -> ApiError:
+    return ApiError(413, "upload_too_large", message)
+
+
+async def read_body(request: Request, max_image_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds what the limit allows.
+
+    Args:
+        request: the incoming request.
+        max_image_bytes: DINOSERVE_MAX_UPLOAD_BYTES; the wire may carry 4/3 of it (base64).
+    """
+    limit = max_image_bytes * 4 // 3 + _SLACK
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"the body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_upload(request: Request, max_bytes: int, max_images: int) -> Upload:
+    """Images (multipart `images`/`image` files, or JSON base64) and scalar fields of a request.
+
+    Args:
+        request: the incoming request.
+        max_bytes: most image bytes per request (DINOSERVE_MAX_UPLOAD_BYTES).
+        max_images: most images per request (DINOSERVE_MAX_BATCH_IMAGES).
+    Raises:
+        ApiError: 413 too large or too many, 415 another content type, 422 no or bad images.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        upload = await _multipart(request, max_bytes, max_images)
+    elif ctype == "application/json" or ctype.endswith("+json"):
+        upload = _json(await read_body(request, max_bytes))
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {ctype or 'none'!r}: send multipart/form-data files or "
+            'application/json {"images": [base64, …]}',
+        )
+    if not upload.images:
+        raise ApiError(
+            422, "no_image", "no image: send multipart file(s) 'images' or JSON base64 'images'"
+        )
+    if len(upload.images) > max_images:
+        raise ApiError(
+            413, "too_many_images", f"{len(upload.images)} images is over the limit of {max_images}"
+        )
+    total = sum(len(b) for b in upload.images)
+    if total > max_bytes:
+        raise _too_large(f"{total} bytes of images is over the limit of {max_bytes}")
+    return upload
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _multipart(request: Request, max_bytes: int, max_images: int) -> Upload:
+    body = await read_body(request, max_bytes)
+    parser = MultiPartParser(
+        request.headers, _once(body), max_files=max_images + 1, max_fields=64, max_part_size=_SLACK
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise ApiError(
+                413, "too_many_images", f"more than {max_images} images in one request"
+            ) from exc
+        message = f"malformed multipart body: {exc.message}"
+        raise ApiError(422, "invalid_multipart", message) from exc
+    upload = Upload(images=[])
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name not in IMAGE_FIELDS:
+                    raise ApiError(
+                        422, "unexpected_field", f"file field {name!r}: send images as 'images'"
+                    )
+                upload.images.append(await value.read())
+            else:
+                upload.fields[name] = value
+    finally:
+        await form.close()
+    return upload
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_base64", f"{where} must be a base64 string")
+    if value.startswith("data:"):  # a data URL from a browser: data:image/png;base64,….
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, "invalid_base64", f"{where} is not valid base64: {exc}") from exc
+
+
+def _json(body: bytes) -> Upload:
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ApiError(422, "invalid_json", "the body must be a JSON object")
+    images: list[bytes] = []
+    if isinstance(doc.get("images"), list):
+        images = [_b64(v, f"images[{i}]") for i, v in enumerate(doc["images"])]
+    elif "images" in doc:
+        raise ApiError(422, "invalid_json", "'images' must be a list of base64 strings")
+    if "image" in doc:
+        images.append(_b64(doc["image"], "image"))
+    fields = {
+        k: str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in doc.items()
+        if k not in IMAGE_FIELDS and isinstance(v, str | int | float | bool)
+    }
+    return Upload(images, fields)
+
+
+def single(upload: Upload) -> bytes:
+    """The one image of an endpoint that takes one (`image`)."""
+    if len(upload.images) != 1:
+        raise ApiError(422, "one_image", f"send exactly one image, got {len(upload.images)}")
+    return upload.images[0]
+
+
+def decode_all(images: list[bytes], max_pixels: int) -> list[Image.Image]:
+    """Decode every image (RGB), naming the failing one when a request carries several.
+
+    Runs in a worker thread: decoding a large image takes a while.
+    """
+    out = []
+    for i, data in enumerate(images):
+        try:
+            out.append(decode_image(data, max_pixels))
+        except ImageRejected as exc:
+            if len(images) == 1:
+                raise
+            raise ImageRejected(exc.reason, f"image {i}: {exc}") from exc
+    return out
+
+
+def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
+    """Scalar parameters from the query string, completed by form fields / JSON keys.
+
+    A name given in the query string wins; the body fills in names the query does not give.
+
+    Raises:
+        pydantic.ValidationError: a body value is out of range (→ 422).
+    """
+    model = type(query)
+    extra = {
+        k: v for k, v in fields.items() if k in model.model_fields and k not in request.query_params
+    }
+    if not extra:
+        return query
+    return model.model_validate({**query.model_dump(), **extra})
+
+
+def body_doc(many: bool) -> dict[str, Any]:
+    """OpenAPI description of the request body (the body is parsed by hand, see read_upload)."""
+    name = "images" if many else "image"
+    part: dict[str, Any] = {"type": "string", "format": "binary"}
+    b64: dict[str, Any] = {"type": "string", "description": "base64 (or a data: URL)"}
+    if many:
+        part, b64 = {"type": "array", "items": part}, {"type": "array", "items": b64}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {name: part}, "required": [name]}
+                },
+                "application/json": {
+                    "schema": {"type": "object", "properties": {name: b64}, "required": [name]}
+                },
+            },
+        }
+    }

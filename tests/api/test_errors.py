@@ -1,0 +1,111 @@
+"""Every error leaves in one shape, with the status the issue's mapping gives it."""
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, "white").save(out, "PNG")  # compresses to almost nothing
+    return out.getvalue()
+
+
+def _error(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+def test_framework_errors_share_the_shape(client):
+    _error(client.get("/nope"), 404, "not_found")
+    r = client.get("/embed")
+    _error(r, 405, "method_not_allowed")
+    assert "POST" in r.headers["allow"]
+    _error(client.get("/search?image=x&k=abc"), 422, "invalid_parameter")
+
+
+def test_wrong_content_types(client):
+    _error(client.post("/embed", content=b"hello", headers={"content-type": "text/plain"}),
+           415, "unsupported_media_type")  # fmt: skip
+    _error(client.post("/embed"), 415, "unsupported_media_type")
+    _error(client.post("/classify", content=b"{", headers={"content-type": "application/json"}),
+           422, "invalid_json")  # fmt: skip
+    _error(client.post("/embed", json=[1, 2]), 422, "invalid_json")
+    _error(client.post("/embed", json={"images": ["***"]}), 422, "invalid_base64")
+    _error(client.post("/embed", json={"images": "abc"}), 422, "invalid_json")
+    _error(client.post("/embed", json={}), 422, "no_image")
+    _error(client.post("/embed", files={"other": ("a.png", _png((4, 4)))}), 422)
+    _error(client.post("/embed", content=b"--x\r\nbroken", headers={
+        "content-type": "multipart/form-data; boundary=x"}), 422)  # fmt: skip
+
+
+def test_bad_images(client, png_bytes):
+    good = png_bytes(0)
+    _error(client.post("/embed", files={"images": ("a.png", b"")}), 422, "empty_image")
+    _error(client.post("/embed", files={"images": ("a.png", b"not an image")}), 422,
+           "invalid_image")  # fmt: skip
+    _error(client.post("/classify", files={"image": ("a.png", good[: len(good) // 3])}), 422,
+           "invalid_image")  # fmt: skip
+    files = [("images", ("a.png", good)), ("images", ("b.png", b"junk"))]
+    err = _error(client.post("/embed", files=files), 422, "invalid_image")
+    assert err["message"].startswith("image 1:")
+    two = [("image", ("a.png", good)), ("image", ("b.png", good))]
+    _error(client.post("/classify", files=two), 422, "one_image")
+
+
+def test_size_limits(make_client, png_bytes):
+    c = make_client(max_upload_bytes=20_000, max_pixels=250_000, max_batch_images=2)
+    big = b"\x00" * 40_000
+    # The declared length is checked before anything is read…
+    _error(c.post("/embed", files={"images": ("a.png", big)}), 413, "upload_too_large")
+    # …and the bytes actually received when there is no length (chunked).
+    r = c.post("/embed", content=iter([b"x" * 30_000] * 5),
+               headers={"content-type": "multipart/form-data; boundary=x"})  # fmt: skip
+    _error(r, 413, "upload_too_large")
+    # base64 may be 4/3 larger on the wire, but the image bytes still count.
+    b64 = base64.b64encode(b"\x00" * 19_000).decode()
+    _error(c.post("/embed", json={"images": [b64, b64]}), 413, "upload_too_large")
+    files = [("images", ("a.png", png_bytes(i))) for i in range(3)]
+    _error(c.post("/embed", files=files), 413, "too_many_images")
+    # A decompression bomb: a tiny file of 1000×1000 pixels, refused from its header.
+    bomb = _png((1000, 1000))
+    assert len(bomb) < 20_000
+    _error(c.post("/embed", files={"images": ("a.png", bomb)}), 413, "image_too_large")
+    assert c.post("/embed", files={"images": ("a.png", _png((400, 400)))}).status_code == 200
+
+
+def test_qdrant_unreachable_is_503_with_retry_after(make_client, png_bytes):
+    c = make_client(qdrant_url="http://127.0.0.1:9", serve={"store_attempts": 1})
+    r = c.get("/search?image=x")
+    _error(r, 503, "store_unavailable")
+    assert r.headers["retry-after"] == "5"
+    _error(c.post("/classify", files={"image": ("a.png", png_bytes(0))}), 503)
+    assert c.post("/embed", files={"images": ("a.png", png_bytes(0))}).status_code == 200
+
+
+def test_unexpected_errors_are_500_in_the_same_shape(make_client, png_bytes, monkeypatch, caplog):
+    import api.routes.classify
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(api.routes.classify, "knn_vote", broken)
+    c = make_client(raise_server_exceptions=False)
+    err = _error(c.post("/classify", files={"image": ("a.png", png_bytes(0))}), 500,
+                 "internal_error")  # fmt: skip
+    assert "boom" not in err["message"]  # no internals leak
+    assert "boom" in caplog.text
+    assert 'status="500"' in c.get("/metrics").text
+
+
+@pytest.mark.parametrize("query", ["k=0", "temperature=11", "temperature=-1", "collection=a b"])
+def test_scalar_parameter_ranges(client, png_bytes, query):
+    r = client.post(f"/classify?{query}", files={"image": ("a.png", png_bytes(0))})
+    _error(r, 422, "invalid_parameter")
