@@ -50,19 +50,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Until the API lands: make synthetic data and train the tiny preset on it."""
-    from training.config import load_config
-    from training.synthetic import make_synthetic
-    from training.train import train
+    from core.settings import Settings
+    from dinoserve.demo import run_demo
 
-    data = Path(args.data)
-    if not data.exists():
-        print(f"making synthetic demo images in {data} …")
-        make_synthetic(data, 200, 32, seed=0)
-    cfg = load_config(args.config, [f"data.train={data}"])
-    result = train(cfg, Path(args.out))
-    _report(result)
-    print(f"curves: {Path(args.out) / 'curves.png'}  metrics: {Path(args.out) / 'metrics.jsonl'}")
+    run_demo(Settings(), Path(args.data), Path(args.queries), args.config, Path(args.out))
     return 0
 
 
@@ -200,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the offline demo on synthetic images")
     d.add_argument("--config", default="configs/tiny.yaml")
-    d.add_argument("--data", default=str(DEMO_DATA))
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--data", default=str(DEMO_DATA), help="labelled images to index")
+    d.add_argument("--queries", default="var/data/synthetic-queries", help="held-out images")
+    d.add_argument("--out", default="runs/demo", help="training run, when no model exists")
     d.set_defaults(func=_cmd_demo)
     return p
 
