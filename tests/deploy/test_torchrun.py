@@ -1,0 +1,29 @@
+"""The training launcher under torchrun: two gloo processes on the CPU, as the Kubernetes
+training job runs it (`torchrun … -m dinoserve train …`), end to end through the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import MICRO, ROOT
+
+
+@pytest.mark.slow
+def test_dinoserve_train_under_torchrun_two_processes(synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "dinoserve", "train", "--config", "configs/tiny.yaml", "--data", str(synthetic_dir),
+        "--out", str(out), *MICRO, f"data.cache_dir={tmp_path / 'cache'}", "optim.epochs=1",
+        "run.device=cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [line for line in proc.stdout.splitlines() if line.startswith("run: ")]
+    assert len(summaries) == 1, proc.stdout  # rank 0 only
+    assert "steps: 7" in summaries[0]  # 120 images / 2 ranks / batch 8, each rank its half
+    for name in ("last.pt", "config.yaml", "metrics.jsonl"):
+        assert (out / name).is_file(), name
