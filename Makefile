@@ -29,8 +29,13 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Train, export a new version of the served model (CURRENT untouched), then refresh: every served
+# collection is re-embedded, and only then do aliases, CURRENT and the service's engine switch.
+# A running service does the refresh itself (DINOSERVE_ADMIN_API_KEY); else the CLI does.
 train: venv
 	$(VENV)/bin/dinoserve train --config $(CONFIG) --data $(DATA) --out $(RUN)
+	$(VENV)/bin/dinoserve export $(RUN) --no-activate $(if $(MODEL),--name $(MODEL))
+	$(if $(MODEL),DINOSERVE_MODEL=$(MODEL)) $(VENV)/bin/dinoserve refresh
 
 serve: venv
 	$(VENV)/bin/dinoserve serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))

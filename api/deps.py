@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +11,7 @@ from api.batcher import Batcher
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.runtime import Runtime
+from api.serving import Serving
 from api.vectors import Vectors
 from core.engines import Engine
 from core.package import PackageMeta
@@ -24,6 +26,18 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_serving(rt: RuntimeDep) -> AsyncIterator[Serving]:
+    """The served model state, taken ONCE per request and held until it ends, so a refresh
+    that swaps engines meanwhile neither changes nor closes what this request uses (async: the
+    count changes on the event loop only)."""
+    serving = rt.serving
+    serving.users += 1
+    try:
+        yield serving
+    finally:
+        serving.users -= 1
 
 
 def get_settings(rt: RuntimeDep) -> Settings:
@@ -56,3 +70,4 @@ MetaDep = Annotated[PackageMeta, Depends(get_meta)]
 StoreDep = Annotated[Vectors, Depends(get_vectors)]
 BatcherDep = Annotated[Batcher, Depends(get_embedder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServingDep = Annotated[Serving, Depends(get_serving)]

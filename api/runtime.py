@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
@@ -16,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batcher import Batcher
 from api.metrics import Metrics
-from api.uploads import decode_all
+from api.refresh import Refresher
+from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
-from core.engines import Engine, load_engine, preprocess_batch
+from core.engines import Engine, load_engine
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,27 +29,51 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
+    """`serving` (model card, engine, batchers) is replaced as a whole by a refresh or rollback;
+    a request reads it once (api.deps.ServingDep), the properties below are for the rest."""
+
     settings: Settings
-    meta: package.PackageMeta
-    engine: Engine
+    serving: Serving
     vectors: Vectors
-    embedder: Batcher
-    attender: Batcher
     metrics: Metrics
+    executor: ThreadPoolExecutor
+    admin: Any = None  # api.refresh.Refresher
+
+    @property
+    def meta(self) -> package.PackageMeta:
+        return self.serving.meta
+
+    @property
+    def engine(self) -> Engine:
+        return self.serving.engine
+
+    @property
+    def embedder(self) -> Batcher:
+        return self.serving.embedder
+
+    @property
+    def attender(self) -> Batcher:
+        return self.serving.attender
 
     async def decode(self, images: list[bytes]) -> tuple[list[Image.Image], np.ndarray]:
         """Decode (within DINOSERVE_MAX_PIXELS) and preprocess in a worker thread."""
-
-        def work() -> tuple[list[Image.Image], np.ndarray]:
-            pics = decode_all(images, self.settings.max_pixels)
-            return pics, preprocess_batch(self.meta, pics)
-
-        return await run_in_threadpool(work)
+        return await self.serving.decode(images)
 
     async def embed(self, images: list[bytes]) -> np.ndarray:
         """L2-normalised embeddings (N, D) of encoded images, through the micro-batcher."""
-        _, batch = await self.decode(images)
-        return await self.embedder.submit(batch)
+        return await self.serving.embed(images)
+
+    def swap(self, new: Serving) -> Serving:
+        """Serve `new` from the next request on; returns the old state (to retire)."""
+        old, self.serving = self.serving, new
+        self.metrics.model.info(_model_info(new.meta, self.settings.engine))
+        log.info("now serving %s %s", new.meta.name, new.meta.version)
+        return old
+
+
+def _model_info(meta: package.PackageMeta, engine: str) -> dict[str, str]:
+    return {"name": meta.name, "version": meta.version, "engine": engine,
+            "embed_dim": str(meta.embed_dim)}  # fmt: skip
 
 
 @asynccontextmanager
@@ -68,29 +94,22 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     )
     # One engine thread: engine calls run one at a time, each using the runtime's own intra-op
     # threads, instead of competing for the same cores.
+    # Old and new engines of a refresh share it too.
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
-    s = settings.serve
-    batchers = {
-        op: Batcher(fn, executor, s.max_batch, s.max_wait_ms, s.batching,
-                    on_batch=metrics.batch_observer(op))
-        for op, fn in (("embed", engine.embed), ("attention", engine.attention))
-    }  # fmt: skip
-    for op, b in batchers.items():
-        b.start()
-        metrics.watch_queue(op, lambda b=b: b.depth)
-    metrics.model.info(
-        {"name": meta.name, "version": meta.version, "engine": settings.engine,
-         "embed_dim": str(meta.embed_dim)}
-    )  # fmt: skip
+    serving = Serving.start(meta, engine, executor, settings, metrics)
+    metrics.model.info(_model_info(meta, settings.engine))
     runtime = Runtime(
-        settings, meta, engine, Vectors(client, engine.model_version, s.store_attempts),
-        batchers["embed"], batchers["attention"], metrics,
-    )  # fmt: skip
+        settings, serving, Vectors(client, settings.serve.store_attempts), metrics, executor
+    )
+    metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)
+    metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
+    runtime.admin = Refresher(runtime)
+    runtime.admin.start_watch()
     log.info("serving %s %s (%s)", meta.name, meta.version, settings.engine)
     try:
         yield {"runtime": runtime}
     finally:
-        for b in batchers.values():
-            await b.close()
+        await runtime.admin.stop()
+        await runtime.serving.close()
         executor.shutdown(wait=True)
         client.close()

@@ -45,20 +45,20 @@ class Vectors:
 
     Args:
         client: embedded store or server client.
-        model_version: the served engine's version; queries only go to `<name>__<version>`.
         attempts: tries per Qdrant call before StoreError (→ 503).
     """
 
-    def __init__(self, client: QdrantClient, model_version: str, attempts: int = 2) -> None:
-        self.client, self.model_version, self.attempts = client, model_version, attempts
-        # The embedded store is not thread-safe; a server client is.
-        self._lock: Any = threading.Lock() if store.is_local(client) else nullcontext()
+    def __init__(self, client: QdrantClient, attempts: int = 2) -> None:
+        self.client, self.attempts = client, attempts
+        # The embedded store is not thread-safe; a server client is. A refresh running in the
+        # service takes the same lock for its own Qdrant calls.
+        self.lock: Any = threading.Lock() if store.is_local(client) else nullcontext()
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run a Qdrant call in a worker thread (retried; one at a time on the embedded store)."""
 
         def call() -> T:
-            with self._lock:
+            with self.lock:
                 return store.with_retry(fn, self.attempts, base_delay=0.1)
 
         return await run_in_threadpool(call)
@@ -67,27 +67,37 @@ class Vectors:
         """Raise StoreError unless Qdrant answers."""
         await self.run(self.client.get_collections)
 
-    async def physical(self, name: str, check_version: bool = True) -> str:
-        """The physical collection behind logical `name`.
+    async def physical(self, name: str, version: str | None) -> str:
+        """The physical collection to search for logical `name` with model `version`.
+
+        `<name>__<version>` when it exists — whether or not the alias points to it yet (a
+        refresh flips aliases and swaps engines at slightly different moments; each request
+        keeps to its own version) — else whatever the alias points to, which must then be of
+        `version`. `version=None`: the alias target, unchecked.
 
         Raises:
             UnknownCollection: no such collection (→ 404).
             ApiError: 409 when it holds another model version's embeddings.
         """
+        expected = f"{name}{store.SEP}{version}"
 
         def resolve() -> str:
-            with self._lock:
-                return store.resolve_collection(self.client, name, self.attempts)
+            with self.lock:
+                target = store.resolve_alias(self.client, name, self.attempts)
+                if version is None or target == expected:
+                    return target or store.resolve_collection(self.client, name, self.attempts)
+                if store.with_retry(lambda: self.client.collection_exists(expected), self.attempts):
+                    return expected
+                return target or store.resolve_collection(self.client, name, self.attempts)
 
         physical = await run_in_threadpool(resolve)
-        expected = f"{name}{store.SEP}{self.model_version}"
-        if check_version and physical != expected:
+        if version is not None and physical != expected:
             held = physical.split(store.SEP, 1)[1] if store.SEP in physical else "unknown"
             raise ApiError(
                 409,
                 "model_version_mismatch",
                 f"collection {name!r} holds embeddings of model version {held}, this service "
-                f"runs {self.model_version}: re-index it with this model (dinoserve index) "
+                f"runs {version}: re-index it with this model (dinoserve index) "
                 "before querying it",
             )
         return physical

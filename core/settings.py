@@ -69,6 +69,21 @@ class ServeSettings(BaseModel):
     store_attempts: int = Field(2, ge=1, le=10)  # tries per Qdrant call before a 503
 
 
+class RefreshSettings(BaseModel):
+    """Backbone refresh and rollback (`DINOSERVE_REFRESH__*`): see docs/architecture.md."""
+
+    keep_versions: int = Field(2, ge=2, le=1000)  # `models gc`: at least served + previous
+    batch: int = Field(32, ge=1, le=4096)  # images per engine call while re-embedding
+    workers: int = Field(2, ge=1, le=64)  # read + decode threads while re-embedding
+    # Seconds between checks of the registry's CURRENT by a running service (0 = no watch): when
+    # it names another version, the service refreshes to it.
+    watch_interval_s: float = Field(0.0, ge=0)
+    drain_timeout_s: float = Field(60.0, gt=0)  # longest wait for in-flight requests of a swap
+    # A refresh fails (nothing served changes) when more of a collection's images than this
+    # cannot be read again: flipping would silently shrink the collection.
+    max_failed_fraction: float = Field(0.1, ge=0, le=1)
+
+
 class Settings(BaseSettings):
     """Service settings; the variable names (DESIGN.md's table) are part of the contract."""
 
@@ -93,3 +108,4 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    refresh: RefreshSettings = Field(default_factory=RefreshSettings)

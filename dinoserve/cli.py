@@ -58,9 +58,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from core.settings import Settings
     from training.export import export_run
 
-    out = export_run(Path(args.run_dir), Path(args.models_dir), args.name, args.quantize)
+    name = args.name or Settings().model  # default: the served model's name
+    out = export_run(Path(args.run_dir), Path(args.models_dir), name, args.quantize,
+                     activate=not args.no_activate)  # fmt: skip
     _report_package(out)
     return 0
 
@@ -123,9 +126,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _report_package(out: Path) -> None:
     from core.package import read_meta
+    from core.versions import current_or_none
 
     meta = read_meta(out)
-    print(f"package: {out}  (CURRENT → {meta.version})")
+    print(f"package: {out}  {meta.version}  (CURRENT → {current_or_none(out.parent)})")
     print(f"variants: {', '.join(meta.onnx)}  parity (max abs): {meta.parity}")
 
 
@@ -158,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="package a run's teacher backbone (ONNX + safetensors)")
     e.add_argument("run_dir", help="training run directory")
-    e.add_argument("--name", required=True, help="model name under the models directory")
+    e.add_argument("--name", default=None, help="model name (default: DINOSERVE_MODEL)")
     e.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
     e.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
+    e.add_argument("--no-activate", action="store_true",
+                   help="leave CURRENT; `dinoserve refresh` moves it")  # fmt: skip
     e.set_defaults(func=_cmd_export)
 
     i = sub.add_parser("import-timm", help="package published DINO weights through timm")
@@ -195,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--queries", default="var/data/synthetic-queries", help="held-out images")
     d.add_argument("--out", default="runs/demo", help="training run, when no model exists")
     d.set_defaults(func=_cmd_demo)
+
+    from dinoserve.models_cli import add_parsers
+
+    add_parsers(sub)  # refresh, models list|rollback|gc
     return p
 
 

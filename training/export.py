@@ -38,8 +38,9 @@ def write_package(
     models_dir: Path,
     name: str,
     quantize: str | None = None,
+    activate: bool = True,
 ) -> Path:
-    """Export, check, write and switch CURRENT to a new version of model `name`.
+    """Export, check, write and (by default) switch CURRENT to a new version of model `name`.
 
     Args:
         vit: a timm ViT (num_classes=0) whose weights to package.
@@ -48,6 +49,8 @@ def write_package(
         models_dir: the registry, e.g. var/models.
         name: model name.
         quantize: None, or "int8" for an extra quantised ONNX file for CPUs.
+        activate: switch CURRENT to it. False leaves CURRENT alone: a refresh (`dinoserve
+            refresh`) moves it once the collections are re-embedded.
     Returns:
         The new package directory.
     """
@@ -89,7 +92,8 @@ def write_package(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    package.switch_current(out.parent, out.name)
+    if activate:
+        package.switch_current(out.parent, out.name)
     return out
 
 
@@ -99,6 +103,7 @@ def export_run(
     name: str,
     quantize: str | None = None,
     ckpt_name: str = "last.pt",
+    activate: bool = True,
 ) -> Path:
     """Package the teacher backbone of a training run.
 
@@ -108,6 +113,7 @@ def export_run(
         name: model name.
         quantize: None or "int8".
         ckpt_name: checkpoint inside run_dir.
+        activate: switch CURRENT to the new version (see write_package).
     """
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
@@ -137,7 +143,7 @@ def export_run(
         },
         "evaluation": evaluation,
     }
-    return write_package(vit, meta, models_dir, name, quantize)
+    return write_package(vit, meta, models_dir, name, quantize, activate)
 
 
 def import_timm(

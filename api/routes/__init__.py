@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from api.routes import attention, classify, embed, health, images, page, search
+from api.routes import admin, attention, classify, embed, health, images, page, search
 
 router = APIRouter()
-for module in (embed, classify, search, attention, images, health, page):
+for module in (embed, classify, search, attention, images, health, page, admin):
     router.include_router(module.router)

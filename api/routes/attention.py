@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, ServingDep
 from api.params import AttentionParams
 from api.render import render_attention
 from api.uploads import body_doc, merge_params, read_upload, single
@@ -26,7 +26,7 @@ router = APIRouter(tags=["attention"])
     openapi_extra=body_doc(many=False),
 )
 async def attention(
-    request: Request, rt: RuntimeDep, query: Annotated[AttentionParams, Query()]
+    request: Request, rt: RuntimeDep, sv: ServingDep, query: Annotated[AttentionParams, Query()]
 ) -> Response:
     """`format=json`: per head an (h, w) grid of the CLS token's attention to each patch (sums
     to 1 per head), the boolean mask of the patches that hold `threshold` of it, and the sizes.
@@ -34,10 +34,10 @@ async def attention(
     s = rt.settings
     upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
     params = merge_params(query, upload.fields, request)
-    (image,), batch = await rt.decode([single(upload)])
-    att = (await rt.attender.submit(batch))[0]  # (heads, h, w)
+    (image,), batch = await sv.decode([single(upload)])
+    att = (await sv.attender.submit(batch))[0]  # (heads, h, w)
     masks = attention_mask(att, params.threshold)
-    meta = rt.meta
+    meta = sv.meta
     if params.format == "png":
 
         def draw() -> bytes:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from api.deps import RuntimeDep, StoreDep
+from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
 from api.knn import knn_vote
 from api.params import ClassifyParams
@@ -29,7 +29,8 @@ class ClassifyResponse(BaseModel):
     scores: dict[str, float]
     neighbors: list[Neighbor]
     collection: str
-    model_version: str
+    physical_collection: str  # the one searched: `<collection>__<model_version>`
+    model_version: str  # embedded the query and the collection
 
 
 @router.post(
@@ -39,7 +40,11 @@ class ClassifyResponse(BaseModel):
     openapi_extra=body_doc(many=False),
 )
 async def classify(
-    request: Request, rt: RuntimeDep, vectors: StoreDep, query: Annotated[ClassifyParams, Query()]
+    request: Request,
+    rt: RuntimeDep,
+    sv: ServingDep,
+    vectors: StoreDep,
+    query: Annotated[ClassifyParams, Query()],
 ) -> ClassifyResponse:
     """DINO's weighted k-NN: class score = Σ exp(similarity / T) over the k nearest labelled
     points of that class, normalised to sum 1. 404 for an unknown collection, 409 for one
@@ -48,8 +53,8 @@ async def classify(
     upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
     params = merge_params(query, upload.fields, request)
     name = params.collection or s.collection
-    physical = await vectors.physical(name)
-    vector = (await rt.embed([single(upload)]))[0]
+    physical = await vectors.physical(name, sv.version)
+    vector = (await sv.embed([single(upload)]))[0]
     hits = await vectors.nearest(physical, vector.tolist(), params.k, labelled_only=True)
     if not hits:
         raise ApiError(
@@ -65,5 +70,6 @@ async def classify(
         scores=vote.scores,
         neighbors=[Neighbor(id=h.id, label=str(h.label), score=h.score, uri=h.uri) for h in hits],
         collection=name,
-        model_version=rt.meta.version,
+        physical_collection=physical,
+        model_version=sv.version,
     )

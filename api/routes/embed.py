@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.deps import MetaDep, RuntimeDep
+from api.deps import RuntimeDep, ServingDep
 from api.uploads import body_doc, read_upload
 
 router = APIRouter(tags=["embeddings"])
@@ -25,16 +25,16 @@ class EmbedResponse(BaseModel):
     responses={200: {"model": EmbedResponse}},
     openapi_extra=body_doc(many=True),
 )
-async def embed(request: Request, rt: RuntimeDep, meta: MetaDep) -> JSONResponse:
+async def embed(request: Request, rt: RuntimeDep, sv: ServingDep) -> JSONResponse:
     """Embeddings of up to DINOSERVE_MAX_BATCH_IMAGES images (multipart `images` files or JSON
     `{"images": [base64, …]}`), in the order sent; each has unit L2 norm."""
     s = rt.settings
     upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
-    vectors = await rt.embed(upload.images)
+    vectors = await sv.embed(upload.images)
     # JSONResponse directly: FastAPI's encoder walks every float and is slow on large batches.
     return JSONResponse(
         {
-            "model_version": meta.version,
+            "model_version": sv.version,
             "dim": int(vectors.shape[1]),
             "count": len(vectors),
             "embeddings": vectors.tolist(),

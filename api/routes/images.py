@@ -57,7 +57,7 @@ async def image(
         pid = str(uuid.UUID(image_id))
     except ValueError:
         raise ApiError(404, "unknown_image", f"{image_id!r} is not a point id") from None
-    physical = await vectors.physical(params.collection or rt.settings.collection, False)
+    physical = await vectors.physical(params.collection or rt.settings.collection, None)
     point = await vectors.point(physical, pid)
     uri = (point.payload or {}).get("uri") if point is not None else None
     if not uri:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from api.deps import RuntimeDep, StoreDep
+from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
 from api.params import SearchByIdParams, SearchParams
 from api.uploads import body_doc, merge_params, read_upload, single
@@ -26,19 +26,31 @@ class Result(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[Result]
+    collection: str
+    physical_collection: str  # the one searched: `<collection>__<model_version>`
+    model_version: str  # of the query vector and the collection
 
 
-def _response(hits: list) -> SearchResponse:
-    return SearchResponse(results=[Result(**h.as_dict()) for h in hits])
+def _response(hits: list, name: str, physical: str, version: str) -> SearchResponse:
+    return SearchResponse(
+        results=[Result(**h.as_dict()) for h in hits],
+        collection=name,
+        physical_collection=physical,
+        model_version=version,
+    )
 
 
 @router.get("/search", summary="Images similar to an indexed image", response_model=SearchResponse)
 async def search_indexed(
-    rt: RuntimeDep, vectors: StoreDep, params: Annotated[SearchByIdParams, Query()]
+    rt: RuntimeDep,
+    sv: ServingDep,
+    vectors: StoreDep,
+    params: Annotated[SearchByIdParams, Query()],
 ) -> SearchResponse:
     """`image` is a point id or the URI it was indexed from; its stored vector is the query and
     it is left out of the results. `label` keeps only images with that label."""
-    physical = await vectors.physical(params.collection or rt.settings.collection)
+    name = params.collection or rt.settings.collection
+    physical = await vectors.physical(name, sv.version)
     pid = query_id(params.image)
     point = await vectors.point(physical, pid, with_vector=True)
     if point is None or point.vector is None:
@@ -47,7 +59,7 @@ async def search_indexed(
     if vector is None:  # named vectors are not part of the layout
         raise ApiError(409, "unsupported_collection", "the collection has named vectors")
     hits = await vectors.nearest(physical, vector, params.k, params.label, exclude=pid)
-    return _response(hits)
+    return _response(hits, name, physical, sv.version)
 
 
 @router.post(
@@ -57,14 +69,19 @@ async def search_indexed(
     openapi_extra=body_doc(many=False),
 )
 async def search_upload(
-    request: Request, rt: RuntimeDep, vectors: StoreDep, query: Annotated[SearchParams, Query()]
+    request: Request,
+    rt: RuntimeDep,
+    sv: ServingDep,
+    vectors: StoreDep,
+    query: Annotated[SearchParams, Query()],
 ) -> SearchResponse:
     """The upload (multipart `image` or JSON `{"image": base64}`) is embedded by the served
     model and compared with the collection."""
     s = rt.settings
     upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
     params = merge_params(query, upload.fields, request)
-    physical = await vectors.physical(params.collection or s.collection)
-    vector = (await rt.embed([single(upload)]))[0]
+    name = params.collection or s.collection
+    physical = await vectors.physical(name, sv.version)
+    vector = (await sv.embed([single(upload)]))[0]
     hits = await vectors.nearest(physical, vector.tolist(), params.k, params.label)
-    return _response(hits)
+    return _response(hits, name, physical, sv.version)

@@ -1,0 +1,95 @@
+"""Admin: refresh the served backbone, roll it back, list and gc model versions.
+
+Every route needs `Authorization: Bearer <DINOSERVE_ADMIN_API_KEY>` (or `X-API-Key`): missing
+→ 401, wrong → 403; without a configured admin key the routes answer 403 `admin_disabled`,
+never open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import RuntimeDep
+from api.errors import ApiError
+from api.refresh import Busy
+from core.versions import VersionError
+
+
+def require_admin(request: Request, rt: RuntimeDep) -> None:
+    expected = rt.settings.admin_api_key
+    if not expected:
+        raise ApiError(403, "admin_disabled", "admin routes are off: set DINOSERVE_ADMIN_API_KEY")
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    given = given or request.headers.get("x-api-key")
+    if not given:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "admin key required: Authorization: Bearer <key> or X-API-Key",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "wrong admin key")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+def _conflict(exc: Exception) -> ApiError:
+    if isinstance(exc, Busy):
+        return ApiError(409, "refresh_running", str(exc))
+    return ApiError(409, "version_unavailable", str(exc))
+
+
+@router.post("/refresh", summary="Re-embed every served collection with another model version",
+             status_code=202)  # fmt: skip
+async def start_refresh(
+    rt: RuntimeDep,
+    version: Annotated[str | None, Query(description="default: newest version not served")] = None,
+) -> JSONResponse:
+    """Starts in the background (202 and a job id); follow it with GET /admin/refresh. The old
+    version keeps serving until every collection is re-embedded; a failure changes nothing."""
+    try:
+        status = rt.admin.start(version)
+    except (Busy, VersionError) as exc:
+        raise _conflict(exc) from exc
+    return JSONResponse(status.as_dict(), status_code=202)
+
+
+@router.get("/refresh", summary="State and progress of the last refresh")
+async def refresh_status(rt: RuntimeDep) -> dict[str, Any]:
+    """state idle|running|done|failed, per collection done/total, images left out, error."""
+    return rt.admin.status.as_dict()
+
+
+@router.post("/rollback", summary="Serve the previous model version again")
+async def rollback(rt: RuntimeDep) -> dict[str, Any]:
+    """Flips the aliases back to the previous version's collections (kept since its refresh),
+    switches the engine and CURRENT. 409 when none is kept or a refresh is running."""
+    try:
+        return await rt.admin.rollback()
+    except (Busy, VersionError) as exc:
+        raise _conflict(exc) from exc
+
+
+@router.get("/models", summary="Versions of the served model and their collections")
+async def models(rt: RuntimeDep) -> dict[str, Any]:
+    try:
+        return await rt.admin.describe()
+    except VersionError as exc:
+        raise _conflict(exc) from exc
+
+
+@router.post("/gc", summary="Delete old model versions and their collections")
+async def gc(rt: RuntimeDep) -> dict[str, Any]:
+    """Keeps DINOSERVE_REFRESH__KEEP_VERSIONS up to the served one (never it or the previous
+    one) and every newer version."""
+    try:
+        return await rt.admin.gc()
+    except (Busy, VersionError) as exc:
+        raise _conflict(exc) from exc

@@ -1,0 +1,98 @@
+"""What one model version needs to answer requests: its package card, engine and micro-batchers.
+
+A request takes ONE `Serving` at its start (api.deps.ServingDep) and uses it throughout: the
+query is embedded by that engine and searched in `<collection>__<its version>`. A refresh or a
+rollback builds a new `Serving` and replaces the runtime's in one attribute assignment; the old
+one finishes the requests that hold it, then closes its batchers (`retire`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from api.batcher import Batcher
+from api.metrics import Metrics
+from api.uploads import decode_all
+from core.engines import Engine, preprocess_batch
+from core.package import PackageMeta
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Serving:
+    """One served model version; its fields are never reassigned after `start`.
+
+    Args:
+        meta: the package's model.json.
+        engine: its loaded engine.
+        embedder, attender: started micro-batchers over `engine.embed` / `engine.attention`.
+        max_pixels: the decoding limit (DINOSERVE_MAX_PIXELS).
+    """
+
+    def __init__(
+        self, meta: PackageMeta, engine: Engine, embedder: Batcher, attender: Batcher,
+        max_pixels: int,
+    ) -> None:  # fmt: skip
+        self.meta, self.engine, self.max_pixels = meta, engine, max_pixels
+        self.embedder, self.attender = embedder, attender
+        self.users = 0  # requests holding this state (changed on the event loop only)
+
+    @classmethod
+    def start(
+        cls,
+        meta: PackageMeta,
+        engine: Engine,
+        executor: Executor,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Serving:
+        """Build and start the batchers (on the running event loop)."""
+        s = settings.serve
+        embedder, attender = (
+            Batcher(fn, executor, s.max_batch, s.max_wait_ms, s.batching,
+                    on_batch=metrics.batch_observer(op))
+            for op, fn in (("embed", engine.embed), ("attention", engine.attention))
+        )  # fmt: skip
+        embedder.start()
+        attender.start()
+        return cls(meta, engine, embedder, attender, settings.max_pixels)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    async def decode(self, images: list[bytes]) -> tuple[list[Image.Image], np.ndarray]:
+        """Decode (within DINOSERVE_MAX_PIXELS) and preprocess for this model, in a thread."""
+
+        def work() -> tuple[list[Image.Image], np.ndarray]:
+            pics = decode_all(images, self.max_pixels)
+            return pics, preprocess_batch(self.meta, pics)
+
+        return await run_in_threadpool(work)
+
+    async def embed(self, images: list[bytes]) -> np.ndarray:
+        """L2-normalised embeddings (N, D) of encoded images, through the micro-batcher."""
+        _, batch = await self.decode(images)
+        return await self.embedder.submit(batch)
+
+    async def close(self) -> None:
+        await self.embedder.close()
+        await self.attender.close()
+
+    async def retire(self, timeout_s: float) -> None:
+        """Close the batchers once no request holds this state (or after `timeout_s`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.users > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.users:
+            log.warning("closing model %s with %d requests in flight", self.version, self.users)
+        await self.close()
+        log.info("retired model version %s", self.version)

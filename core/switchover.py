@@ -1,0 +1,174 @@
+"""The steps of a refresh and a rollback, shared by the service (POST /admin/refresh) and the CLI
+(`dinoserve refresh` with no service running): prepare (load and verify the new package,
+re-embed every collection the served version serves) → commit (flip all aliases in one call,
+then move CURRENT) — or abort (drop the collections this refresh created). Until commit, nothing
+that is served changes; the caller swaps its engine after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core import package, refresh, store
+from core.engines import Engine, load_engine, preprocess_batch
+from core.settings import Settings
+from core.versions import VersionError, previous
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class RefreshStatus:
+    """What GET /admin/refresh reports (and the CLI prints). Written by one worker thread."""
+
+    job: str = ""
+    state: str = "idle"  # idle | running | done | failed
+    phase: str = ""  # loading | reembedding | switching
+    from_version: str | None = None
+    to_version: str | None = None
+    collections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)  # images left out
+    error: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @classmethod
+    def begin(cls, job: str, served: str | None, target: str) -> RefreshStatus:
+        return cls(job, "running", "loading", served, target, started_at=_now())
+
+    def update(self, alias: str, r: refresh.ReembedReport) -> None:
+        # New objects, rebound in one assignment: a reader in another thread (GET
+        # /admin/refresh) never iterates a dict or list while it changes.
+        row = {
+            "source": r.source, "target": r.target, "total": r.total, "done": r.done,
+            "written": r.written, "unchanged": r.unchanged, "failed": r.failed,
+        }  # fmt: skip
+        self.collections = {**self.collections, alias: row}
+        seen = {f["uri"] for f in self.failures}
+        new = [f for f in r.failures if f["uri"] not in seen]
+        if new:
+            self.failures = (self.failures + new)[: refresh.MAX_REPORTED]
+
+    def end(self, error: str | None = None) -> None:
+        self.state, self.error, self.finished_at = ("failed" if error else "done"), error, _now()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EngineEmbedder:
+    """An engine and its package's preprocessing in the shape core.refresh wants."""
+
+    def __init__(self, engine: Engine, meta: package.PackageMeta) -> None:
+        self.engine, self.meta = engine, meta
+        self.model_version, self.dim = engine.model_version, engine.dim
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.engine.embed(batch)
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        return preprocess_batch(self.meta, [img])[0]
+
+
+@dataclass
+class Prepared:
+    engine: Engine
+    meta: package.PackageMeta
+    targets: dict[str, str]  # alias → new physical collection
+    sources: dict[str, str]  # alias → the physical collection it points to now
+
+
+def prepare(
+    q: refresh.Store,
+    settings: Settings,
+    name_dir: Path,
+    served: str | None,
+    target: str,
+    status: RefreshStatus,
+    created: list[str],
+    should_stop: Callable[[], bool] | None = None,
+) -> Prepared:
+    """Load `target` and re-embed every collection whose alias points to the served version.
+
+    Args:
+        created: receives the physical collections this call creates (for `abort`).
+    Raises:
+        VersionError: too many images of a collection could not be read again.
+    """
+    status.phase = "loading"
+    package_dir = name_dir / target
+    engine = load_engine(package_dir, settings.engine, settings.inference)  # verifies sha256s
+    meta = package.read_meta(package_dir)
+    sources = refresh.aliases_of_version(q, served) if served else {}
+    status.phase = "reembedding"
+    r, qs = settings.refresh, settings.qdrant
+    targets: dict[str, str] = {}
+    for alias, source in sorted(sources.items()):
+        physical = store.physical_name(alias, target)
+        if not q(lambda p=physical: q.client.collection_exists(p)):
+            created.append(physical)
+        with q.lock:
+            store.ensure_collection(q.client, alias, target, engine.dim, qs.shard_number,
+                                    qs.replication_factor, qs.write_consistency_factor)  # fmt: skip
+        report = refresh.reembed(
+            q, source, physical, EngineEmbedder(engine, meta), settings.max_pixels, r.batch,
+            r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
+        )  # fmt: skip
+        status.update(alias, report)
+        log.info(
+            "re-embedded %s → %s: %d written, %d unchanged, %d left out of %d",
+            *(source, physical, report.written, report.unchanged, report.failed, report.total),
+        )
+        if report.total and report.failed > r.max_failed_fraction * report.total:
+            raise VersionError(
+                f"{alias}: {report.failed} of {report.total} images could not be read again "
+                f"(more than DINOSERVE_REFRESH__MAX_FAILED_FRACTION={r.max_failed_fraction})"
+            )
+        targets[alias] = physical
+    status.phase = "switching"
+    return Prepared(engine, meta, targets, sources)
+
+
+def commit(q: refresh.Store, name_dir: Path, p: Prepared) -> None:
+    """Flip every alias in one call, then move CURRENT; if CURRENT cannot move, flip back."""
+    refresh.flip(q, p.targets)
+    try:
+        package.switch_current(name_dir, p.meta.version)
+    except BaseException:
+        refresh.flip(q, p.sources)
+        raise
+
+
+def abort(q: refresh.Store, created: list[str]) -> None:
+    """Drop the physical collections a failed refresh created (never one an alias points to);
+    collections it only added to are kept: they hold that version's embeddings either way."""
+    refresh.delete_collections(q, created)
+
+
+def prepare_rollback(q: refresh.Store, settings: Settings, name_dir: Path, served: str) -> Prepared:
+    """Load the previous version and map every served alias back to its collection.
+
+    Raises:
+        VersionError: no older version, or one of its collections is gone (gc).
+    """
+    target = previous(name_dir, served)
+    sources = refresh.aliases_of_version(q, served)
+    targets = {a: store.physical_name(a, target) for a in sources}
+    missing = [p for p in targets.values() if not q(lambda p=p: q.client.collection_exists(p))]
+    if missing:
+        raise VersionError(f"cannot roll back to {target}: {', '.join(missing)} no longer exist")
+    package_dir = name_dir / target
+    engine = load_engine(package_dir, settings.engine, settings.inference)
+    return Prepared(engine, package.read_meta(package_dir), targets, sources)

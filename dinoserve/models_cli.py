@@ -1,0 +1,214 @@
+"""`dinoserve refresh` and `dinoserve models list|rollback|gc`.
+
+A running service owns the embedded Qdrant (one process may open it), so when one answers at
+DINOSERVE_SERVE__HOST/PORT the commands ask it through its admin API (DINOSERVE_ADMIN_API_KEY);
+with no service they do the work in-process with core.switchover. `--local` skips the service
+(a Qdrant server can be shared: an external job may re-index while a service serves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from core import package, refresh, store, switchover, versions
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CliError(RuntimeError):
+    """A refusal to report (exit 2): the service said no, or the store is in use."""
+
+
+class Service:
+    """The admin API of a service at the configured address, if one is listening."""
+
+    def __init__(self, settings: Settings) -> None:
+        host = settings.serve.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.base = f"http://{host}:{settings.serve.port}"
+        self.key = settings.admin_api_key
+
+    def call(self, method: str, path: str, **params: str) -> dict[str, Any] | None:
+        """The JSON answer, or None when nothing listens there."""
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        req = urllib.request.Request(f"{self.base}{path}{'?' + query if query else ''}",
+                                     method=method)  # fmt: skip
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                return json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
+            raise CliError(f"{method} {self.base}{path}: {exc.code} {message}") from exc
+        except (urllib.error.URLError, ConnectionError) as exc:
+            log.debug("no service at %s: %s", self.base, exc)
+            return None
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[refresh.Store]:
+    try:
+        client = store.open_client(settings.qdrant_path, settings.qdrant_url,
+                                   settings.qdrant_api_key, settings.qdrant.timeout_s)  # fmt: skip
+    except RuntimeError as exc:  # the embedded store is locked by another process
+        raise CliError(
+            f"{exc}\nA service seems to own the store but does not answer at the configured "
+            "address: run the command where DINOSERVE_SERVE__HOST/PORT reach it."
+        ) from exc
+    try:
+        yield refresh.Store(client)
+    finally:
+        client.close()
+
+
+def _service(args: argparse.Namespace, settings: Settings) -> Service | None:
+    return None if args.local else Service(settings)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    settings = Settings()
+    svc = _service(args, settings)
+    if svc is not None and (st := svc.call("POST", "/admin/refresh", version=args.version)):
+        print(f"service {svc.base}: refresh {st['from_version']} → {st['to_version']}")
+        while st["state"] == "running":
+            time.sleep(args.poll_s)
+            st = svc.call("GET", "/admin/refresh") or {"state": "failed", "error": "service gone"}
+            done = {a: f"{c['done']}/{c['total']}" for a, c in st.get("collections", {}).items()}
+            print(f"  {st['state']} {st.get('phase', '')} {done}")
+        return _report(st)
+    return _report(refresh_local(settings, args.version).as_dict())
+
+
+def _report(st: dict[str, Any]) -> int:
+    for f in st.get("failures", [])[:20]:
+        print(f"  left out: {f['uri']} ({f['reason']}: {f['message']})")
+    if st["state"] != "done":
+        print(f"refresh failed, still serving {st['from_version']}: {st['error']}")
+        return 1
+    print(f"serving {st['to_version']} (was {st['from_version']})")
+    return 0
+
+
+def refresh_local(settings: Settings, version: str | None) -> switchover.RefreshStatus:
+    """Refresh in this process: re-embed, flip the aliases, move CURRENT."""
+    name_dir = versions.registry_dir(settings.models_dir, settings.model)
+    served = versions.current_or_none(name_dir)
+    target = versions.refresh_target(name_dir, served, version)
+    status = switchover.RefreshStatus.begin("local", served, target)
+    if target == served or served is None:  # nothing indexed under a served version yet
+        package.switch_current(name_dir, target)
+        status.end()
+        return status
+    with open_store(settings) as q:
+        created: list[str] = []
+        try:
+            p = switchover.prepare(q, settings, name_dir, served, target, status, created)
+            switchover.commit(q, name_dir, p)
+            status.end()
+        except Exception as exc:
+            log.error("refresh to %s failed: %s", target, exc)
+            switchover.abort(q, created)
+            status.end(f"{type(exc).__name__}: {exc}")
+    return status
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    settings = Settings()
+    svc = _service(args, settings)
+    info = svc.call("GET", "/admin/models") if svc is not None else None
+    if info is None:
+        name_dir = versions.registry_dir(settings.models_dir, settings.model)
+        current = versions.current_or_none(name_dir)
+        try:
+            with open_store(settings) as q:
+                info = versions.describe(q, name_dir, current)
+        except (CliError, store.StoreError) as exc:
+            log.warning("collections unknown: %s", exc)
+            info = versions.describe(None, name_dir, current)
+    print(f"model {info['model']}  (* CURRENT, > served)")
+    for row in info["versions"]:
+        mark = ("*" if row["current"] else " ") + (">" if row["served"] else " ")
+        cols = row["collections"]
+        shown = "" if cols is None else ", ".join(
+            f"{name} {c['points']} pts" + (f" ← {c['alias']}" if c["alias"] else "")
+            for name, c in cols.items()
+        ) or "no collections"  # fmt: skip
+        print(f"{mark} {row['version']}  {shown}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    settings = Settings()
+    svc = _service(args, settings)
+    out = svc.call("POST", "/admin/rollback") if svc is not None else None
+    if out is None:
+        name_dir = versions.registry_dir(settings.models_dir, settings.model)
+        served = package.current_version(name_dir)
+        with open_store(settings) as q:
+            p = switchover.prepare_rollback(q, settings, name_dir, served)
+            switchover.commit(q, name_dir, p)
+        out = {"from_version": served, "to_version": p.meta.version, "collections": p.targets}
+    print(f"rolled back {out['from_version']} → {out['to_version']}: {out['collections']}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    settings = Settings()
+    svc = _service(args, settings)
+    out = svc.call("POST", "/admin/gc") if svc is not None else None
+    if out is None:
+        name_dir = versions.registry_dir(settings.models_dir, settings.model)
+        served = package.current_version(name_dir)
+        with open_store(settings) as q:
+            out = versions.gc(q, name_dir, served, settings.refresh.keep_versions)
+    print(f"deleted versions: {out['deleted_versions'] or 'none'}; "
+          f"collections: {out['deleted_collections'] or 'none'}")  # fmt: skip
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `refresh` and `models` on the CLI's subparsers."""
+    r = sub.add_parser("refresh", help="re-embed every served collection with a new version")
+    r.add_argument("--version", default=None, help="default: the newest version not served")
+    r.add_argument("--poll-s", type=float, default=2.0, help="progress interval (service)")
+    m = sub.add_parser("models", help="list, roll back or gc versions of the served model")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    parsers = [
+        (r, cmd_refresh),
+        (msub.add_parser("list", help="versions, CURRENT, collections and counts"), cmd_list),
+        (msub.add_parser("rollback", help="serve the previous version again"), cmd_rollback),
+        (msub.add_parser("gc", help="delete versions beyond DINOSERVE_REFRESH__KEEP_VERSIONS"),
+         cmd_gc),
+    ]  # fmt: skip
+    for p, func in parsers:
+        p.add_argument("--local", action="store_true",
+                       help="do it in this process, even if a service answers")  # fmt: skip
+        p.set_defaults(func=_guarded(func))
+
+
+def _guarded(func: Any) -> Any:
+    """Refusals become one line on stderr and exit status 2, as the other commands do."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (CliError, versions.VersionError, store.StoreError) as exc:
+            print(f"dinoserve: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run

@@ -1,0 +1,99 @@
+"""`dinoserve refresh` and `dinoserve models list|rollback|gc`: in-process with no service, and
+through a running service's admin API."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from core import refresh, store
+from core.package import current_version
+from dinoserve.cli import main
+from tests.api.test_browser import _free_port
+from tests.refresh.conftest import ADMIN_KEY
+
+OLD = "19990101-000000-old"
+
+
+@pytest.fixture
+def cli_env(env, monkeypatch):
+    """DINOSERVE_* for the CLI; the configured port has no service behind it."""
+    for key, value in {
+        "MODELS_DIR": env.models_dir,
+        "MODEL": "micro",
+        "QDRANT_PATH": env.qdrant_path,
+        "COLLECTION": "shapes",
+        "SERVE__PORT": _free_port(),
+        "INFERENCE__INTRA_OP_THREADS": 1,
+        "REFRESH__BATCH": 16,
+    }.items():
+        monkeypatch.setenv(f"DINOSERVE_{key}", str(value))
+    return env
+
+
+def _aliases(env) -> dict[str, str]:
+    client = store.open_client(path=env.qdrant_path)
+    try:
+        return refresh.aliases(refresh.Store(client))
+    finally:
+        client.close()
+
+
+def test_without_a_service(cli_env, capsys):
+    env = cli_env
+    shutil.copytree(env.name_dir / env.v1, env.name_dir / OLD)  # an older version for gc
+    client = store.open_client(path=env.qdrant_path)
+    store.ensure_collection(client, "gone", OLD, 32)
+    client.close()
+
+    assert main(["refresh"]) == 0
+    assert f"serving {env.v2} (was {env.v1})" in capsys.readouterr().out
+    assert current_version(env.name_dir) == env.v2
+    assert _aliases(env)["shapes"] == f"shapes__{env.v2}"
+    assert _aliases(env)["more"] == f"more__{env.v2}"
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"*> {env.v2}  more__{env.v2} 20 pts ← more, shapes__{env.v2} 60 pts ← shapes" in out
+    assert f"   {env.v1}  more__{env.v1} 20 pts, shapes__{env.v1} 60 pts" in out
+
+    assert main(["models", "gc"]) == 0  # keeps v2 (served) and v1 (previous)
+    assert f"deleted versions: ['{OLD}']; collections: ['gone__{OLD}']" in capsys.readouterr().out
+    assert not (env.name_dir / OLD).exists()
+    assert _aliases(env)["stale"] == f"stale__{OLD}"  # aliased: never dropped
+
+    assert main(["models", "rollback"]) == 0
+    assert f"rolled back {env.v2} → {env.v1}" in capsys.readouterr().out
+    assert current_version(env.name_dir) == env.v1
+    assert _aliases(env)["shapes"] == f"shapes__{env.v1}"
+    assert main(["models", "rollback"]) == 2  # nothing older left
+    assert "no version of micro older than" in capsys.readouterr().err
+
+
+def test_through_the_service(cli_env, start_server, monkeypatch, capsys):
+    env = cli_env
+    base = start_server(env.settings(admin_api_key=ADMIN_KEY))
+    monkeypatch.setenv("DINOSERVE_SERVE__PORT", base.rsplit(":", 1)[1])
+    assert main(["refresh"]) == 2  # the service wants the admin key
+    assert "401" in capsys.readouterr().err
+    monkeypatch.setenv("DINOSERVE_ADMIN_API_KEY", ADMIN_KEY)
+
+    assert main(["refresh", "--poll-s", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert f"service {base}: refresh {env.v1} → {env.v2}" in out
+    assert f"serving {env.v2}" in out and current_version(env.name_dir) == env.v2
+    assert main(["models", "list"]) == 0
+    assert f"*> {env.v2}" in capsys.readouterr().out
+    assert main(["models", "rollback"]) == 0
+    assert current_version(env.name_dir) == env.v1
+
+
+def test_export_without_activating(cli_env, micro_run, capsys):
+    env = cli_env
+    assert (
+        main(["export", str(micro_run), "--no-activate", "--models-dir", str(env.models_dir)]) == 0
+    )
+    assert f"(CURRENT → {env.v1})" in capsys.readouterr().out  # --name: DINOSERVE_MODEL
+    assert current_version(env.name_dir) == env.v1
+    assert len([p for p in env.name_dir.iterdir() if p.is_dir()]) == 3
