@@ -141,13 +141,19 @@ def ensure_collection(
             replication_factor=replication_factor,
             write_consistency_factor=write_consistency_factor,
         )
-    with_retry(
-        lambda: client.create_collection(
-            physical,
-            vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
-            **kwargs,
+    try:
+        with_retry(
+            lambda: client.create_collection(
+                physical,
+                vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
+                **kwargs,
+            )
         )
-    )
+    except (StoreError, ValueError):
+        # N shard workers start together and race to create it: losing that race is fine.
+        if not with_retry(lambda: client.collection_exists(physical)):
+            raise
+        return physical
     if not is_local(client):  # the embedded store has no payload indexes (and warns)
         with_retry(
             lambda: client.create_payload_index(physical, "label", qm.PayloadSchemaType.KEYWORD)

@@ -190,7 +190,11 @@ class Indexer:
             **self.cluster,
         )  # fmt: skip
         if store.resolve_alias(self.client, self.collection) is None:
-            store.point_alias(self.client, self.collection, physical)
+            try:
+                store.point_alias(self.client, self.collection, physical)
+            except store.StoreError:  # another shard worker created it first
+                if store.resolve_alias(self.client, self.collection) is None:
+                    raise
         report = IndexReport(self.collection, physical, total=len(mine))
         failures: list[dict] = []
         bar = tqdm(total=len(mine), unit="img", disable=not progress, desc=f"index {physical}")

@@ -187,3 +187,17 @@ def test_embeddings_are_stored_normalised(images, client):
     recs, _ = client.scroll("photos", limit=5, with_vectors=True)
     for r in recs:
         assert abs(np.linalg.norm(r.vector) - 1) < 1e-5
+
+
+def test_losing_the_create_race_to_another_worker_is_fine(client, monkeypatch):
+    physical = store.ensure_collection(client, "race", "v1", DIM)
+    real_exists = client.collection_exists
+    calls = []
+
+    def stale_exists(name):  # the first check ran before the other worker created it
+        calls.append(name)
+        return False if len(calls) == 1 else real_exists(name)
+
+    monkeypatch.setattr(client, "collection_exists", stale_exists)
+    assert store.ensure_collection(client, "race", "v1", DIM) == physical
+    assert len(calls) == 2
