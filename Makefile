@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU machines here carry these wheels on disk; elsewhere pip takes them from PyPI.
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/tiny.yaml
-DATA ?= var/data/synthetic/train
-RUN ?= runs/latest
+DATA ?= var/data/synthetic
+RUN ?= runs/train-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: venv demo test lint train serve bench clean
 
