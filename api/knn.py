@@ -33,7 +33,9 @@ def knn_vote(similarities: Sequence[float], labels: Sequence[str], temperature: 
     sims = np.asarray(similarities, np.float64)
     # Subtracting the maximum leaves the normalised scores unchanged and keeps exp() finite
     # (sim / T reaches 1 / 0.001 = 1000 for T at its smallest useful values).
-    weights = np.exp((sims - sims.max()) / temperature)
+    # A tiny T sends the others' exponents to -inf (weight 0), which is the limit wanted.
+    with np.errstate(over="ignore", under="ignore"):
+        weights = np.exp((sims - sims.max()) / temperature)
     totals: dict[str, float] = {}
     for label, w in zip(labels, weights, strict=True):
         totals[label] = totals.get(label, 0.0) + float(w)

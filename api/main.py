@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 import api
 from api import errors
+from api.auth import ApiKeyMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import router
 from api.routes.page import STATIC
@@ -39,7 +41,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     errors.install(app, settings.serve.retry_after_s)
+    # The last added is the outermost: CORS answers preflights and decorates every response
+    # (401s too); metrics count refused requests; the key check runs before any route.
+    app.add_middleware(
+        ApiKeyMiddleware, api_key=settings.api_key, admin_api_key=settings.admin_api_key
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    cors = settings.cors
+    if cors.allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=cors.allow_methods,
+            allow_headers=cors.allow_headers,
+            allow_credentials=cors.allow_credentials,
+            max_age=cors.max_age_s,
+        )
     app.include_router(router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

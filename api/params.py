@@ -5,14 +5,38 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.store import check_name
+from api.errors import ApiError
+from core.store import NAME_RE, check_name
 
 
-class _Collection(BaseModel):
+class Params(BaseModel):
+    """Base of every endpoint's parameters: an unknown name is an error (422), not ignored, so
+    a typo (`tempreature=`) never silently runs with the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def single_valued(request: Request) -> None:
+    """Refuse a query parameter given twice (`k=1&k=1000`): which one wins is ambiguous."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        shown = ", ".join(repr(n[:64]) for n in repeated[:5])
+        raise ApiError(422, "invalid_parameter", f"parameter given more than once: {shown}")
+
+
+class EmbedParams(Params):
+    pass
+
+
+class _Collection(Params):
     collection: str | None = Field(
-        None, description="logical collection (default: DINOSERVE_COLLECTION)"
+        None,
+        pattern=NAME_RE.pattern,  # documents it in the OpenAPI schema; _name checks the rest
+        description="logical collection (default: DINOSERVE_COLLECTION)",
     )
 
     @field_validator("collection")
@@ -23,7 +47,9 @@ class _Collection(BaseModel):
 
 class ClassifyParams(_Collection):
     k: int = Field(20, ge=1, le=1000, description="labelled neighbours that vote")
-    temperature: float = Field(0.07, gt=0, le=10, description="T in exp(similarity / T)")
+    temperature: float = Field(
+        0.07, gt=0, le=10, allow_inf_nan=False, description="T in exp(similarity / T)"
+    )
 
 
 class SearchParams(_Collection):
@@ -37,8 +63,10 @@ class SearchByIdParams(SearchParams):
     )
 
 
-class AttentionParams(BaseModel):
-    threshold: float = Field(0.6, gt=0, le=1, description="attention mass the mask keeps")
+class AttentionParams(Params):
+    threshold: float = Field(
+        0.6, gt=0, le=1, allow_inf_nan=False, description="attention mass the mask keeps"
+    )
     format: Literal["json", "png"] = "json"
 
 

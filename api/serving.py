@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import Executor
 
 import numpy as np
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batcher import Batcher
 from api.metrics import Metrics
-from api.uploads import decode_all
+from api.uploads import decode_each
 from core.engines import Engine, preprocess_batch
 from core.package import PackageMeta
 from core.settings import Settings
@@ -43,6 +44,7 @@ class Serving:
         self.meta, self.engine, self.max_pixels = meta, engine, max_pixels
         self.embedder, self.attender = embedder, attender
         self.users = 0  # requests holding this state (changed on the event loop only)
+        self.decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
 
     @classmethod
     def start(
@@ -68,18 +70,33 @@ class Serving:
     def version(self) -> str:
         return self.meta.version
 
-    async def decode(self, images: list[bytes]) -> tuple[list[Image.Image], np.ndarray]:
-        """Decode (within DINOSERVE_MAX_PIXELS) and preprocess for this model, in a thread."""
+    async def decode(
+        self, images: list[bytes], keep: bool = True
+    ) -> tuple[list[Image.Image], np.ndarray]:
+        """Decode (within DINOSERVE_MAX_PIXELS) and preprocess for this model, in a thread.
+
+        Args:
+            images: encoded images.
+            keep: return the decoded images too (else an empty list: each full-size image is
+                dropped as soon as its crop is made).
+        """
 
         def work() -> tuple[list[Image.Image], np.ndarray]:
-            pics = decode_all(images, self.max_pixels)
-            return pics, preprocess_batch(self.meta, pics)
+            pics, crops = [], []
+            for img in decode_each(images, self.max_pixels):
+                crops.append(preprocess_batch(self.meta, [img])[0])
+                if keep:
+                    pics.append(img)
+            return pics, np.stack(crops)
 
-        return await run_in_threadpool(work)
+        # At most `decode_slots` decodes at once: decoding is CPU-bound, more would not be
+        # faster, and each holds a full-size image (up to DINOSERVE_MAX_PIXELS × 3 bytes).
+        async with self.decode_slots:
+            return await run_in_threadpool(work)
 
     async def embed(self, images: list[bytes]) -> np.ndarray:
         """L2-normalised embeddings (N, D) of encoded images, through the micro-batcher."""
-        _, batch = await self.decode(images)
+        _, batch = await self.decode(images, keep=False)
         return await self.embedder.submit(batch)
 
     async def close(self) -> None:

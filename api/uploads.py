@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -125,6 +125,8 @@ async def _multipart(request: Request, max_bytes: int, max_images: int) -> Uploa
                         422, "unexpected_field", f"file field {name!r}: send images as 'images'"
                     )
                 upload.images.append(await value.read())
+            elif name in upload.fields:
+                raise ApiError(422, "invalid_parameter", f"field {name[:64]!r} given twice")
             else:
                 upload.fields[name] = value
     finally:
@@ -146,7 +148,9 @@ def _b64(value: Any, where: str) -> bytes:
 def _json(body: bytes) -> Upload:
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:  # [[[[…]]]] deeper than the parser's stack
+        raise ApiError(422, "invalid_json", "the body is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise ApiError(422, "invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ApiError(422, "invalid_json", "the body must be a JSON object")
@@ -157,11 +161,14 @@ def _json(body: bytes) -> Upload:
         raise ApiError(422, "invalid_json", "'images' must be a list of base64 strings")
     if "image" in doc:
         images.append(_b64(doc["image"], "image"))
-    fields = {
-        k: str(v).lower() if isinstance(v, bool) else str(v)
-        for k, v in doc.items()
-        if k not in IMAGE_FIELDS and isinstance(v, str | int | float | bool)
-    }
+    fields = {}
+    for k, v in doc.items():
+        if k in IMAGE_FIELDS or v is None:  # null: as if not given
+            continue
+        if not isinstance(v, str | int | float | bool):
+            raise ApiError(422, "invalid_parameter", f"{k[:64]!r} must be a string or a number")
+        # JSON numbers and booleans are validated like query strings (pydantic's lax mode)
+        fields[k] = str(v).lower() if isinstance(v, bool) else str(v)
     return Upload(images, fields)
 
 
@@ -172,20 +179,26 @@ def single(upload: Upload) -> bytes:
     return upload.images[0]
 
 
-def decode_all(images: list[bytes], max_pixels: int) -> list[Image.Image]:
-    """Decode every image (RGB), naming the failing one when a request carries several.
+def decode_each(images: list[bytes], max_pixels: int) -> Iterator[Image.Image]:
+    """Decode the images (RGB) one at a time, naming the failing one when there are several.
 
-    Runs in a worker thread: decoding a large image takes a while.
+    One at a time: a caller that keeps only what it needs of each (the preprocessed crop) holds
+    one full-size image at once, not 64 of up to DINOSERVE_MAX_PIXELS each. Runs in a worker
+    thread: decoding a large image takes a while.
     """
-    out = []
     for i, data in enumerate(images):
         try:
-            out.append(decode_image(data, max_pixels))
+            img = decode_image(data, max_pixels)
         except ImageRejected as exc:
             if len(images) == 1:
                 raise
             raise ImageRejected(exc.reason, f"image {i}: {exc}") from exc
-    return out
+        yield img
+
+
+def decode_all(images: list[bytes], max_pixels: int) -> list[Image.Image]:
+    """Every image decoded (RGB), see decode_each."""
+    return list(decode_each(images, max_pixels))
 
 
 def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
@@ -195,11 +208,22 @@ def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
 
     Raises:
         pydantic.ValidationError: a body value is out of range (→ 422).
+        ApiError: 422 for a field the endpoint does not take.
     """
     model = type(query)
-    extra = {
-        k: v for k, v in fields.items() if k in model.model_fields and k not in request.query_params
-    }
+    unknown = [k for k in fields if k not in model.model_fields]
+    if unknown:
+        known = ", ".join(model.model_fields) or "none"
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"unknown field {unknown[0][:64]!r} (parameters of this endpoint: {known})",
+        )
+    if not fields:
+        return query
+    # Every value given must be valid, also one that the query string overrides.
+    model.model_validate({**query.model_dump(), **fields})
+    extra = {k: v for k, v in fields.items() if k not in request.query_params}
     if not extra:
         return query
     return model.model_validate({**query.model_dump(), **extra})

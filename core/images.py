@@ -8,6 +8,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
+MAX_ASPECT = 64  # resize_center_crop: beyond this aspect ratio, resample the crop's region only
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -31,8 +32,15 @@ def resize_center_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Im
     w, h = img.size
     scale = short / min(w, h)
     nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
+    if nw * nh > MAX_ASPECT * short * short:
+        # A sliver (e.g. 40000 × 1 px, legal under any pixel limit) would be resized to
+        # gigapixels first: resample only the source region of the crop instead (same sampling
+        # grid, up to rounding).
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     return img.crop((left, top, left + size, top + size))
 
 
@@ -82,12 +90,24 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> 
             raise ImageRejected(
                 "too_large", f"{w}×{h} = {w * h} pixels is over the limit of {max_pixels}"
             )
+        if w < 1 or h < 1:
+            raise ImageRejected("invalid", f"an image of {w}×{h} pixels has nothing to see")
         img.seek(0)
         img.load()
-        return to_rgb(img)
+        rgb = to_rgb(img)
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_large", str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected("invalid", f"not a readable image: {exc}") from exc
+    except MemoryError as exc:
+        raise ImageRejected("too_large", "the image needs more memory than is available") from exc
+    except Exception as exc:
+        # The bytes are untrusted and Pillow's decoders fail in many ways on malformed input
+        # (OSError, ValueError, SyntaxError, EOFError, but also struct.error, IndexError,
+        # TypeError, ZeroDivisionError, …): whatever a decoder raises, the input is not a
+        # usable image, a client error and never a 500.
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        raise ImageRejected("invalid", f"not a readable image: {reason}") from exc
+    if rgb.size != (w, h) and rgb.size != (h, w):  # EXIF transpose may swap the sides only
+        raise ImageRejected("invalid", f"the header says {w}×{h}, the pixels are {rgb.size}")
+    return rgb

@@ -69,6 +69,20 @@ class ServeSettings(BaseModel):
     store_attempts: int = Field(2, ge=1, le=10)  # tries per Qdrant call before a 503
 
 
+class CorsSettings(BaseModel):
+    """Cross-origin access for browser pages served elsewhere (`DINOSERVE_CORS__*`, JSON lists,
+    e.g. `DINOSERVE_CORS__ALLOW_ORIGINS='["https://app.example"]'`); off while no origin is
+    listed."""
+
+    allow_origins: list[str] = Field(default_factory=list)  # ["*"] for any origin
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["Authorization", "X-API-Key", "Content-Type"]
+    )
+    allow_credentials: bool = False
+    max_age_s: int = Field(600, ge=0, le=86400)  # how long browsers cache a preflight
+
+
 class RefreshSettings(BaseModel):
     """Backbone refresh and rollback (`DINOSERVE_REFRESH__*`): see docs/architecture.md."""
 
@@ -101,6 +115,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)
     max_batch_images: int = Field(64, gt=0)
+    # Keys: every route but the probes and the page needs DINOSERVE_API_KEY (or the admin key)
+    # when it is set; /admin/* always needs DINOSERVE_ADMIN_API_KEY. See api/auth.py.
     api_key: str | None = None
     admin_api_key: str | None = None
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
@@ -109,3 +125,11 @@ class Settings(BaseSettings):
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+
+    @field_validator("api_key", "admin_api_key")
+    @classmethod
+    def _empty_key_is_unset(cls, value: str | None) -> str | None:
+        # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the
+        # empty key (which every request would "present").
+        return value or None

@@ -41,7 +41,7 @@ def point_id(uri: str) -> str:
 
 def check_name(name: str) -> str:
     """Collection names: letters, digits, `-` and `_`, no `__` (it separates the model version)."""
-    if not NAME_RE.match(name) or SEP in name:
+    if not NAME_RE.fullmatch(name) or SEP in name:  # fullmatch: `$` admits a final "\n"
         raise ValueError(
             f"invalid collection name {name!r}: use 1–63 letters, digits, '-' or '_' "
             "(no '__'), starting with a letter or digit"

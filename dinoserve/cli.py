@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import sys
@@ -104,8 +105,26 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cap_malloc_arenas(arenas: int = 2) -> None:
+    """Few malloc arenas for the service (unless MALLOC_ARENA_MAX says otherwise).
+
+    glibc gives threads their own arenas, up to 8 per core; the service's worker threads
+    (decoding, Qdrant calls, the engine) then spread small allocations over many of them
+    (bench/soak.py, 64 clients on 2 cores: RSS levels off at ~275 MiB with the default, ~235 MiB
+    with 2 arenas, at the same throughput). A no-op where the C library is not glibc.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-8, arenas)  # M_ARENA_MAX
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Validate settings and the model before binding the port, then run uvicorn."""
+    _cap_malloc_arenas()  # before the engine and the thread pools start their threads
     from core import package
     from core.settings import Settings
 

@@ -1,9 +1,11 @@
 """All routes, one module per resource, collected into one router."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from api.params import single_valued
 from api.routes import admin, attention, classify, embed, health, images, page, search
 
-router = APIRouter()
+# Every route: a query parameter given twice is refused (api.params.single_valued).
+router = APIRouter(dependencies=[Depends(single_valued)])
 for module in (embed, classify, search, attention, images, health, page, admin):
     router.include_router(module.router)

@@ -7,12 +7,12 @@ never open.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from api.auth import key_matches, presented_key
 from api.deps import RuntimeDep
 from api.errors import ApiError
 from api.refresh import Busy
@@ -23,9 +23,8 @@ def require_admin(request: Request, rt: RuntimeDep) -> None:
     expected = rt.settings.admin_api_key
     if not expected:
         raise ApiError(403, "admin_disabled", "admin routes are off: set DINOSERVE_ADMIN_API_KEY")
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    given = given or request.headers.get("x-api-key")
+    # Headers only: a browser's cookie must not carry admin rights (no cross-site surprises).
+    given = presented_key(request.headers, cookies=False)
     if not given:
         raise ApiError(
             401,
@@ -33,7 +32,7 @@ def require_admin(request: Request, rt: RuntimeDep) -> None:
             "admin key required: Authorization: Bearer <key> or X-API-Key",
             {"WWW-Authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not key_matches(given, [expected]):
         raise ApiError(403, "forbidden", "wrong admin key")
 
 

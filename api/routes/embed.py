@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.deps import RuntimeDep, ServingDep
-from api.uploads import body_doc, read_upload
+from api.params import EmbedParams
+from api.uploads import body_doc, merge_params, read_upload
 
 router = APIRouter(tags=["embeddings"])
 
@@ -25,11 +28,14 @@ class EmbedResponse(BaseModel):
     responses={200: {"model": EmbedResponse}},
     openapi_extra=body_doc(many=True),
 )
-async def embed(request: Request, rt: RuntimeDep, sv: ServingDep) -> JSONResponse:
+async def embed(
+    request: Request, rt: RuntimeDep, sv: ServingDep, query: Annotated[EmbedParams, Query()]
+) -> JSONResponse:
     """Embeddings of up to DINOSERVE_MAX_BATCH_IMAGES images (multipart `images` files or JSON
     `{"images": [base64, …]}`), in the order sent; each has unit L2 norm."""
     s = rt.settings
     upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
+    merge_params(query, upload.fields, request)  # /embed takes no parameters: refuses unknown ones
     vectors = await sv.embed(upload.images)
     # JSONResponse directly: FastAPI's encoder walks every float and is slow on large batches.
     return JSONResponse(

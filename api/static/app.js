@@ -11,8 +11,23 @@ function showError(message) {
   box.classList.toggle("show", Boolean(message));
 }
 
-async function call(path, options = {}) {
+// With DINOSERVE_API_KEY set, the API answers 401/403: ask for the key once and keep it in a
+// SameSite=Strict cookie, which fetch() and <img src="/images/…"> then send (and other sites'
+// pages do not). The probes and this page itself are served without a key.
+function askForKey(status) {
+  const key = window.prompt(status === 401 ? "This service needs an API key:" : "Wrong API key; try again:");
+  if (!key) return false;
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `dinoserve_key=${encodeURIComponent(key)}; path=/; SameSite=Strict${secure}`;
+  return true;
+}
+
+async function call(path, options = {}, retried = false) {
   const res = await fetch(path, options);
+  if ((res.status === 401 || res.status === 403) && !path.startsWith("/admin") && !retried
+      && askForKey(res.status)) {
+    return call(path, options, true);
+  }
   if (!res.ok) {
     let message = `${res.status} ${res.statusText}`;
     try {

@@ -1,0 +1,137 @@
+"""Security and reliability fixtures: the API fixtures (micro package, indexed store, apps),
+a real uvicorn service on loopback, and a Qdrant fault injector.
+
+The refresh fixtures (two model versions, an indexed registry) are imported for the corrupt
+model test; the admin tests under tests/refresh cover the rest of that path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from qdrant_client.http.exceptions import ResponseHandlingException
+
+from api.main import create_app
+from core.settings import Settings
+from tests.api.conftest import (  # noqa: F401  (fixtures)
+    ONE_THREAD,
+    client,
+    indexed_store,
+    make_client,
+    make_settings,
+    png_bytes,
+)
+from tests.api.test_browser import _free_port
+from tests.refresh.conftest import env, two_versions  # noqa: F401  (fixtures)
+
+
+def live_settings(micro_package, indexed_store, tmp_path_factory, **overrides) -> Settings:  # noqa: F811
+    """Settings for a service on a private copy of the indexed store."""
+    copy = tmp_path_factory.mktemp("qdrant_live") / "q"
+    shutil.copytree(indexed_store, copy)
+    values: dict[str, Any] = dict(
+        model=str(micro_package),
+        qdrant_path=copy,
+        collection="shapes",
+        inference=ONE_THREAD,
+        serve={"max_wait_ms": 2.0},
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+class LiveServer:
+    """A real uvicorn service in a thread (HTTP parsing, keep-alive, raw bytes on the wire)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = _free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live(micro_package, indexed_store, tmp_path_factory) -> Iterator[LiveServer]:  # noqa: F811
+    """One real service per module on loopback (default settings otherwise)."""
+    with LiveServer(live_settings(micro_package, indexed_store, tmp_path_factory)) as srv:
+        yield srv
+
+
+class Outage:
+    """Stands between a QdrantClient and its transport (the embedded store or the HTTP client)
+    and fails calls the way an unreachable server does (ResponseHandlingException, as the HTTP
+    client raises on a refused connection) while `down`, or for the next `fail_next` calls.
+
+    Args:
+        inner: the client's `_client` (QdrantLocal or QdrantRemote).
+        only: fail only these method names (default: every call).
+    """
+
+    def __init__(self, inner: Any, only: set[str] | None = None) -> None:
+        self._inner, self._only = inner, only
+        self.down = False
+        self.fail_next = 0  # fail this many calls from now on
+        self.arm_at: tuple[int, int] | None = None  # (after this many calls, fail that many)
+        self.failed: list[str] = []
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr) or (self._only is not None and name not in self._only):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls.append(name)
+                if self.arm_at is not None and len(self.calls) > self.arm_at[0]:
+                    self.fail_next, self.arm_at = self.arm_at[1], None
+                fail = self.down or self.fail_next > 0
+                if fail and not self.down:
+                    self.fail_next -= 1
+                if fail:
+                    self.failed.append(name)
+            if fail:
+                raise ResponseHandlingException(ConnectionRefusedError("injected: Qdrant is down"))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def outage() -> Callable[..., Outage]:
+    """Wrap a QdrantClient's transport in an Outage (undone at the end of the test)."""
+    wrapped: list[tuple[Any, Any]] = []
+
+    def wrap(qdrant_client: Any, only: set[str] | None = None) -> Outage:
+        o = Outage(qdrant_client._client, only)
+        wrapped.append((qdrant_client, qdrant_client._client))
+        qdrant_client._client = o
+        return o
+
+    yield wrap
+    for qc, inner in reversed(wrapped):
+        qc._client = inner
