@@ -3,9 +3,10 @@
 Each request submits its rows (e.g. preprocessed images, (n, 3, H, W)); a collector task takes
 the first waiting job, then gathers more until `max_batch` rows are queued or `max_wait_ms` has
 passed, concatenates them, runs the function in a worker thread and hands every caller its own
-slice. While one batch runs the next one fills up, so under load batches grow on their own and
-the wait only costs an idle service a few milliseconds. With `enabled=False` every request runs
-alone (batch-1 serving, the benchmark's baseline), through the same queue and thread.
+slice. While one batch runs the next one fills up, so under load batches grow on their own even
+with no wait at all (max_wait_ms=0, the default); a wait only helps where a bigger batch is
+nearly free (a GPU). With `enabled=False` every request runs alone (batch-1 serving, the
+benchmark's baseline), through the same queue and thread.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Batcher:
         fn: Callable[[np.ndarray], np.ndarray],
         executor: Executor,
         max_batch: int = 32,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         enabled: bool = True,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:

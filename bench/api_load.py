@@ -54,6 +54,30 @@ def package_model(name: str, variant: str, models: Path) -> Path:
                          "int8" if variant == "int8" else None)  # fmt: skip
 
 
+def prepare_service(
+    model: str, variant: str, images_per_class: int, collection: str, prefix: str
+) -> tuple[Path, dict[str, str]]:
+    """A packaged model and an indexed labelled collection in a fresh folder.
+
+    Returns:
+        The synthetic image folder, and the environment a `dinoserve serve` needs to use both.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    pkg = package_model(model, variant, work / "models")
+    data = make_synthetic(work / "data", images_per_class, 64, seed=0)
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT),
+        "DINOSERVE_MODEL": str(pkg),
+        "DINOSERVE_QDRANT_PATH": str(work / "qdrant"),
+        "DINOSERVE_COLLECTION": collection,
+        "DINOSERVE_INDEX_DIR": str(work / "index"),
+        "DINOSERVE_INFERENCE__ONNX_VARIANT": variant,
+    }
+    subprocess.run([sys.executable, "-m", "dinoserve", "index", str(data), "--labels", "dirs"],
+                   env=env, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    return data, env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,19 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--endpoints", default="embed,classify")
     ap.add_argument("--images", type=int, default=30, help="indexed images per class")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="api-load-"))
-    pkg = package_model(args.model, args.variant, work / "models")
-    data = make_synthetic(work / "data", args.images, 64, seed=0)
-    env = os.environ | {
-        "PYTHONPATH": str(ROOT),
-        "DINOSERVE_MODEL": str(pkg),
-        "DINOSERVE_QDRANT_PATH": str(work / "qdrant"),
-        "DINOSERVE_COLLECTION": "bench",
-        "DINOSERVE_INDEX_DIR": str(work / "index"),
-        "DINOSERVE_INFERENCE__ONNX_VARIANT": args.variant,
-    }
-    subprocess.run([sys.executable, "-m", "dinoserve", "index", str(data), "--labels", "dirs"],
-                   env=env, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    _, env = prepare_service(args.model, args.variant, args.images, "bench", "api-load-")
     buf = io.BytesIO()
     draw_shape(3, np.random.default_rng(99), 64).save(buf, "JPEG", quality=90)
     image = buf.getvalue()

@@ -26,7 +26,6 @@ import random
 import shlex
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,9 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import free_port, package_model  # noqa: E402
+from bench.api_load import free_port, prepare_service  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape, make_synthetic  # noqa: E402
+from training.synthetic import draw_shape  # noqa: E402
 
 
 @dataclass
@@ -260,19 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--images", type=int, default=30, help="indexed images per class")
     args = ap.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="soak-"))
-    pkg = package_model(args.model, args.variant, work / "models")
-    data = make_synthetic(work / "data", args.images, 64, seed=0)
-    env = os.environ | {
-        "PYTHONPATH": str(ROOT),
-        "DINOSERVE_MODEL": str(pkg),
-        "DINOSERVE_QDRANT_PATH": str(work / "qdrant"),
-        "DINOSERVE_COLLECTION": "soak",
-        "DINOSERVE_INDEX_DIR": str(work / "index"),
-        "DINOSERVE_INFERENCE__ONNX_VARIANT": args.variant,
-    }
-    subprocess.run([sys.executable, "-m", "dinoserve", "index", str(data), "--labels", "dirs"],
-                   env=env, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    data, env = prepare_service(args.model, args.variant, args.images, "soak", "soak-")
+    work = data.parent
     uris = sorted(str(p) for p in data.rglob("*.png"))
     from core.store import point_id
 
