@@ -20,6 +20,7 @@ from core.vit import EmbedAttention, build_vit
 from training import checkpoint
 from training.backbone import backbone_kwargs
 from training.config import load_config
+from training.model_card import write_card
 from training.onnx_export import (
     INT8_MIN_COSINE,
     ExportError,
@@ -77,6 +78,16 @@ def write_package(
             else:  # kept only while it stays close to fp32
                 (stage / package.ONNX_INT8).unlink()
                 log.warning("int8 dropped: min cosine to fp32 %.4f < %s", cos, INT8_MIN_COSINE)
+        dims = {
+            "img_size": size,
+            "patch_size": pe.patch_size[0],
+            "embed_dim": vit.num_features,
+            "num_heads": vit.blocks[-1].attn.num_heads,
+            "grid": tuple(pe.grid_size),
+            "parity": parity,
+            "onnx": list(onnx),
+        }
+        write_card(stage, {**meta, "name": name}, net, dims)
         full = package.PackageMeta(
             name=name,
             img_size=size,
@@ -140,6 +151,14 @@ def export_run(
             "step": int(ckpt.get("step", 0)),
             "config_hash": cfg.digest(),
             "data": cfg.data.train,
+            "training": {
+                "epochs": cfg.optim.epochs,
+                "batch_size": cfg.data.batch_size,
+                "crops": f"2 × {cfg.crops.global_size} px + {cfg.crops.local_number} × "
+                f"{cfg.crops.local_size} px",
+                "wall_s": summary.get("wall_s"),
+                "device": summary.get("device"),
+            },
         },
         "evaluation": evaluation,
     }

@@ -340,6 +340,10 @@ class Trainer:
         if self.dist.is_main:
             plot_curves(self.run_dir)
             summary = {k: v for k, v in vars(result).items() if k not in ("losses", "run_dir")}
+            summary["device"] = (
+                torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+            )
+            summary["torch"] = torch.__version__
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return result
 

@@ -22,7 +22,13 @@ def test_export_package_matches_the_run(micro_run, micro_package):
     cfg = load_config(micro_run / "config.yaml")
     meta = package.verify(micro_package)
     assert package.current_version(micro_package.parent) == micro_package.name
-    assert set(meta.files) == {package.ONNX_FP32, package.ONNX_INT8, package.WEIGHTS}
+    assert set(meta.files) == {
+        package.ONNX_FP32,
+        package.ONNX_INT8,
+        package.WEIGHTS,
+        "MODEL_CARD.md",
+        "attention.png",
+    }
     assert meta.provenance["config_hash"] == cfg.digest()
     assert meta.provenance["run_dir"] == str(micro_run.resolve())
     assert meta.evaluation["steps"] == 2
@@ -109,3 +115,18 @@ def test_import_timm_refuses_weights_of_another_model(tmp_path, capsys):
     assert main([*argv, "--name", "x", "--models-dir", str(tmp_path)]) == 2
     assert "does not fit" in capsys.readouterr().err
     assert package.list_versions(tmp_path / "x") == []
+
+
+def test_package_carries_a_model_card_and_attention_picture(micro_package):
+    from PIL import Image
+
+    from core.package import read_meta, verify
+
+    meta = verify(micro_package)  # the card and picture are hashed like every other file
+    assert {"MODEL_CARD.md", "attention.png"} <= set(meta.files)
+    card = (micro_package / "MODEL_CARD.md").read_text()
+    for fact in (meta.arch, meta.provenance["config_hash"], "Evaluation", "cpu", "attention.png"):
+        assert str(fact) in card, fact
+    with Image.open(micro_package / "attention.png") as pic:
+        heads = read_meta(micro_package).num_heads
+        assert pic.size == (128 * (heads + 2), 128 * 3)
