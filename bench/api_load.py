@@ -84,15 +84,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    """`dinoserve serve` on loopback, its log in a file (a pipe nobody reads would fill up and
+    block the server during a long run); returns once /readyz answers 200."""
+    out = log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for batching in ("true", "false"):
         port = free_port()
-        proc = start_server(env | {"DINOSERVE_SERVE__BATCHING": batching}, port)
+        log = Path(env["DINOSERVE_INDEX_DIR"]).parent / f"server-batching-{batching}.log"
+        proc = start_server(env | {"DINOSERVE_SERVE__BATCHING": batching}, port, log)
         try:
             url = f"http://127.0.0.1:{port}"
             for endpoint in args.endpoints.split(","):

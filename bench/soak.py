@@ -24,7 +24,6 @@ import json
 import os
 import random
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -39,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import free_port, prepare_service  # noqa: E402
+from bench.api_load import free_port, prepare_service, start_server  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
 from training.synthetic import draw_shape  # noqa: E402
 
@@ -92,28 +91,6 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    """`dinoserve serve` on loopback, its log in a file (a pipe nobody reads would fill up and
-    block the server during a long run); returns once /readyz answers 200."""
-    out = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
 
 
 def jpeg(i: int, size: int = 96) -> bytes:
