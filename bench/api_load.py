@@ -1,12 +1,18 @@
 """API throughput under concurrency: micro-batching on vs batch-1 serving, in one run.
 
     .venv/bin/python bench/api_load.py [--model vits16|tiny] [--variant int8|fp32] [--seconds 8]
+        [--engine onnxruntime|torch] [--device auto|cpu|cuda]
 
 Packages a model (random init: speed only) with the real export path, indexes labelled synthetic
-images into an embedded Qdrant, then for batching on and off starts a real `dinoserve serve`
-(uvicorn) on loopback and drives `POST /embed` and `POST /classify` with 1, 8 and 32 concurrent
-clients (httpx, one image per request) for a fixed time each. Reports req/s, p50/p99 latency
-and errors per cell, and the on/off throughput ratio. Goal (issue 5): ≥ 2.5× at 32 clients.
+images into an embedded Qdrant, then starts two real `dinoserve serve` (uvicorn) on loopback,
+batching on and off, and drives `POST /embed` and `POST /classify` with 1, 8 and 32 concurrent
+clients (httpx, one image per request). Each cell alternates between the two services for
+`--rounds` rounds and takes the median req/s. Reports req/s, p50/p99 latency and errors per
+cell, and the on/off throughput ratio. Goal (issue 5): ≥ 2.5× at 32 clients.
+
+The same run first times the engine alone, in this process, at batch 1 and at the batcher's
+largest batch: a micro-batcher can add at most that gain (less HTTP, decoding and JSON), so the
+ratio tells whether the goal is within reach of the engine on this machine at all.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.embed_throughput import throughput  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
 from training.synthetic import draw_shape, make_synthetic  # noqa: E402
 
@@ -55,7 +63,13 @@ def package_model(name: str, variant: str, models: Path) -> Path:
 
 
 def prepare_service(
-    model: str, variant: str, images_per_class: int, collection: str, prefix: str
+    model: str,
+    variant: str,
+    images_per_class: int,
+    collection: str,
+    prefix: str,
+    engine: str = "onnxruntime",
+    device: str = "auto",
 ) -> tuple[Path, dict[str, str]]:
     """A packaged model and an indexed labelled collection in a fresh folder.
 
@@ -66,12 +80,15 @@ def prepare_service(
     pkg = package_model(model, variant, work / "models")
     data = make_synthetic(work / "data", images_per_class, 64, seed=0)
     env = os.environ | {
-        "PYTHONPATH": str(ROOT),
+        # Keep what is there: on the device the service's own packages come from carried wheels.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "DINOSERVE_MODEL": str(pkg),
         "DINOSERVE_QDRANT_PATH": str(work / "qdrant"),
         "DINOSERVE_COLLECTION": collection,
         "DINOSERVE_INDEX_DIR": str(work / "index"),
         "DINOSERVE_INFERENCE__ONNX_VARIANT": variant,
+        "DINOSERVE_ENGINE": engine,
+        "DINOSERVE_INFERENCE__DEVICE": device,
     }
     subprocess.run([sys.executable, "-m", "dinoserve", "index", str(data), "--labels", "dirs"],
                    env=env, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
@@ -106,6 +123,35 @@ def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError("server did not become ready")
 
 
+def engine_batch_gain(env: dict[str, str], max_batch: int, seconds: float, rounds: int = 3) -> dict:
+    """Images/s of the served engine alone at batch 1 and at `max_batch`, with the settings the
+    server will use (same package, engine, variant, device and threads)."""
+    from core.engines import load_engine
+    from core.settings import InferenceSettings
+
+    inference = InferenceSettings(
+        onnx_variant=env["DINOSERVE_INFERENCE__ONNX_VARIANT"],
+        device=env["DINOSERVE_INFERENCE__DEVICE"],
+    )  # the rest as the server has them: its defaults
+    engine = load_engine(Path(env["DINOSERVE_MODEL"]), env["DINOSERVE_ENGINE"], inference)
+    size = engine.meta.img_size
+    rng = np.random.default_rng(0)
+    batches = {
+        b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in (1, max_batch)
+    }
+    # Interleaved rounds, median: the two batch sizes see the same spells of a noisy machine.
+    runs: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(rounds):
+        for b, x in batches.items():
+            runs[b].append(throughput(engine, x, seconds / rounds))
+    rates = {b: float(np.median(v)) for b, v in runs.items()}
+    return {
+        "batch_1_img_s": round(rates[1], 1),
+        f"batch_{max_batch}_img_s": round(rates[max_batch], 1),
+        "gain": round(rates[max_batch] / rates[1], 2),
+    }
+
+
 async def drive(url: str, endpoint: str, image: bytes, clients: int, seconds: float) -> dict:
     """`clients` concurrent loops, each sending one request at a time, for `seconds`."""
     field = "images" if endpoint == "embed" else "image"
@@ -129,11 +175,17 @@ async def drive(url: str, endpoint: str, image: bytes, clients: int, seconds: fl
         t_start = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - t_start
-    lat = np.asarray(latencies) * 1000
+    return {"latencies": latencies, "errors": errors, "req_per_s": len(latencies) / elapsed}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One cell from its rounds: the median req/s, every round's, and pooled latencies."""
+    lat = np.concatenate([np.asarray(r["latencies"], dtype=float) for r in runs]) * 1000
     return {
-        "requests": len(latencies),
-        "errors": errors,
-        "req_per_s": round(len(latencies) / elapsed, 2),
+        "requests": len(lat),
+        "errors": sum(r["errors"] for r in runs),
+        "req_per_s": round(float(np.median([r["req_per_s"] for r in runs])), 2),
+        "rounds_req_per_s": [round(r["req_per_s"], 2) for r in runs],
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
     }
@@ -143,31 +195,56 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("vits16", "tiny"), default="vits16")
     ap.add_argument("--variant", choices=("int8", "fp32"), default="int8")
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=12.0, help="per cell and mode, all rounds")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--endpoints", default="embed,classify")
     ap.add_argument("--images", type=int, default=30, help="indexed images per class")
+    ap.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="the torch engine's device (GPU: --engine torch)")  # fmt: skip
+    ap.add_argument("--max-batch", type=int, default=32, help="the batcher's largest batch")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell (median)")
     args = ap.parse_args(argv)
-    _, env = prepare_service(args.model, args.variant, args.images, "bench", "api-load-")
+    _, env = prepare_service(args.model, args.variant, args.images, "bench", "api-load-",
+                             args.engine, args.device)  # fmt: skip
+    env["DINOSERVE_SERVE__MAX_BATCH"] = str(args.max_batch)
+    gain = engine_batch_gain(env, args.max_batch, min(3 * args.seconds, 12.0))
+    print(json.dumps({"engine_alone": gain}), flush=True)
     buf = io.BytesIO()
     draw_shape(3, np.random.default_rng(99), 64).save(buf, "JPEG", quality=90)
     image = buf.getvalue()
 
-    rows = []
-    for batching in ("true", "false"):
-        port = free_port()
-        log = Path(env["DINOSERVE_INDEX_DIR"]).parent / f"server-batching-{batching}.log"
-        proc = start_server(env | {"DINOSERVE_SERVE__BATCHING": batching}, port, log)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            for endpoint in args.endpoints.split(","):
-                asyncio.run(drive(url, endpoint, image, 4, 2.0))  # warm-up
-                for clients in [int(c) for c in args.clients.split(",")]:
-                    r = asyncio.run(drive(url, endpoint, image, clients, args.seconds))
+    # Both services run side by side and each cell alternates between them round by round, so a
+    # slow spell of this shared machine touches both modes alike; a cell's req/s is the median.
+    servers = {}
+    try:
+        for mode in ("on", "off"):
+            port = free_port()
+            log = Path(env["DINOSERVE_INDEX_DIR"]).parent / f"server-batching-{mode}.log"
+            # The embedded store admits one process: each service gets its own copy.
+            store = Path(f"{env['DINOSERVE_QDRANT_PATH']}-{mode}")
+            shutil.copytree(env["DINOSERVE_QDRANT_PATH"], store)
+            mode_env = env | {"DINOSERVE_SERVE__BATCHING": "true" if mode == "on" else "false",
+                              "DINOSERVE_QDRANT_PATH": str(store)}  # fmt: skip
+            servers[mode] = (start_server(mode_env, port, log), f"http://127.0.0.1:{port}")
+        rows = []
+        for endpoint in args.endpoints.split(","):
+            for _, url in servers.values():
+                asyncio.run(drive(url, endpoint, image, 4, min(2.0, args.seconds)))  # warm-up
+            for clients in [int(c) for c in args.clients.split(",")]:
+                runs: dict[str, list[dict]] = {"on": [], "off": []}
+                for _ in range(args.rounds):
+                    for mode, (_, url) in servers.items():
+                        seconds = args.seconds / args.rounds
+                        runs[mode].append(
+                            asyncio.run(drive(url, endpoint, image, clients, seconds))
+                        )
+                for mode, cell in runs.items():
                     rows.append({"endpoint": endpoint, "clients": clients,
-                                 "batching": batching == "true", **r})  # fmt: skip
+                                 "batching": mode == "on", **summarize(cell)})  # fmt: skip
                     print(json.dumps(rows[-1]), flush=True)
-        finally:
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
     for row in rows:
@@ -184,9 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "variant": args.variant,
+        "engine": args.engine,
+        "device": args.device,
+        "engine_alone": gain,
         "rows": rows,
     }
     print(json.dumps(report))
+    print(f"engine alone: {gain['batch_1_img_s']} img/s at batch 1, "
+          f"{gain[f'batch_{args.max_batch}_img_s']} at batch {args.max_batch}: "
+          f"{gain['gain']}× is the most batching can add")  # fmt: skip
     print("| endpoint | clients | batching | req/s | p50 ms | p99 ms | errors | on ÷ off |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
