@@ -204,9 +204,25 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the torch engine's device (GPU: --engine torch)")  # fmt: skip
     ap.add_argument("--max-batch", type=int, default=32, help="the batcher's largest batch")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell (median)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (model, store, logs)")
     args = ap.parse_args(argv)
-    _, env = prepare_service(args.model, args.variant, args.images, "bench", "api-load-",
+    data, env = prepare_service(args.model, args.variant, args.images, "bench", "api-load-",
                              args.engine, args.device)  # fmt: skip
+    work = data.parent
+    try:
+        report = measure(args, env, argv)
+    except BaseException:
+        print(f"work folder kept: {work}", file=sys.stderr)
+        raise
+    if args.keep:
+        print(f"work folder kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def measure(args: argparse.Namespace, env: dict[str, str], argv: list[str] | None) -> dict:
+    """The engine alone, then both services under every cell; prints and returns the report."""
     env["DINOSERVE_SERVE__MAX_BATCH"] = str(args.max_batch)
     gain = engine_batch_gain(env, args.max_batch, min(3 * args.seconds, 12.0))
     print(json.dumps({"engine_alone": gain}), flush=True)

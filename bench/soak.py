@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -235,8 +236,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--images", type=int, default=30, help="indexed images per class")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (model, store, logs)")
     args = ap.parse_args(argv)
     data, env = prepare_service(args.model, args.variant, args.images, "soak", "soak-")
+    work = data.parent
+    try:
+        report = soak(args, data, env, argv)
+    except BaseException:
+        print(f"work folder kept: {work}", file=sys.stderr)
+        raise
+    if args.keep or not report["ok"]:
+        print(f"work folder kept: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def soak(args: argparse.Namespace, data: Path, env: dict[str, str], argv: list[str] | None) -> dict:
+    """Drive one service with the request mix; prints and returns the report."""
     work = data.parent
     uris = sorted(str(p) for p in data.rglob("*.png"))
     from core.store import point_id
