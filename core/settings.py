@@ -71,6 +71,14 @@ class ServeSettings(BaseModel):
     thumbnail_px: int = Field(256, ge=16, le=2048)  # GET /images/{id}: longer side
     retry_after_s: int = Field(5, ge=1, le=3600)  # sent with 503s
     store_attempts: int = Field(2, ge=1, le=10)  # tries per Qdrant call before a 503
+    # Idle keep-alive of client connections. Behind a load balancer, set it above the balancer's
+    # own idle timeout (e.g. 75 behind a 60 s one): else the balancer may send a request on a
+    # connection the service is closing at that moment, and its client gets a 502.
+    keep_alive_s: int = Field(5, ge=1, le=3600)
+    # On SIGTERM: stop accepting, let requests in flight finish for at most this long, then
+    # close. Keep it under the orchestrator's kill deadline (deploy/k8s/api.yaml: 30 s grace,
+    # 5 s of it in preStop).
+    graceful_shutdown_s: int = Field(20, ge=0, le=3600)
 
 
 class CorsSettings(BaseModel):

@@ -139,7 +139,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from api.main import create_app
 
-    uvicorn.run(create_app(settings), host=serve.host, port=serve.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=serve.host,
+        port=serve.port,
+        log_level="info",
+        timeout_keep_alive=serve.keep_alive_s,
+        timeout_graceful_shutdown=serve.graceful_shutdown_s,
+    )
     return 0
 
 

@@ -37,6 +37,22 @@ def test_flags_override_the_bind_address(micro_package, monkeypatch):
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123)
     assert seen["app"].title == "dinoserve"
+    assert (seen["timeout_keep_alive"], seen["timeout_graceful_shutdown"]) == (5, 20)
+
+
+def test_connection_timeouts_come_from_settings(micro_package, monkeypatch, capsys):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setenv("DINOSERVE_MODEL", str(micro_package))
+    monkeypatch.setenv("DINOSERVE_SERVE__KEEP_ALIVE_S", "75")
+    monkeypatch.setenv("DINOSERVE_SERVE__GRACEFUL_SHUTDOWN_S", "0")
+    assert main(["serve"]) == 0
+    assert (seen["timeout_keep_alive"], seen["timeout_graceful_shutdown"]) == (75, 0)
+    monkeypatch.setenv("DINOSERVE_SERVE__KEEP_ALIVE_S", "0")
+    assert main(["serve"]) == 2
+    assert "keep_alive_s" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -414,3 +414,15 @@ def test_compose_config_is_valid():
         cmd = [compose_cli, "-f", str(DEPLOY / "compose.yaml"), *profile, "config", "-q"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_api_drains_within_the_kill_deadline(monkeypatch):
+    """preStop sleep + the service's graceful drain must end before Kubernetes kills the pod."""
+    (deployment,) = k8s_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = api_container()
+    settings = _validate(env_of(container, configmaps()), monkeypatch)
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    drain = int(pre_stop[1]) + settings.serve.graceful_shutdown_s
+    assert drain < pod["terminationGracePeriodSeconds"]
