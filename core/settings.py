@@ -79,6 +79,7 @@ class ServeSettings(BaseModel):
     # close. Keep it under the orchestrator's kill deadline (deploy/k8s/api.yaml: 30 s grace,
     # 5 s of it in preStop).
     graceful_shutdown_s: int = Field(20, ge=0, le=3600)
+    access_log: bool = True  # one log line per request (uvicorn's access log)
 
 
 class CorsSettings(BaseModel):

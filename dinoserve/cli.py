@@ -146,6 +146,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level="info",
         timeout_keep_alive=serve.keep_alive_s,
         timeout_graceful_shutdown=serve.graceful_shutdown_s,
+        access_log=serve.access_log,
     )
     return 0
 

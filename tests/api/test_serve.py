@@ -38,9 +38,10 @@ def test_flags_override_the_bind_address(micro_package, monkeypatch):
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123)
     assert seen["app"].title == "dinoserve"
     assert (seen["timeout_keep_alive"], seen["timeout_graceful_shutdown"]) == (5, 20)
+    assert seen["access_log"] is True
 
 
-def test_connection_timeouts_come_from_settings(micro_package, monkeypatch, capsys):
+def test_connection_timeouts_and_access_log_come_from_settings(micro_package, monkeypatch, capsys):
     import uvicorn
 
     seen = {}
@@ -48,8 +49,10 @@ def test_connection_timeouts_come_from_settings(micro_package, monkeypatch, caps
     monkeypatch.setenv("DINOSERVE_MODEL", str(micro_package))
     monkeypatch.setenv("DINOSERVE_SERVE__KEEP_ALIVE_S", "75")
     monkeypatch.setenv("DINOSERVE_SERVE__GRACEFUL_SHUTDOWN_S", "0")
+    monkeypatch.setenv("DINOSERVE_SERVE__ACCESS_LOG", "false")
     assert main(["serve"]) == 0
     assert (seen["timeout_keep_alive"], seen["timeout_graceful_shutdown"]) == (75, 0)
+    assert seen["access_log"] is False
     monkeypatch.setenv("DINOSERVE_SERVE__KEEP_ALIVE_S", "0")
     assert main(["serve"]) == 2
     assert "keep_alive_s" in capsys.readouterr().err
