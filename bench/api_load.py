@@ -101,13 +101,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+def start_server(
+    env: dict[str, str], port: int, log: Path, cpus: set[int] | None = None
+) -> subprocess.Popen:
     """`dinoserve serve` on loopback, its log in a file (a pipe nobody reads would fill up and
-    block the server during a long run); returns once /readyz answers 200."""
+    block the server during a long run); returns once /readyz answers 200.
+
+    Args:
+        cpus: pin the server to these CPUs (Linux), e.g. to keep the load generator off them.
+    """
     out = log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
         env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
