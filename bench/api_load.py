@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -159,9 +160,12 @@ def engine_batch_gain(env: dict[str, str], max_batch: int, seconds: float, round
     }
 
 
-async def drive(url: str, endpoint: str, image: bytes, clients: int, seconds: float) -> dict:
-    """`clients` concurrent loops, each sending one request at a time, for `seconds`."""
-    field = "images" if endpoint == "embed" else "image"
+async def closed_loops(
+    url: str, send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]], clients: int,
+    seconds: float,
+) -> dict:  # fmt: skip
+    """`clients` concurrent loops, each awaiting `send(client)` one request at a time, for
+    `seconds`; the latency of every 200, the count of other answers, and the 200s per second."""
     latencies: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
@@ -173,7 +177,7 @@ async def drive(url: str, endpoint: str, image: bytes, clients: int, seconds: fl
             nonlocal errors
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
-                r = await client.post(f"/{endpoint}", files={field: ("q.jpg", image, "image/jpeg")})
+                r = await send(client)
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - t0)
                 else:
@@ -183,6 +187,13 @@ async def drive(url: str, endpoint: str, image: bytes, clients: int, seconds: fl
         await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - t_start
     return {"latencies": latencies, "errors": errors, "req_per_s": len(latencies) / elapsed}
+
+
+async def drive(url: str, endpoint: str, image: bytes, clients: int, seconds: float) -> dict:
+    """`clients` closed loops posting `image` to `/endpoint` (embed or classify)."""
+    field = "images" if endpoint == "embed" else "image"
+    files = {field: ("q.jpg", image, "image/jpeg")}
+    return await closed_loops(url, lambda c: c.post(f"/{endpoint}", files=files), clients, seconds)
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -22,13 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import drive, free_port, prepare_service, start_server  # noqa: E402
+from bench.api_load import closed_loops, drive, free_port, prepare_service, start_server  # noqa: E402
 from bench.embed_throughput import median_throughput  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
 from training.synthetic import draw_shape  # noqa: E402
@@ -40,25 +39,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def hammer_get(url: str, path: str, clients: int, seconds: float) -> int:
-    """`clients` closed loops of GET `path` for `seconds`; returns the 200s."""
-    ok = 0
-    stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-
-        async def loop() -> None:
-            nonlocal ok
-            while time.perf_counter() < stop:
-                # Await first, then add: `ok += await …` reads `ok` before the await, and
-                # the coroutines would overwrite each other's counts.
-                response = await client.get(path)
-                ok += response.status_code == 200
-
-        await asyncio.gather(*(loop() for _ in range(clients)))
-    return ok
 
 
 def engine_alone(env: dict[str, str], seconds: float) -> dict[str, float]:
@@ -115,11 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
         for route in ("GET /healthz", "GET /model", "POST /embed"):
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             if route == "POST /embed":
-                n = len(
-                    asyncio.run(drive(url, "embed", image, args.clients, args.seconds))["latencies"]
-                )
+                result = asyncio.run(drive(url, "embed", image, args.clients, args.seconds))
             else:
-                n = asyncio.run(hammer_get(url, route.split()[1], args.clients, args.seconds))
+                path = route.split()[1]
+                result = asyncio.run(
+                    closed_loops(url, lambda c, p=path: c.get(p), args.clients, args.seconds)
+                )
+            n = len(result["latencies"])
             elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
             rows.append({"route": route, "requests": n, "req_per_s": round(n / elapsed, 1),
                          "server_cpu_ms_per_request": round(1000 * cpu / max(n, 1), 3),
