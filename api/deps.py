@@ -7,15 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.batcher import Batcher
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.runtime import Runtime
 from api.serving import Serving
 from api.vectors import Vectors
-from core.engines import Engine
 from core.package import PackageMeta
-from core.settings import Settings
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -40,14 +37,6 @@ async def get_serving(rt: RuntimeDep) -> AsyncIterator[Serving]:
         serving.users -= 1
 
 
-def get_settings(rt: RuntimeDep) -> Settings:
-    return rt.settings
-
-
-def get_engine(rt: RuntimeDep) -> Engine:
-    return rt.engine
-
-
 def get_meta(rt: RuntimeDep) -> PackageMeta:
     return rt.meta
 
@@ -56,18 +45,11 @@ def get_vectors(rt: RuntimeDep) -> Vectors:
     return rt.vectors
 
 
-def get_embedder(rt: RuntimeDep) -> Batcher:
-    return rt.embedder
-
-
 def get_metrics(rt: RuntimeDep) -> Metrics:
     return rt.metrics
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 MetaDep = Annotated[PackageMeta, Depends(get_meta)]
 StoreDep = Annotated[Vectors, Depends(get_vectors)]
-BatcherDep = Annotated[Batcher, Depends(get_embedder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -10,18 +10,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from api.batcher import Batcher
 from api.metrics import Metrics
 from api.refresh import Refresher
 from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
-from core.engines import Engine, load_engine
+from core.engines import load_engine
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     """`serving` (model card, engine, batchers) is replaced as a whole by a refresh or rollback;
-    a request reads it once (api.deps.ServingDep), the properties below are for the rest."""
+    a request reads it once (api.deps.ServingDep); `meta` is for probes that need no more."""
 
     settings: Settings
     serving: Serving
@@ -42,26 +39,6 @@ class Runtime:
     @property
     def meta(self) -> package.PackageMeta:
         return self.serving.meta
-
-    @property
-    def engine(self) -> Engine:
-        return self.serving.engine
-
-    @property
-    def embedder(self) -> Batcher:
-        return self.serving.embedder
-
-    @property
-    def attender(self) -> Batcher:
-        return self.serving.attender
-
-    async def decode(self, images: list[bytes]) -> tuple[list[Image.Image], np.ndarray]:
-        """Decode (within DINOSERVE_MAX_PIXELS) and preprocess in a worker thread."""
-        return await self.serving.decode(images)
-
-    async def embed(self, images: list[bytes]) -> np.ndarray:
-        """L2-normalised embeddings (N, D) of encoded images, through the micro-batcher."""
-        return await self.serving.embed(images)
 
     def swap(self, new: Serving) -> Serving:
         """Serve `new` from the next request on; returns the old state (to retire)."""
