@@ -59,22 +59,27 @@ def indexed_store(micro_package, synthetic_dir, tmp_path_factory) -> Path:
     return path
 
 
+def settings_on_copy(package: Path, indexed: Path, copy: Path, **overrides) -> Settings:
+    """Settings for an app on `copy`, a fresh copy of the indexed store, with overrides."""
+    shutil.copytree(indexed, copy)
+    values = dict(
+        model=str(package),
+        qdrant_path=copy,
+        collection="shapes",
+        inference=ONE_THREAD,
+        serve={"max_wait_ms": 2.0},
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
 @pytest.fixture
 def make_settings(micro_package, indexed_store, tmp_path) -> Callable[..., Settings]:
     """Settings for an app on a private copy of the indexed store, with overrides."""
 
     def make(**overrides) -> Settings:
         copy = tmp_path / f"qdrant{len(list(tmp_path.glob('qdrant*')))}"
-        shutil.copytree(indexed_store, copy)
-        values = dict(
-            model=str(micro_package),
-            qdrant_path=copy,
-            collection="shapes",
-            inference=ONE_THREAD,
-            serve={"max_wait_ms": 2.0},
-        )
-        values.update(overrides)
-        return Settings(**values)
+        return settings_on_copy(micro_package, indexed_store, copy, **overrides)
 
     return make
 
@@ -101,14 +106,7 @@ def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
 def client(micro_package, indexed_store, tmp_path_factory) -> Iterator[TestClient]:
     """One started app per test module, on its own copy of the indexed store (read-only use)."""
     copy = tmp_path_factory.mktemp("qdrant_ro") / "q"
-    shutil.copytree(indexed_store, copy)
-    settings = Settings(
-        model=str(micro_package),
-        qdrant_path=copy,
-        collection="shapes",
-        inference=ONE_THREAD,
-        serve={"max_wait_ms": 2.0},
-    )
+    settings = settings_on_copy(micro_package, indexed_store, copy)
     with TestClient(create_app(settings)) as c:
         yield c
 

@@ -7,7 +7,6 @@ model test; the admin tests under tests/refresh cover the rest of that path.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,12 +19,12 @@ from qdrant_client.http.exceptions import ResponseHandlingException
 from api.main import create_app
 from core.settings import Settings
 from tests.api.conftest import (  # noqa: F401  (fixtures)
-    ONE_THREAD,
     client,
     indexed_store,
     make_client,
     make_settings,
     png_bytes,
+    settings_on_copy,
 )
 from tests.api.test_browser import _free_port
 from tests.refresh.conftest import env, two_versions  # noqa: F401  (fixtures)
@@ -34,16 +33,7 @@ from tests.refresh.conftest import env, two_versions  # noqa: F401  (fixtures)
 def live_settings(micro_package, indexed_store, tmp_path_factory, **overrides) -> Settings:  # noqa: F811
     """Settings for a service on a private copy of the indexed store."""
     copy = tmp_path_factory.mktemp("qdrant_live") / "q"
-    shutil.copytree(indexed_store, copy)
-    values: dict[str, Any] = dict(
-        model=str(micro_package),
-        qdrant_path=copy,
-        collection="shapes",
-        inference=ONE_THREAD,
-        serve={"max_wait_ms": 2.0},
-    )
-    values.update(overrides)
-    return Settings(**values)
+    return settings_on_copy(micro_package, indexed_store, copy, **overrides)
 
 
 class LiveServer:
