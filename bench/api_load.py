@@ -38,29 +38,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.embed_throughput import throughput  # noqa: E402
+from bench.embed_throughput import random_package, throughput  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
 from training.synthetic import draw_shape, make_synthetic  # noqa: E402
 
 
 def package_model(name: str, variant: str, models: Path) -> Path:
-    from core.vit import build_vit
-    from training.backbone import backbone_kwargs
-    from training.config import load_config
-    from training.export import write_package
-
-    if name == "vits16":
-        arch, kwargs = "vit_small_patch16_224", {"num_classes": 0, "global_pool": "token",
-                                                 "dynamic_img_size": True}  # fmt: skip
-        mean, std, crop = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.875
-    else:
-        cfg = load_config(ROOT / "configs" / "tiny.yaml")
-        arch, kwargs = cfg.model.arch, backbone_kwargs(cfg.model)
-        mean, std, crop = cfg.crops.mean, cfg.crops.std, cfg.eval.crop_pct
-    meta = {"arch": arch, "timm_kwargs": kwargs, "mean": mean, "std": std, "crop_pct": crop,
-            "provenance": {"source": "bench/api_load.py (random init)"}}  # fmt: skip
-    return write_package(build_vit(arch, kwargs), meta, models, name,
-                         "int8" if variant == "int8" else None)  # fmt: skip
+    """`name` (vits16 or tiny) at random init, packaged with the int8 variant when asked."""
+    quantize = "int8" if variant == "int8" else None
+    return random_package(name, models, quantize, "bench/api_load.py (random init)")[1]
 
 
 def prepare_service(

@@ -39,21 +39,40 @@ from bench.train_knn_cpu import cpu_model  # noqa: E402
 from core.engines import OrtEngine, TorchEngine  # noqa: E402
 from core.settings import InferenceSettings  # noqa: E402
 from core.vit import build_vit  # noqa: E402
-from training.backbone import backbone_kwargs  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.export import write_package  # noqa: E402
+from training.export import config_meta, write_package  # noqa: E402
 
 ENGINES = ("torch eager fp32", "ORT fp32", "ORT int8")
 
 
+# ViT-S/16 is packaged with ImageNet's normalisation and DINO's k-NN crop (resize 256, crop 224).
+IMAGENET_EVAL = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+
+
 def model_specs() -> dict[str, tuple[str, dict]]:
     """name → (timm arch, timm kwargs)."""
-    tiny = load_config(ROOT / "configs" / "tiny.yaml").model
+    tiny = config_meta(load_config(ROOT / "configs" / "tiny.yaml"))
     vits = {"num_classes": 0, "global_pool": "token", "dynamic_img_size": True}
     return {
         "vits16": ("vit_small_patch16_224", vits),
-        "tiny": (tiny.arch, backbone_kwargs(tiny)),
+        "tiny": (tiny["arch"], tiny["timm_kwargs"]),
     }
+
+
+def random_package(
+    name: str, models: Path, quantize: str | None, source: str
+) -> tuple[torch.nn.Module, Path]:
+    """`name` (vits16 or tiny) at random init (seed 0), packaged by the real export path (its
+    parity check, and the cosine check for int8): the network and the package directory."""
+    if name == "tiny":
+        meta = config_meta(load_config(ROOT / "configs" / "tiny.yaml"))
+    else:
+        arch, kwargs = model_specs()[name]
+        meta = {"arch": arch, "timm_kwargs": kwargs, **IMAGENET_EVAL}
+    meta["provenance"] = {"source": source}
+    torch.manual_seed(0)
+    vit = build_vit(meta["arch"], meta["timm_kwargs"])
+    return vit, write_package(vit, meta, models, name, quantize)
 
 
 def throughput(engine, batch: np.ndarray, seconds: float) -> float:
@@ -154,14 +173,9 @@ def roofline(vit: torch.nn.Module, size: int, batch: int, args) -> dict:
             "gemm_shape": [batch * tokens, dim, hidden], "gemm_gflop_s": peaks}  # fmt: skip
 
 
-def bench_model(name: str, arch: str, kwargs: dict, batches: list[int], args, tmp: Path) -> list:
-    torch.manual_seed(0)
-    vit = build_vit(arch, kwargs)
-    meta = {"arch": arch, "timm_kwargs": kwargs, "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225), "crop_pct": 0.875,
-            "provenance": {"source": "bench"}}  # fmt: skip
+def bench_model(name: str, batches: list[int], args, tmp: Path) -> list:
     t0 = time.perf_counter()
-    pkg = write_package(vit, meta, tmp, name, quantize="int8")
+    vit, pkg = random_package(name, tmp, "int8", "bench")
     export_s = time.perf_counter() - t0
     size = vit.patch_embed.img_size[0]
     s = InferenceSettings(intra_op_threads=args.threads, inter_op_threads=1)
@@ -228,13 +242,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    specs = model_specs()
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            arch, kwargs = specs[name]
-            rows += bench_model(name, arch, kwargs, batches, args, Path(tmp))
+            rows += bench_model(name, batches, args, Path(tmp))
     print(table(rows))
     print()
     print(roofline_table(rows))

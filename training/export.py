@@ -19,7 +19,7 @@ from core import package
 from core.vit import EmbedAttention, build_vit
 from training import checkpoint
 from training.backbone import backbone_kwargs
-from training.config import load_config
+from training.config import TrainConfig, load_config
 from training.model_card import write_card
 from training.onnx_export import (
     INT8_MIN_COSINE,
@@ -108,6 +108,18 @@ def write_package(
     return out
 
 
+def config_meta(cfg: TrainConfig) -> dict[str, Any]:
+    """A package's network and preprocessing fields (model.json) for a training config: arch,
+    timm kwargs, the normalisation and the evaluation crop. Provenance is the caller's."""
+    return {
+        "arch": cfg.model.arch,
+        "timm_kwargs": backbone_kwargs(cfg.model),
+        "mean": cfg.crops.mean,
+        "std": cfg.crops.std,
+        "crop_pct": cfg.eval.crop_pct,
+    }
+
+
 def export_run(
     run_dir: Path,
     models_dir: Path,
@@ -131,19 +143,14 @@ def export_run(
     ckpt = checkpoint.load(run_dir / ckpt_name)
     prefix = "backbone."
     weights = {k[len(prefix) :]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
-    kwargs = backbone_kwargs(cfg.model)
-    vit = build_vit(cfg.model.arch, kwargs)
+    meta = config_meta(cfg)
+    vit = build_vit(meta["arch"], meta["timm_kwargs"])
     vit.load_state_dict(weights, strict=True)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     evaluation = {k: summary.get(k) for k in ("knn_start", "knn_end", "steps")}
     evaluation.update(k=cfg.eval.k, temperature=cfg.eval.temperature)
-    meta = {
-        "arch": cfg.model.arch,
-        "timm_kwargs": kwargs,
-        "mean": cfg.crops.mean,
-        "std": cfg.crops.std,
-        "crop_pct": cfg.eval.crop_pct,
+    meta |= {
         "provenance": {
             "source": "training",
             "run_dir": str(run_dir.resolve()),

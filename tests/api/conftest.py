@@ -130,20 +130,11 @@ def tiny_package(tmp_path_factory) -> Path:
 
     from core.vit import build_vit
     from tests.conftest import TINY_PRESET
-    from training.backbone import backbone_kwargs
     from training.config import load_config
-    from training.export import write_package
+    from training.export import config_meta, write_package
 
-    cfg = load_config(TINY_PRESET)
-    kwargs = backbone_kwargs(cfg.model)
+    meta = config_meta(load_config(TINY_PRESET))
+    meta["provenance"] = {"source": "random init (tests)"}
     torch.manual_seed(0)
-    vit = build_vit(cfg.model.arch, kwargs)
-    meta = {
-        "arch": cfg.model.arch,
-        "timm_kwargs": kwargs,
-        "mean": cfg.crops.mean,
-        "std": cfg.crops.std,
-        "crop_pct": cfg.eval.crop_pct,
-        "provenance": {"source": "random init (tests)"},
-    }
+    vit = build_vit(meta["arch"], meta["timm_kwargs"])
     return write_package(vit, meta, tmp_path_factory.mktemp("tiny_models"), "tiny")
