@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.embed_throughput import random_package, throughput  # noqa: E402
+from bench.embed_throughput import median_throughput, random_package  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
 from training.synthetic import draw_shape, make_synthetic  # noqa: E402
 
@@ -130,15 +130,11 @@ def engine_batch_gain(env: dict[str, str], max_batch: int, seconds: float, round
     engine = load_engine(Path(env["DINOSERVE_MODEL"]), env["DINOSERVE_ENGINE"], inference)
     size = engine.meta.img_size
     rng = np.random.default_rng(0)
-    batches = {
-        b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in (1, max_batch)
+    cases = {
+        b: (engine, rng.standard_normal((b, 3, size, size)).astype(np.float32))
+        for b in (1, max_batch)
     }
-    # Interleaved rounds, median: the two batch sizes see the same spells of a noisy machine.
-    runs: dict[int, list[float]] = {b: [] for b in batches}
-    for _ in range(rounds):
-        for b, x in batches.items():
-            runs[b].append(throughput(engine, x, seconds / rounds))
-    rates = {b: float(np.median(v)) for b, v in runs.items()}
+    rates, _ = median_throughput(cases, seconds, rounds)
     return {
         "batch_1_img_s": round(rates[1], 1),
         f"batch_{max_batch}_img_s": round(rates[max_batch], 1),

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -98,14 +99,15 @@ def throughput(engine, batch: np.ndarray, seconds: float) -> float:
 
 
 def median_throughput(
-    engines: dict, batch: np.ndarray, seconds: float, rounds: int
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Median images/s per engine over `rounds` rounds (and every round's figure), the engines
-    interleaved in each round so that a slow spell of the machine touches all of them alike."""
-    runs: dict[str, list[float]] = {k: [] for k in engines}
+    cases: dict[Any, tuple[Any, np.ndarray]], seconds: float, rounds: int
+) -> tuple[dict[Any, float], dict[Any, list[float]]]:
+    """Median images/s per case, (engine, batch), over `rounds` rounds (and every round's
+    figure). The cases take turns in each round, so a slow spell of the machine touches all
+    of them alike."""
+    runs: dict[Any, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
-        for k, e in engines.items():
-            runs[k].append(throughput(e, batch, seconds / rounds))
+        for k, (engine, batch) in cases.items():
+            runs[k].append(throughput(engine, batch, seconds / rounds))
     return {k: float(np.median(v)) for k, v in runs.items()}, runs
 
 
@@ -190,7 +192,8 @@ def bench_model(name: str, batches: list[int], args, tmp: Path) -> list:
     rng = np.random.default_rng(0)
     for b in batches:
         x = rng.standard_normal((b, 3, size, size)).astype(np.float32)
-        ips, runs = median_throughput(engines, x, args.seconds, args.rounds)
+        cases = {k: (e, x) for k, e in engines.items()}
+        ips, runs = median_throughput(cases, args.seconds, args.rounds)
         rows.append({"model": name, "batch": b, "images_per_s": ips, "rounds": runs,
                      "roofline": roof, "export_s": round(export_s, 1),
                      "int8_min_cosine": min_cos})  # fmt: skip

@@ -54,12 +54,11 @@ def engine_alone(env: dict[str, str], seconds: float) -> dict[str, float]:
         engine = load_engine(Path(env["DINOSERVE_MODEL"]), "onnxruntime", settings)
         size = engine.meta.img_size
         rng = np.random.default_rng(0)
-        out = {}
-        for b in (1, 12):
-            x = rng.standard_normal((b, 3, size, size)).astype(np.float32)
-            out[f"batch_{b}_img_s"] = round(
-                median_throughput({"e": engine}, x, seconds, 3)[0]["e"], 1
-            )
+        cases = {
+            b: (engine, rng.standard_normal((b, 3, size, size)).astype(np.float32)) for b in (1, 12)
+        }
+        rates, _ = median_throughput(cases, seconds, 3)
+        out = {f"batch_{b}_img_s": round(rate, 1) for b, rate in rates.items()}
         return out
     finally:
         os.sched_setaffinity(0, before)
