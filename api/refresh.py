@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from api.serving import Serving
-from core import refresh, switchover, versions
+from core import switchover, versions
+from core.store import Store
 from core.switchover import Prepared, RefreshStatus
 
 if TYPE_CHECKING:
@@ -45,9 +46,9 @@ class Refresher:
         self._watch_failed: set[str] = set()
 
     @property
-    def q(self) -> refresh.Store:
-        """The service's own client under its lock (the embedded store allows one client)."""
-        return refresh.Store(self.rt.vectors.client, self.rt.vectors.lock)
+    def q(self) -> Store:
+        """The service's own store (the embedded one allows one process), batch retries."""
+        return self.rt.store
 
     def name_dir(self) -> Path:
         s = self.rt.settings

@@ -3,6 +3,7 @@ its worker thread, the micro-batchers, the Qdrant client and the metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,11 @@ class Runtime:
     admin: Any = None  # api.refresh.Refresher
 
     @property
+    def store(self) -> store.Store:
+        """The store with the batch retry policy (refresh, indexing jobs)."""
+        return self.vectors.db.with_policy(store.BATCH)
+
+    @property
     def meta(self) -> package.PackageMeta:
         return self.serving.meta
 
@@ -65,19 +71,17 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     package_dir = package.resolve(settings.models_dir, settings.model)
     engine = await run_in_threadpool(load_engine, package_dir, settings.engine, settings.inference)
     meta = package.read_meta(package_dir)
-    q = settings.qdrant
-    client = store.open_client(
-        settings.qdrant_path, settings.qdrant_url, settings.qdrant_api_key, q.timeout_s
-    )
+    # Request handlers retry quickly and answer 503 (store.REQUEST); the refresh worker uses
+    # the same store with the batch policy (Runtime.store).
+    policy = dataclasses.replace(store.REQUEST, attempts=settings.serve.store_attempts)
+    db = store.open_store(settings, policy)
     # One engine thread: engine calls run one at a time, each using the runtime's own intra-op
     # threads, instead of competing for the same cores.
     # Old and new engines of a refresh share it too.
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
     serving = Serving.start(meta, engine, executor, settings, metrics)
     metrics.model.info(_model_info(meta, settings.engine))
-    runtime = Runtime(
-        settings, serving, Vectors(client, settings.serve.store_attempts), metrics, executor
-    )
+    runtime = Runtime(settings, serving, Vectors(db), metrics, executor)
     metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)
     metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
     runtime.admin = Refresher(runtime)
@@ -89,4 +93,4 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         await runtime.admin.stop()
         await runtime.serving.close()
         executor.shutdown(wait=True)
-        client.close()
+        db.close()

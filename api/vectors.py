@@ -1,24 +1,22 @@
-"""Qdrant as the API uses it: lookups that run in worker threads, few retries, and the check that
-a collection holds embeddings of the served model version."""
+"""The store as request handlers use it: every call in a worker thread (the event loop never
+waits on Qdrant), retried by the store's quick request policy (then 503), and the check that a
+collection holds embeddings of the model version a request runs with."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from qdrant_client import QdrantClient
-from qdrant_client import models as qm
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from core import store
+from core.store import Match, Point, Store
 
 T = TypeVar("T")
-HIT_FIELDS = ["uri", "label"]
+HIT_FIELDS = ("uri", "label")
 
 
 @dataclass(frozen=True)
@@ -41,31 +39,17 @@ def query_id(image: str) -> str:
 
 
 class Vectors:
-    """The Qdrant client of one app.
+    """The app's store (opened with `store.REQUEST` retries), called off the event loop."""
 
-    Args:
-        client: embedded store or server client.
-        attempts: tries per Qdrant call before StoreError (→ 503).
-    """
-
-    def __init__(self, client: QdrantClient, attempts: int = 2) -> None:
-        self.client, self.attempts = client, attempts
-        # The embedded store is not thread-safe; a server client is. A refresh running in the
-        # service takes the same lock for its own Qdrant calls.
-        self.lock: Any = threading.Lock() if store.is_local(client) else nullcontext()
+    def __init__(self, db: Store) -> None:
+        self.db = db
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run a Qdrant call in a worker thread (retried; one at a time on the embedded store)."""
-
-        def call() -> T:
-            with self.lock:
-                return store.with_retry(fn, self.attempts, base_delay=0.1)
-
-        return await run_in_threadpool(call)
+        return await run_in_threadpool(fn)
 
     async def ping(self) -> None:
         """Raise StoreError unless Qdrant answers."""
-        await self.run(self.client.get_collections)
+        await self.run(self.db.ping)
 
     async def physical(self, name: str, version: str | None) -> str:
         """The physical collection to search for logical `name` with model `version`.
@@ -82,17 +66,16 @@ class Vectors:
         expected = f"{name}{store.SEP}{version}"
 
         def resolve() -> str:
-            with self.lock:
-                target = store.resolve_alias(self.client, name, self.attempts)
-                if version is None or target == expected:
-                    return target or store.resolve_collection(self.client, name, self.attempts)
-                if store.with_retry(lambda: self.client.collection_exists(expected), self.attempts):
-                    return expected
-                return target or store.resolve_collection(self.client, name, self.attempts)
+            target = self.db.resolve_alias(name)
+            if version is None or target == expected:
+                return target or self.db.resolve(name)
+            if self.db.exists(expected):
+                return expected
+            return target or self.db.resolve(name)
 
-        physical = await run_in_threadpool(resolve)
+        physical = await self.run(resolve)
         if version is not None and physical != expected:
-            held = physical.split(store.SEP, 1)[1] if store.SEP in physical else "unknown"
+            held = store.version_of(physical) or "unknown"
             raise ApiError(
                 409,
                 "model_version_mismatch",
@@ -102,14 +85,10 @@ class Vectors:
             )
         return physical
 
-    async def point(self, physical: str, pid: str, with_vector: bool = False) -> qm.Record | None:
+    async def point(self, physical: str, pid: str, with_vector: bool = False) -> Point | None:
         """One point (payload `uri`, `label`, `sha256`, optionally its vector), or None."""
-        records = await self.run(
-            lambda: self.client.retrieve(
-                physical, ids=[pid], with_payload=[*HIT_FIELDS, "sha256"], with_vectors=with_vector
-            )
-        )
-        return records[0] if records else None
+        fields = [*HIT_FIELDS, "sha256"]
+        return await self.run(lambda: self.db.point(physical, pid, fields, with_vector))
 
     async def nearest(
         self,
@@ -127,22 +106,6 @@ class Vectors:
             labelled_only: only points that have a label (the k-NN vote's memory).
             exclude: a point id to leave out (the query itself).
         """
-        must: list[Any] = []
-        must_not: list[Any] = []
-        if label is not None:
-            must.append(qm.FieldCondition(key="label", match=qm.MatchValue(value=label)))
-        if labelled_only:
-            must_not.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key="label")))
-        if exclude is not None:
-            must_not.append(qm.HasIdCondition(has_id=[exclude]))
-        flt = qm.Filter(must=must or None, must_not=must_not or None)
-        response = await self.run(
-            lambda: self.client.query_points(
-                physical, query=vector, limit=k, query_filter=flt, with_payload=HIT_FIELDS
-            )
-        )
-        return [
-            Hit(str(p.id), float(p.score), (p.payload or {}).get("uri"),
-                (p.payload or {}).get("label"))
-            for p in response.points
-        ]  # fmt: skip
+        match = Match(label, labelled_only, exclude)
+        points = await self.run(lambda: self.db.search(physical, vector, k, match, HIT_FIELDS))
+        return [Hit(p.id, p.score, p.payload.get("uri"), p.payload.get("label")) for p in points]

@@ -12,21 +12,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from qdrant_client import QdrantClient
-from qdrant_client import models as qm
 
-from core import store
 from core.images import ImageRejected, decode_image
+from core.store import Point, Store
 from core.uris import reader
 
-T = TypeVar("T")
 MAX_REPORTED = 100  # failures listed in a report (all are counted)
 
 
@@ -55,18 +51,6 @@ class ReembedReport:
     unchanged: int = 0  # already in the target with the same sha256 (a resumed refresh)
     failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)  # first MAX_REPORTED
-
-
-class Store:
-    """A Qdrant client used from a worker thread, every call under `lock` (the embedded store is
-    not thread-safe and the service shares its client) and retried."""
-
-    def __init__(self, client: QdrantClient, lock: AbstractContextManager | None = None) -> None:
-        self.client, self.lock = client, lock or nullcontext()
-
-    def __call__(self, fn: Callable[[], T]) -> T:
-        with self.lock:
-            return store.with_retry(fn)
 
 
 def _load(
@@ -99,7 +83,7 @@ def reembed(
     embedded by `embedder`.
 
     Args:
-        q: the client, with its lock.
+        q: the store.
         source: the physical collection of the served version.
         target: `<name>__<embedder.model_version>`.
         embedder: the new model.
@@ -110,40 +94,35 @@ def reembed(
         should_stop: polled between batches; True raises Stopped.
     Images whose source is gone or no longer decodes are counted, reported and left out.
     """
-    c = q.client
-    report = ReembedReport(source, target, total=q(lambda: c.count(source, exact=True).count))
+    report = ReembedReport(source, target, total=q.count(source))
     offset: Any = None
     with ThreadPoolExecutor(workers, thread_name_prefix="reembed") as pool:
         while True:
             if should_stop is not None and should_stop():
                 raise Stopped(f"stopped while re-embedding {source}")
-            records, offset = q(
-                lambda o=offset: c.scroll(
-                    source, limit=batch, offset=o, with_payload=True, with_vectors=False
-                )
-            )
+            records, offset = q.scroll(source, None, offset, batch)
             _one_batch(q, records, target, embedder, max_pixels, pool, report)
             if progress is not None:
                 progress(report)
             if offset is None:
+                q.optimize(target)
                 return report
 
 
 def _one_batch(
     q: Store,
-    records: list[qm.Record],
+    records: list[Point],
     target: str,
     embedder: EmbedderLike,
     max_pixels: int,
     pool: ThreadPoolExecutor,
     report: ReembedReport,
 ) -> None:
-    ids = [str(r.id) for r in records]
-    there = q(lambda: store.existing_hashes(q.client, target, ids))
-    todo = [r for r in records if there.get(str(r.id)) != (r.payload or {}).get("sha256", "")]
+    there = q.existing_hashes(target, [r.id for r in records])
+    todo = [r for r in records if there.get(r.id) != r.payload.get("sha256", "")]
     report.unchanged += len(records) - len(todo)
-    loaded = list(pool.map(lambda r: _load(str((r.payload or {}).get("uri", "")),
-                                           embedder, max_pixels), todo))  # fmt: skip
+    loaded = list(pool.map(lambda r: _load(str(r.payload.get("uri", "")), embedder, max_pixels),
+                           todo))  # fmt: skip
     ok = [(r, x) for r, x in zip(todo, loaded, strict=True) if isinstance(x, tuple)]
     for x in loaded:
         if isinstance(x, dict):
@@ -154,47 +133,7 @@ def _one_batch(
         vectors = embedder.embed(np.stack([arr for _, (arr, _) in ok]))
         now = datetime.now(UTC).isoformat(timespec="seconds")
         new = {"model_version": embedder.model_version, "indexed_at": now}
-        points = [
-            qm.PointStruct(id=str(r.id), vector=vec.tolist(),
-                           payload={**(r.payload or {}), **update, **new})
-            for (r, (_, update)), vec in zip(ok, vectors, strict=True)
-        ]  # fmt: skip
-        q(lambda: q.client.upsert(target, points=points, wait=True))
-        report.written += len(points)
+        payloads = [{**r.payload, **update, **new} for r, (_, update) in ok]
+        q.upsert(target, [r.id for r, _ in ok], vectors, payloads)
+        report.written += len(ok)
     report.done += len(records)
-
-
-def aliases(q: Store) -> dict[str, str]:
-    """Every alias → the physical collection it points to."""
-    return {a.alias_name: a.collection_name for a in q(q.client.get_aliases).aliases}
-
-
-def aliases_of_version(q: Store, version: str) -> dict[str, str]:
-    """The aliases that point to `<alias>__<version>`: the collections a version serves."""
-    return {a: p for a, p in aliases(q).items() if p == f"{a}{store.SEP}{version}"}
-
-
-def flip(q: Store, targets: dict[str, str]) -> None:
-    """Point every alias of `targets` (alias → physical) at its new collection in ONE call, so
-    no reader sees some collections moved and others not."""
-    if not targets:
-        return
-    existing = aliases(q)
-    ops: list[Any] = []
-    for alias, physical in targets.items():
-        if alias in existing:
-            ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
-        ops.append(
-            qm.CreateAliasOperation(
-                create_alias=qm.CreateAlias(collection_name=physical, alias_name=alias)
-            )
-        )
-    q(lambda: q.client.update_collection_aliases(change_aliases_operations=ops))
-
-
-def delete_collections(q: Store, names: list[str]) -> None:
-    """Drop physical collections (never one an alias points to)."""
-    live = set(aliases(q).values())
-    for name in names:
-        if name not in live:
-            q(lambda n=name: q.client.delete_collection(n))

@@ -36,13 +36,20 @@ class InferenceSettings(BaseModel):
 
 
 class QdrantSettings(BaseModel):
-    """Collection layout on a Qdrant server or cluster (`DINOSERVE_QDRANT__*`); applied when a
-    physical collection is created, ignored by the embedded store."""
+    """Collection layout and search (`DINOSERVE_QDRANT__*`). The cluster layout applies when a
+    physical collection is created on a server (the embedded store has one shard)."""
 
     shard_number: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
     write_consistency_factor: int = Field(1, ge=1)
     timeout_s: float = Field(30.0, gt=0)
+    # From this many points on (checked when an indexing run or a refresh ends), a collection's
+    # vectors move to disk and an int8 copy stays in RAM (scalar quantisation; results rescored
+    # with the full vectors): 1M × 384-d then needs ~0.4 GiB of RAM instead of 1.5 GiB
+    # (bench/RESULTS.md, "store scale").
+    quantize_above: int = Field(200_000, ge=0)
+    hnsw_ef: int = Field(128, ge=1, le=4096)  # search breadth: recall vs latency
+    oversampling: float = Field(2.0, ge=1.0, le=16.0)  # int8 candidates per result, rescored
 
 
 class IndexerSettings(BaseModel):

@@ -20,6 +20,7 @@ from PIL import Image
 from core import package, refresh, store
 from core.engines import Engine, load_engine, preprocess_batch
 from core.settings import Settings
+from core.store import Store
 from core.versions import VersionError, previous
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Prepared:
 
 
 def prepare(
-    q: refresh.Store,
+    q: Store,
     settings: Settings,
     name_dir: Path,
     served: str | None,
@@ -111,17 +112,15 @@ def prepare(
     package_dir = name_dir / target
     engine = load_engine(package_dir, settings.engine, settings.inference)  # verifies sha256s
     meta = package.read_meta(package_dir)
-    sources = refresh.aliases_of_version(q, served) if served else {}
+    sources = q.collections_of_version(served) if served else {}
     status.phase = "reembedding"
-    r, qs = settings.refresh, settings.qdrant
+    r = settings.refresh
     targets: dict[str, str] = {}
     for alias, source in sorted(sources.items()):
         physical = store.physical_name(alias, target)
-        if not q(lambda p=physical: q.client.collection_exists(p)):
+        if not q.exists(physical):
             created.append(physical)
-        with q.lock:
-            store.ensure_collection(q.client, alias, target, engine.dim, qs.shard_number,
-                                    qs.replication_factor, qs.write_consistency_factor)  # fmt: skip
+        q.ensure_collection(alias, target, engine.dim)
         report = refresh.reembed(
             q, source, physical, EngineEmbedder(engine, meta), settings.max_pixels, r.batch,
             r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
@@ -141,32 +140,32 @@ def prepare(
     return Prepared(engine, meta, targets, sources)
 
 
-def commit(q: refresh.Store, name_dir: Path, p: Prepared) -> None:
+def commit(q: Store, name_dir: Path, p: Prepared) -> None:
     """Flip every alias in one call, then move CURRENT; if CURRENT cannot move, flip back."""
-    refresh.flip(q, p.targets)
+    q.flip(p.targets)
     try:
         package.switch_current(name_dir, p.meta.version)
     except BaseException:
-        refresh.flip(q, p.sources)
+        q.flip(p.sources)
         raise
 
 
-def abort(q: refresh.Store, created: list[str]) -> None:
+def abort(q: Store, created: list[str]) -> None:
     """Drop the physical collections a failed refresh created (never one an alias points to);
     collections it only added to are kept: they hold that version's embeddings either way."""
-    refresh.delete_collections(q, created)
+    q.delete_collections(created)
 
 
-def prepare_rollback(q: refresh.Store, settings: Settings, name_dir: Path, served: str) -> Prepared:
+def prepare_rollback(q: Store, settings: Settings, name_dir: Path, served: str) -> Prepared:
     """Load the previous version and map every served alias back to its collection.
 
     Raises:
         VersionError: no older version, or one of its collections is gone (gc).
     """
     target = previous(name_dir, served)
-    sources = refresh.aliases_of_version(q, served)
+    sources = q.collections_of_version(served)
     targets = {a: store.physical_name(a, target) for a in sources}
-    missing = [p for p in targets.values() if not q(lambda p=p: q.client.collection_exists(p))]
+    missing = [p for p in targets.values() if not q.exists(p)]
     if missing:
         raise VersionError(f"cannot roll back to {target}: {', '.join(missing)} no longer exist")
     package_dir = name_dir / target

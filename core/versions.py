@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core import package
-from core.refresh import Store, aliases, delete_collections
-from core.store import SEP
+from core.store import Store
 
 
 class VersionError(LookupError):
@@ -92,16 +91,12 @@ def describe(q: Store | None, name_dir: Path, served: str | None) -> dict[str, A
     physical: dict[str, list[str]] = {}
     live: dict[str, str] = {}
     if q is not None:
-        live = {p: a for a, p in aliases(q).items()}
-        for c in q(q.client.get_collections).collections:
-            _, sep, version = c.name.partition(SEP)
-            if sep:
-                physical.setdefault(version, []).append(c.name)
+        live = {p: a for a, p in q.aliases().items()}
+        physical = q.physical_by_version()
     rows = []
     for v in package.list_versions(name_dir):
         cols = {
-            p: {"points": q(lambda p=p: q.client.count(p, exact=True).count), "alias": live.get(p)}
-            for p in sorted(physical.get(v, []))
+            p: {"points": q.count(p), "alias": live.get(p)} for p in sorted(physical.get(v, []))
         } if q is not None else None  # fmt: skip
         rows.append({"version": v, "current": v == current, "served": v == served,
                      "collections": cols})  # fmt: skip
@@ -114,11 +109,8 @@ def gc(q: Store | None, name_dir: Path, served: str, keep: int) -> dict[str, lis
     victims = gc_candidates(name_dir, served, keep)
     dropped: list[str] = []
     if q is not None and victims:
-        names = [c.name for c in q(q.client.get_collections).collections]
-        dropped = [n for n in names if n.partition(SEP)[2] in victims]
-        live = set(aliases(q).values())
-        dropped = [n for n in dropped if n not in live]
-        delete_collections(q, dropped)
+        by_version = q.physical_by_version()
+        dropped = q.delete_collections([n for v in victims for n in by_version.get(v, [])])
     for v in victims:
         shutil.rmtree(name_dir / v)
     return {"deleted_versions": victims, "deleted_collections": dropped}

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from core import package, refresh, store, switchover, versions
+from core import package, store, switchover, versions
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,19 +61,18 @@ class Service:
 
 
 @contextmanager
-def open_store(settings: Settings) -> Iterator[refresh.Store]:
+def open_store(settings: Settings) -> Iterator[store.Store]:
     try:
-        client = store.open_client(settings.qdrant_path, settings.qdrant_url,
-                                   settings.qdrant_api_key, settings.qdrant.timeout_s)  # fmt: skip
-    except RuntimeError as exc:  # the embedded store is locked by another process
+        db = store.open_store(settings)
+    except store.StoreUnusable as exc:  # e.g. the embedded store is open in another process
         raise CliError(
             f"{exc}\nA service seems to own the store but does not answer at the configured "
             "address: run the command where DINOSERVE_SERVE__HOST/PORT reach it."
         ) from exc
     try:
-        yield refresh.Store(client)
+        yield db
     finally:
-        client.close()
+        db.close()
 
 
 def _service(args: argparse.Namespace, settings: Settings) -> Service | None:

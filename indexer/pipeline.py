@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from qdrant_client import QdrantClient
-from qdrant_client import models as qm
 from tqdm import tqdm
 
 from core import store
 from core.images import ImageRejected, decode_image
+from core.store import Store
 from core.uris import TAR_SCHEME, reader, split_tar
 from indexer.sources import Item, in_shard
 
@@ -144,35 +143,27 @@ class Indexer:
     """Indexes one source into one logical collection.
 
     Args:
-        client: Qdrant client (embedded or server).
+        db: the store (embedded or server).
         embedder: the model.
         collection: logical name (the alias).
         batch: images per engine batch and per upsert.
         workers: decode threads.
         limits: per-image byte and pixel limits.
-        cluster: shard_number / replication_factor / write_consistency_factor for a server.
     """
 
     def __init__(
         self,
-        client: QdrantClient,
+        db: Store,
         embedder: Embedder,
         collection: str,
         batch: int = 32,
         workers: int = 4,
         limits: Limits | None = None,
-        cluster: dict[str, int] | None = None,
     ) -> None:
-        self.client, self.embedder = client, embedder
+        self.db, self.embedder = db, embedder
         self.collection = store.check_name(collection)
         self.batch, self.workers = max(1, batch), max(1, workers)
         self.limits = limits or Limits()
-        self.cluster = cluster or {}
-        self._lock = threading.Lock()  # the embedded client is not thread-safe
-
-    def _q(self, fn: Callable):
-        with self._lock:
-            return fn()
 
     def run(
         self,
@@ -185,15 +176,14 @@ class Indexer:
         """Index `items` (those of this shard); returns counts. Never aborts on a bad image."""
         t0 = time.perf_counter()
         mine = [it for it in items if in_shard(it.uri, shard)]
-        physical = store.ensure_collection(
-            self.client, self.collection, self.embedder.model_version, self.embedder.dim,
-            **self.cluster,
-        )  # fmt: skip
-        if store.resolve_alias(self.client, self.collection) is None:
+        physical = self.db.ensure_collection(
+            self.collection, self.embedder.model_version, self.embedder.dim
+        )
+        if self.db.resolve_alias(self.collection) is None:
             try:
-                store.point_alias(self.client, self.collection, physical)
+                self.db.point_alias(self.collection, physical)
             except store.StoreError:  # another shard worker created it first
-                if store.resolve_alias(self.client, self.collection) is None:
+                if self.db.resolve_alias(self.collection) is None:
                     raise
         report = IndexReport(self.collection, physical, total=len(mine))
         failures: list[dict] = []
@@ -210,12 +200,13 @@ class Indexer:
                 while (batch := prepared.get()) is not None:
                     if isinstance(batch, BaseException):
                         raise batch
-                    points = self._embed(batch)
+                    vectors = self._embed(batch)
                     if pending is not None:
                         pending.result()  # one upsert in flight; errors surface here
-                    pending = writer.submit(self._q, lambda p=points: store.upsert(
-                        self.client, physical, p))  # fmt: skip
-                    report.indexed += len(points)
+                    pending = writer.submit(
+                        self.db.upsert, physical, batch.ids, vectors, batch.payloads
+                    )
+                    report.indexed += len(batch.ids)
                     report.unchanged += batch.unchanged
                     report.failed += len(batch.failures)
                     failures += batch.failures
@@ -228,6 +219,8 @@ class Indexer:
             bar.close()
         if prune:
             report.pruned = self._prune(physical, mine, shard)
+        if report.indexed or report.pruned:
+            self.db.optimize(physical)  # queries right after the run use the built index
         if failures_path is not None:
             failures_path.parent.mkdir(parents=True, exist_ok=True)
             failures_path.write_text("".join(json.dumps(f) + "\n" for f in failures))
@@ -255,7 +248,7 @@ class Indexer:
     ) -> _Prepared:
         result = _Prepared(size=len(chunk))
         ids = [store.point_id(it.uri) for it, _ in chunk]
-        existing = self._q(lambda: store.existing_hashes(self.client, physical, ids))
+        existing = self.db.existing_hashes(physical, ids)
         todo = []
         for pid, (it, data) in zip(ids, chunk, strict=True):
             if isinstance(data, Exception):
@@ -291,24 +284,18 @@ class Indexer:
             )
         return result
 
-    def _embed(self, batch: _Prepared) -> list[qm.PointStruct]:
+    def _embed(self, batch: _Prepared) -> np.ndarray:
         if not batch.arrays:
-            return []
-        vectors = self.embedder.embed(np.stack(batch.arrays))
-        return [
-            qm.PointStruct(id=pid, vector=vec.tolist(), payload=payload)
-            for pid, vec, payload in zip(batch.ids, vectors, batch.payloads, strict=True)
-        ]
+            return np.zeros((0, self.embedder.dim), np.float32)
+        return self.embedder.embed(np.stack(batch.arrays))
 
     def _prune(self, physical: str, items: list[Item], shard: tuple[int, int]) -> int:
         """Delete points of this shard whose source URI is no longer in the source."""
         wanted = {store.point_id(it.uri) for it in items}
         gone = [
-            pid
-            for pid, payload in self._q(
-                lambda: list(store.iter_points(self.client, physical, ["uri"]))
-            )
-            if pid not in wanted and in_shard(str(payload.get("uri", "")), shard)
+            p.id
+            for p in self.db.iter_points(physical, ["uri"])
+            if p.id not in wanted and in_shard(str(p.payload.get("uri", "")), shard)
         ]
-        self._q(lambda: store.delete_points(self.client, physical, gone))
+        self.db.delete_points(physical, gone)
         return len(gone)

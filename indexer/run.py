@@ -52,22 +52,15 @@ def index_source(
     spec = parse_shard(shard)
     items = list_source(source, labels, Path(manifest) if manifest else None)
     embedder = embedder_from_settings(settings)
-    q = settings.qdrant
-    client = store.open_client(settings.qdrant_path, settings.qdrant_url, settings.qdrant_api_key,
-                               q.timeout_s)  # fmt: skip
+    db = store.open_store(settings)
     try:
         indexer = Indexer(
-            client,
+            db,
             embedder,
             name,
             batch=batch or settings.indexer.batch,
             workers=workers or settings.indexer.workers,
             limits=Limits(settings.max_pixels, settings.indexer.max_image_bytes),
-            cluster={
-                "shard_number": q.shard_number,
-                "replication_factor": q.replication_factor,
-                "write_consistency_factor": q.write_consistency_factor,
-            },
         )
         suffix = f".shard{spec[0]}of{spec[1]}" if spec[1] > 1 else ""
         fail_path = (
@@ -75,4 +68,4 @@ def index_source(
         )
         return indexer.run(items, spec, prune=prune, failures_path=fail_path, progress=progress)
     finally:
-        client.close()
+        db.close()

@@ -15,12 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from core import store
 from core.engines import load_engine, preprocess_batch
 from core.package import read_meta
 from core.settings import InferenceSettings, Settings
 from indexer.pipeline import Embedder, Indexer
 from indexer.sources import Item, list_source
+from tests.stores import edge_store
 
 ONE_THREAD = InferenceSettings(intra_op_threads=1, inter_op_threads=1)
 
@@ -39,7 +39,7 @@ def embedder_for(package_dir: Path, version: str | None = None) -> Embedder:
 
 
 def index_into(path: Path, embedder: Embedder, collection: str, items: list[Item]) -> None:
-    client = store.open_client(path=path)
+    client = edge_store(path)
     try:
         Indexer(client, embedder, collection, batch=64, workers=1).run(items, progress=False)
     finally:

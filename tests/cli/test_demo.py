@@ -1,7 +1,7 @@
-from core import store
 from core.package import resolve
 from dinoserve.demo import DEMO_MODEL, run_demo
 from tests.conftest import MICRO, TINY_PRESET
+from tests.stores import edge_store
 
 
 def test_demo_trains_a_model_when_none_exists_then_indexes(tmp_path, monkeypatch):
@@ -18,8 +18,8 @@ def test_demo_trains_a_model_when_none_exists_then_indexes(tmp_path, monkeypatch
     resolve(served.models_dir, DEMO_MODEL)  # a complete package with CURRENT
     assert len(list((tmp_path / "data").rglob("*.png"))) == 2000
     assert len(list((tmp_path / "queries").rglob("*.png"))) == 50
-    client = store.open_client(path=tmp_path / "qdrant")
-    assert client.count("images").count == 2000
+    client = edge_store(tmp_path / "qdrant")
+    assert client.count(client.resolve("images")) == 2000
     client.close()
 
     # A second demo reuses the model and finds every image unchanged.

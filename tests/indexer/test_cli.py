@@ -1,6 +1,6 @@
-from core import store
 from core.package import read_meta
 from dinoserve.cli import main
+from tests.stores import edge_store
 
 
 def test_index_command_with_a_real_package(micro_package, synthetic_dir, tmp_path, monkeypatch,
@@ -15,10 +15,10 @@ def test_index_command_with_a_real_package(micro_package, synthetic_dir, tmp_pat
     assert "0 indexed, 120 unchanged" in capsys.readouterr().out
 
     meta = read_meta(micro_package)
-    client = store.open_client(path=tmp_path / "qdrant")
-    physical = store.resolve_alias(client, "shapes")
+    client = edge_store(tmp_path / "qdrant")
+    physical = client.resolve_alias("shapes")
     assert physical == f"shapes__{meta.version}"
-    assert client.get_collection(physical).config.params.vectors.size == meta.embed_dim
+    assert client.dim(physical) == meta.embed_dim
     client.close()
     assert (tmp_path / "index" / "shapes.failures.jsonl").exists()
 

@@ -12,6 +12,7 @@ from core import store
 from indexer.pipeline import Indexer, Limits
 from indexer.sources import SourceError, list_source, parse_shard
 from tests.indexer.fakes import DIM, fake_embedder
+from tests.stores import all_points, edge_store, memory_server
 
 
 @pytest.fixture
@@ -20,21 +21,15 @@ def images(synthetic_dir, tmp_path) -> Path:
     return Path(shutil.copytree(synthetic_dir, tmp_path / "images"))
 
 
-@pytest.fixture
-def client():
-    c = store.open_client(":memory:")
+@pytest.fixture(params=["edge", "server"])
+def client(request, tmp_path):
+    """Both backends: the embedded Edge store and a server (its in-memory stand-in)."""
+    c = edge_store(tmp_path / "edge") if request.param == "edge" else memory_server()
     yield c
     c.close()
 
 
-def _all_points(client, collection):
-    return dict(
-        store.iter_points(
-            client,
-            collection,
-            ["uri", "label", "sha256", "width", "height", "model_version", "indexed_at"],
-        )
-    )
+_all_points = all_points
 
 
 def test_directory_with_labels_alias_and_payload(images, client):
@@ -43,7 +38,7 @@ def test_directory_with_labels_alias_and_payload(images, client):
     )
     assert (report.indexed, report.unchanged, report.failed) == (120, 0, 0)
     assert report.physical == "photos__fake-v1"
-    assert store.resolve_alias(client, "photos") == "photos__fake-v1"
+    assert client.resolve_alias("photos") == "photos__fake-v1"
     points = _all_points(client, "photos")
     assert len(points) == 120
     some_id, payload = next(iter(points.items()))
@@ -52,8 +47,7 @@ def test_directory_with_labels_alias_and_payload(images, client):
     assert payload["model_version"] == "fake-v1"
     assert (payload["width"], payload["height"]) == (32, 32)
     assert payload["sha256"] and payload["indexed_at"]
-    info = client.get_collection("photos__fake-v1")
-    assert info.config.params.vectors.size == DIM
+    assert client.dim("photos__fake-v1") == DIM
 
 
 def test_no_labels_unless_asked(images, client):
@@ -115,7 +109,7 @@ def test_manifest_csv_and_jsonl_with_extra_payload(images, client, tmp_path):
     jsonl_path.write_text("".join(json.dumps({"path": str(p), "label": "x"}) + "\n" for p in files))
     Indexer(client, fake_embedder(), "csv").run(list_source("", manifest=csv_path), progress=False)
     points = _all_points(client, "csv")
-    full = dict(store.iter_points(client, "csv", ["photographer", "label"]))
+    full = all_points(client, "csv", ["photographer", "label"])
     assert len(points) == 6
     assert sorted(p["photographer"] for p in full.values()) == [f"ann{i}" for i in range(6)]
     Indexer(client, fake_embedder(), "jsonl").run(list_source("", manifest=jsonl_path),
@@ -156,11 +150,11 @@ def test_shard_spec_validation():
 
 def test_on_disk_store_persists(images, tmp_path):
     path = tmp_path / "qdrant"
-    c = store.open_client(path=path)
+    c = edge_store(path)
     Indexer(c, fake_embedder(), "photos").run(list_source(images, "dirs"), progress=False)
     c.close()
-    c = store.open_client(path=path)
-    assert c.count("photos").count == 120
+    c = edge_store(path)
+    assert c.count(c.resolve("photos")) == 120
     report = Indexer(c, fake_embedder(), "photos").run(list_source(images, "dirs"), progress=False)
     assert report.unchanged == 120
     c.close()
@@ -172,7 +166,7 @@ def test_new_model_version_gets_its_own_physical_collection(images, client):
     report = Indexer(client, fake_embedder(version="v2"), "photos").run(items, progress=False)
     assert report.physical == "photos__v2" and report.indexed == 120
     # The alias keeps serving v1 until a refresh flips it; embeddings never mix.
-    assert store.resolve_alias(client, "photos") == "photos__v1"
+    assert client.resolve_alias("photos") == "photos__v1"
     assert {p["model_version"] for p in _all_points(client, "photos__v2").values()} == {"v2"}
 
 
@@ -184,20 +178,22 @@ def test_bad_collection_names(client):
 
 def test_embeddings_are_stored_normalised(images, client):
     Indexer(client, fake_embedder(), "photos").run(list_source(images, "dirs"), progress=False)
-    recs, _ = client.scroll("photos", limit=5, with_vectors=True)
+    recs, _ = client.scroll(client.resolve("photos"), limit=5, vectors=True)
     for r in recs:
         assert abs(np.linalg.norm(r.vector) - 1) < 1e-5
 
 
-def test_losing_the_create_race_to_another_worker_is_fine(client, monkeypatch):
-    physical = store.ensure_collection(client, "race", "v1", DIM)
-    real_exists = client.collection_exists
+def test_losing_the_create_race_to_another_worker_is_fine(monkeypatch):
+    # Only a server is shared by shard workers (one process at a time opens the embedded store).
+    client = memory_server()
+    physical = client.ensure_collection("race", "v1", DIM)
+    real_exists = client._exists
     calls = []
 
     def stale_exists(name):  # the first check ran before the other worker created it
         calls.append(name)
         return False if len(calls) == 1 else real_exists(name)
 
-    monkeypatch.setattr(client, "collection_exists", stale_exists)
-    assert store.ensure_collection(client, "race", "v1", DIM) == physical
+    monkeypatch.setattr(client, "_exists", stale_exists)
+    assert client.ensure_collection("race", "v1", DIM) == physical
     assert len(calls) == 2

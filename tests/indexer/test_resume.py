@@ -7,6 +7,7 @@ import time
 from core import store
 from indexer.sources import list_source
 from tests.conftest import ROOT
+from tests.stores import all_points, edge_store
 
 WORKER = ROOT / "tests" / "indexer" / "index_worker.py"
 
@@ -31,9 +32,9 @@ def test_sigkill_mid_run_then_rerun_gives_exactly_the_right_points(synthetic_dir
     indexed, unchanged = (int(x.split("=")[1]) for x in last.split()[1:])
     assert indexed + unchanged == 120 and unchanged >= 4  # what the killed run had written stays
 
-    client = store.open_client(path=qpath)
+    client = edge_store(qpath)  # a store reopened after SIGKILL is readable
     expected = {store.point_id(it.uri) for it in list_source(synthetic_dir, "dirs")}
-    points = dict(store.iter_points(client, "photos", ["uri"]))
+    points = all_points(client, "photos", ["uri"])
     assert set(points) == expected
-    assert client.count("photos").count == 120
+    assert client.count(client.resolve("photos")) == 120
     client.close()

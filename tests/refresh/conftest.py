@@ -19,13 +19,13 @@ import pytest
 import uvicorn
 
 from api.main import create_app
-from core import store
 from core.package import WEIGHTS, read_meta
 from core.settings import Settings
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.api.conftest import ONE_THREAD, embedder_for
 from tests.api.test_browser import _free_port
+from tests.stores import edge_store
 
 ADMIN_KEY = "refresh-admin-key"
 
@@ -109,7 +109,7 @@ def env(two_versions: Path, synthetic_dir: Path, tmp_path: Path) -> Env:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, dst)
     e = Env(models, tmp_path / "qdrant", images, holdout, v1, v2)
-    client = store.open_client(path=e.qdrant_path)
+    client = edge_store(e.qdrant_path)
     try:
         index_v1(client, e)
     finally:

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from core import refresh, store
 from core.package import current_version
 from dinoserve.cli import main
 from tests.api.test_browser import _free_port
 from tests.refresh.conftest import ADMIN_KEY
+from tests.stores import edge_store
 
 OLD = "19990101-000000-old"
 
@@ -33,9 +33,9 @@ def cli_env(env, monkeypatch):
 
 
 def _aliases(env) -> dict[str, str]:
-    client = store.open_client(path=env.qdrant_path)
+    client = edge_store(env.qdrant_path)
     try:
-        return refresh.aliases(refresh.Store(client))
+        return client.aliases()
     finally:
         client.close()
 
@@ -43,8 +43,8 @@ def _aliases(env) -> dict[str, str]:
 def test_without_a_service(cli_env, capsys):
     env = cli_env
     shutil.copytree(env.name_dir / env.v1, env.name_dir / OLD)  # an older version for gc
-    client = store.open_client(path=env.qdrant_path)
-    store.ensure_collection(client, "gone", OLD, 32)
+    client = edge_store(env.qdrant_path)
+    client.ensure_collection("gone", OLD, 32)
     client.close()
 
     assert main(["refresh"]) == 0

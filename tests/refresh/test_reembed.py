@@ -7,27 +7,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import refresh, store, versions
+from core import refresh, versions
 from core.images import decode_image
 from core.package import current_version
+from core.store import Store
 from tests.api.conftest import embedder_for
+from tests.stores import edge_store
 
 
 @pytest.fixture
 def q(env):
-    client = store.open_client(path=env.qdrant_path)
-    yield refresh.Store(client)
+    client = edge_store(env.qdrant_path)
+    yield client
     client.close()
 
 
-def _points(q: refresh.Store, name: str) -> dict[str, tuple[dict, list[float]]]:
-    records, _ = q.client.scroll(name, limit=1000, with_payload=True, with_vectors=True)
-    return {str(r.id): (r.payload, r.vector) for r in records}
+def _points(q: Store, name: str) -> dict[str, tuple[dict, list[float]]]:
+    return {p.id: (p.payload, p.vector) for p in q.iter_points(name, vectors=True)}
 
 
 def test_reembed_writes_every_point_with_the_new_model_and_resumes(env, q):
     v2 = embedder_for(env.name_dir / env.v2)
-    target = store.ensure_collection(q.client, "shapes", env.v2, v2.dim)
+    target = q.ensure_collection("shapes", env.v2, v2.dim)
     seen: list[int] = []
     report = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000, batch=16,
                              progress=lambda r: seen.append(r.done))  # fmt: skip
@@ -55,7 +56,7 @@ def test_unreadable_images_are_reported_and_left_out(env, q):
     for p in gone:
         p.unlink()
     v2 = embedder_for(env.name_dir / env.v2)
-    target = store.ensure_collection(q.client, "shapes", env.v2, v2.dim)
+    target = q.ensure_collection("shapes", env.v2, v2.dim)
     report = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000)
     assert (report.written, report.failed) == (58, 2)
     assert {f["uri"] for f in report.failures} == {str(p) for p in gone}
@@ -63,18 +64,18 @@ def test_unreadable_images_are_reported_and_left_out(env, q):
 
 
 def test_flip_moves_every_alias_in_one_call(env, q):
-    assert refresh.aliases_of_version(q, env.v1) == {
+    assert q.collections_of_version(env.v1) == {
         "shapes": f"shapes__{env.v1}",
         "more": f"more__{env.v1}",
     }  # `stale` belongs to another version
     for name in ("shapes", "more"):
-        store.ensure_collection(q.client, name, env.v2, 32)
+        q.ensure_collection(name, env.v2, 32)
     calls = []
-    real = q.client.update_collection_aliases
-    q.client.update_collection_aliases = lambda **kw: calls.append(kw) or real(**kw)
-    refresh.flip(q, {"shapes": f"shapes__{env.v2}", "more": f"more__{env.v2}"})
+    real = q._change_aliases
+    q._change_aliases = lambda changes: calls.append(changes) or real(changes)
+    q.flip({"shapes": f"shapes__{env.v2}", "more": f"more__{env.v2}"})
     assert len(calls) == 1
-    assert refresh.aliases(q) == {
+    assert q.aliases() == {
         "shapes": f"shapes__{env.v2}",
         "more": f"more__{env.v2}",
         "stale": "stale__19990101-000000-old",

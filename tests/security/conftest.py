@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import uvicorn
-from qdrant_client.http.exceptions import ResponseHandlingException
 
 from api.main import create_app
 from core.settings import Settings
@@ -70,58 +69,72 @@ def live(micro_package, indexed_store, tmp_path_factory) -> Iterator[LiveServer]
         yield srv
 
 
+class Injected(ConnectionError):
+    """The failure an Outage raises: what a client sees of a server that is down."""
+
+
+PRIMITIVES = ("_collections", "_aliases", "_exists", "_dim", "_create", "_drop",
+              "_change_aliases", "_upsert", "_retrieve", "_search", "_scroll", "_count",
+              "_delete", "_set_payload", "_optimize")  # fmt: skip
+
+
 class Outage:
-    """Stands between a QdrantClient and its transport (the embedded store or the HTTP client)
-    and fails calls the way an unreachable server does (ResponseHandlingException, as the HTTP
-    client raises on a refused connection) while `down`, or for the next `fail_next` calls.
+    """Stands between a Store and its backend and fails calls the way an unreachable server
+    does (a transient error, which the store's retry policy retries) while `down`, or for the
+    next `fail_next` calls. Calls are recorded by name without the leading underscore.
 
     Args:
-        inner: the client's `_client` (QdrantLocal or QdrantRemote).
-        only: fail only these method names (default: every call).
+        db: the store (embedded or server) whose primitives are wrapped.
+        only: fail only these call names (default: every call).
     """
 
-    def __init__(self, inner: Any, only: set[str] | None = None) -> None:
-        self._inner, self._only = inner, only
+    def __init__(self, db: Any, only: set[str] | None = None) -> None:
+        self._only = only
         self.down = False
         self.fail_next = 0  # fail this many calls from now on
         self.arm_at: tuple[int, int] | None = None  # (after this many calls, fail that many)
         self.failed: list[str] = []
         self.calls: list[str] = []
         self._lock = threading.Lock()
+        for name in PRIMITIVES:
+            setattr(db, name, self._wrap(name.lstrip("_"), getattr(db, name)))
+        real_transient = db._transient
+        db._transient = lambda exc: isinstance(exc, Injected) or real_transient(exc)
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr) or (self._only is not None and name not in self._only):
-            return attr
-
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 self.calls.append(name)
                 if self.arm_at is not None and len(self.calls) > self.arm_at[0]:
                     self.fail_next, self.arm_at = self.arm_at[1], None
-                fail = self.down or self.fail_next > 0
+                fail = (self.down or self.fail_next > 0) and (
+                    self._only is None or name in self._only
+                )
                 if fail and not self.down:
                     self.fail_next -= 1
                 if fail:
                     self.failed.append(name)
             if fail:
-                raise ResponseHandlingException(ConnectionRefusedError("injected: Qdrant is down"))
-            return attr(*args, **kwargs)
+                raise Injected("injected: Qdrant is down")
+            return fn(*args, **kwargs)
 
         return call
 
 
 @pytest.fixture
 def outage() -> Callable[..., Outage]:
-    """Wrap a QdrantClient's transport in an Outage (undone at the end of the test)."""
-    wrapped: list[tuple[Any, Any]] = []
+    """Wrap a Store's backend calls in an Outage (undone at the end of the test)."""
+    wrapped: list[tuple[Any, dict[str, Any]]] = []
 
-    def wrap(qdrant_client: Any, only: set[str] | None = None) -> Outage:
-        o = Outage(qdrant_client._client, only)
-        wrapped.append((qdrant_client, qdrant_client._client))
-        qdrant_client._client = o
-        return o
+    def wrap(db: Any, only: set[str] | None = None) -> Outage:
+        saved = {n: db.__dict__.get(n) for n in (*PRIMITIVES, "_transient")}
+        wrapped.append((db, saved))
+        return Outage(db, only)
 
     yield wrap
-    for qc, inner in reversed(wrapped):
-        qc._client = inner
+    for db, saved in reversed(wrapped):
+        for name, value in saved.items():
+            if value is None:
+                db.__dict__.pop(name, None)
+            else:
+                setattr(db, name, value)

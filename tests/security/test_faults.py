@@ -17,10 +17,12 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from core import store
 from core.package import META
+from core.store import base as store_base
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.indexer.fakes import DIM, fake_embedder
 from tests.security.test_uploads import error
+from tests.stores import all_points, memory_server
 
 
 def _all_store_routes_503(c: TestClient, png: bytes) -> None:
@@ -51,7 +53,7 @@ def test_qdrant_unreachable(make_client, png_bytes):
 
 def test_recovers_by_itself_when_qdrant_returns(make_client, outage, png_bytes):
     c = make_client(serve={"retry_after_s": 7})
-    qdrant = outage(c.app_state["runtime"].vectors.client)
+    qdrant = outage(c.app_state["runtime"].vectors.db)
     files = {"image": ("q.png", png_bytes(0))}
     assert c.post("/classify", files=files).status_code == 200
     qdrant.down = True
@@ -69,14 +71,14 @@ def test_recovers_by_itself_when_qdrant_returns(make_client, outage, png_bytes):
 
 @pytest.fixture
 def fast_backoff(monkeypatch) -> list[float]:
-    """core.store's retry sleeps, recorded instead of slept."""
+    """The store's retry sleeps, recorded instead of slept."""
     slept: list[float] = []
-    monkeypatch.setattr(store, "time", types.SimpleNamespace(sleep=slept.append))
+    monkeypatch.setattr(store_base, "time", types.SimpleNamespace(sleep=slept.append))
     return slept
 
 
 def _check_points(client, items) -> None:
-    points = dict(store.iter_points(client, "photos", ["uri", "sha256"]))
+    points = all_points(client, "photos", ["uri", "sha256"])
     assert set(points) == {store.point_id(it.uri) for it in items}  # all, each exactly once
     for it in items:
         p = points[store.point_id(it.uri)]
@@ -86,9 +88,9 @@ def _check_points(client, items) -> None:
 
 
 def test_indexer_survives_a_qdrant_restart_mid_run(synthetic_dir, outage, fast_backoff):
-    client = store.open_client(":memory:")
+    client = memory_server()
     emb = fake_embedder()
-    store.ensure_collection(client, "photos", emb.model_version, DIM)
+    client.ensure_collection("photos", emb.model_version, DIM)
     items = list_source(synthetic_dir, "dirs")
     qdrant = outage(client)
     qdrant.arm_at = (12, 4)  # a few batches in, the next 4 calls fail (a restart), then it's back
@@ -102,9 +104,9 @@ def test_indexer_survives_a_qdrant_restart_mid_run(synthetic_dir, outage, fast_b
 
 
 def test_indexer_outage_longer_than_its_retries_then_rerun(synthetic_dir, outage, fast_backoff):
-    client = store.open_client(":memory:")
+    client = memory_server()
     emb = fake_embedder()
-    store.ensure_collection(client, "photos", emb.model_version, DIM)
+    client.ensure_collection("photos", emb.model_version, DIM)
     items = list_source(synthetic_dir, "dirs")
     qdrant = outage(client)
     qdrant.arm_at = (12, 50)  # mid-run, down for longer than 5 attempts with back-off

@@ -1,0 +1,45 @@
+"""The one store layer: every use of Qdrant in the project goes through `Store` (see
+`core.store.base`), opened by `open_store` from the settings — the embedded Qdrant Edge store
+under `DINOSERVE_QDRANT_PATH`, or a server/cluster when `DINOSERVE_QDRANT_URL` is set."""
+
+from __future__ import annotations
+
+from core.store.base import BATCH, REQUEST, RetryPolicy, Store
+from core.store.layout import (
+    NAME_RE,
+    SEP,
+    Layout,
+    Match,
+    Point,
+    StoreError,
+    StoreFull,
+    StoreUnusable,
+    UnknownCollection,
+    check_name,
+    physical_name,
+    point_id,
+    version_of,
+)
+from core.store.open import layout_from, open_store
+
+__all__ = [
+    "BATCH",
+    "NAME_RE",
+    "REQUEST",
+    "SEP",
+    "Layout",
+    "Match",
+    "Point",
+    "RetryPolicy",
+    "Store",
+    "StoreError",
+    "StoreFull",
+    "StoreUnusable",
+    "UnknownCollection",
+    "check_name",
+    "layout_from",
+    "open_store",
+    "physical_name",
+    "point_id",
+    "version_of",
+]

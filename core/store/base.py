@@ -1,0 +1,327 @@
+"""One store interface over both backends (embedded Qdrant Edge, a Qdrant server or cluster).
+
+A backend implements the primitives (`_…` methods); `Store` adds the layout's logic (aliases,
+the `<alias>__<version>` collections, idempotent upserts) and the one retry policy: transient
+failures only, exponential back-off, then `StoreError`. Every user of Qdrant in the project goes
+through this class; nothing else imports a Qdrant library.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from core.store.layout import (
+    SEP,
+    Layout,
+    Match,
+    Point,
+    StoreError,
+    UnknownCollection,
+    physical_name,
+    version_of,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # looked up at call time, so tests can record the back-off instead
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a call is tried before it fails: a batch job waits out a server restart
+    (`BATCH`), a request handler answers 503 quickly (`REQUEST`)."""
+
+    attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+
+BATCH = RetryPolicy()
+REQUEST = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.5)
+
+
+class Store(ABC):
+    """A Qdrant store (see the module docstring). Thread-safe: the service, its refresh worker
+    and the indexer's writer thread share one."""
+
+    def __init__(self, layout: Layout, policy: RetryPolicy = BATCH) -> None:
+        self.layout, self.policy = layout, policy
+
+    # -- what a backend provides ------------------------------------------------------------
+    location: str  # for messages: the path or URL
+
+    @abstractmethod
+    def _collections(self) -> list[str]: ...
+    @abstractmethod
+    def _aliases(self) -> dict[str, str]: ...
+    @abstractmethod
+    def _exists(self, physical: str) -> bool: ...
+    @abstractmethod
+    def _dim(self, physical: str) -> int: ...
+    @abstractmethod
+    def _create(self, physical: str, dim: int) -> None: ...
+    @abstractmethod
+    def _drop(self, physical: str) -> None: ...
+    @abstractmethod
+    def _change_aliases(self, changes: dict[str, str | None]) -> None:
+        """Point each alias at a collection, or delete it (None), all in one atomic step."""
+
+    @abstractmethod
+    def _upsert(
+        self, physical: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]
+    ) -> None: ...
+    @abstractmethod
+    def _retrieve(
+        self, physical: str, ids: list[str], fields: Sequence[str] | None, vectors: bool
+    ) -> list[Point]: ...
+    @abstractmethod
+    def _search(
+        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
+    ) -> list[Point]: ...
+    @abstractmethod
+    def _scroll(
+        self, physical: str, fields: Sequence[str] | None, offset: Any, limit: int, vectors: bool
+    ) -> tuple[list[Point], Any]: ...
+    @abstractmethod
+    def _count(self, physical: str, match: Match) -> int: ...
+    @abstractmethod
+    def _delete(self, physical: str, ids: list[str]) -> None: ...
+    @abstractmethod
+    def _set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None: ...
+    @abstractmethod
+    def _optimize(self, physical: str, points: int) -> None: ...
+    @abstractmethod
+    def _transient(self, exc: BaseException) -> bool:
+        """True for failures worth retrying (a server restarting, a timeout)."""
+
+    @abstractmethod
+    def _translate(self, exc: BaseException) -> StoreError:
+        """The backend's exception as a StoreError (StoreFull for a full disk)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- the retry policy -------------------------------------------------------------------
+    def with_policy(self, policy: RetryPolicy) -> Store:
+        """The same store (same connection or open shards) retried by `policy`."""
+        other = copy.copy(self)
+        other.policy = policy
+        return other
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run one backend call under the retry policy; failures end as StoreError."""
+        p = self.policy
+        retrying = Retrying(
+            stop=stop_after_attempt(p.attempts),
+            wait=wait_exponential(multiplier=p.base_delay_s, max=p.max_delay_s),
+            retry=retry_if_exception(self._transient),
+            sleep=_sleep,
+            before_sleep=lambda s: log.warning(
+                "Qdrant at %s: %s; retrying (attempt %d of %d)",
+                self.location,
+                s.outcome.exception() if s.outcome else "?",
+                s.attempt_number,
+                p.attempts,
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except (StoreError, UnknownCollection, ValueError):
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    # -- collections and aliases ------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+        self.call(self._collections)
+
+    def collections(self) -> list[str]:
+        """Every physical collection, sorted."""
+        return sorted(self.call(self._collections))
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias → the physical collection it points to."""
+        return dict(self.call(self._aliases))
+
+    def exists(self, physical: str) -> bool:
+        return self.call(lambda: self._exists(physical))
+
+    def dim(self, physical: str) -> int:
+        return self.call(lambda: self._dim(physical))
+
+    def resolve_alias(self, alias: str) -> str | None:
+        """The physical collection an alias points to, or None."""
+        return self.aliases().get(alias)
+
+    def resolve(self, name: str) -> str:
+        """Alias → physical name; a physical name passes through.
+
+        Raises:
+            UnknownCollection: neither exists (the message lists the collections there are).
+        """
+        target = self.resolve_alias(name)
+        if target is not None:
+            return target
+        if self.exists(name):
+            return name
+        names = sorted(self.aliases())
+        known = f"; collections: {', '.join(names)}" if names else "; there are no collections"
+        raise UnknownCollection(f"no collection named {name!r}{known}")
+
+    def ensure_collection(self, name: str, model_version: str, dim: int) -> str:
+        """Create `<name>__<version>` if missing (cosine, `dim`, label index); return its name.
+
+        Raises:
+            ValueError: it exists with vectors of another size.
+        """
+        return self.create_physical(physical_name(name, model_version), dim)
+
+    def create_physical(self, physical: str, dim: int) -> str:
+        """`ensure_collection` by physical name."""
+        if not self.exists(physical):
+            try:
+                self.call(lambda: self._create(physical, dim))
+            except StoreError:
+                # N shard workers start together and race to create it: losing is fine.
+                if not self.exists(physical):
+                    raise
+        size = self.dim(physical)
+        if size != dim:
+            raise ValueError(f"{physical} holds {size}-d vectors, the model gives {dim}-d")
+        return physical
+
+    def point_alias(self, alias: str, physical: str) -> None:
+        """Make `alias` point to `physical` in one atomic step."""
+        self.flip({alias: physical})
+
+    def flip(self, targets: dict[str, str]) -> None:
+        """Point every alias of `targets` (alias → physical) at its collection in ONE atomic
+        step, so no reader sees some collections moved and others not."""
+        if targets:
+            self.call(lambda: self._change_aliases(dict(targets)))
+
+    def drop_alias(self, alias: str) -> None:
+        self.call(lambda: self._change_aliases({alias: None}))
+
+    def delete_collections(self, names: list[str]) -> list[str]:
+        """Drop physical collections, never one an alias points to; returns those dropped."""
+        live = set(self.aliases().values())
+        dropped = [n for n in names if n not in live and self.exists(n)]
+        for name in dropped:
+            self.call(lambda n=name: self._drop(n))
+        return dropped
+
+    def collections_of_version(self, version: str) -> dict[str, str]:
+        """The aliases that point to `<alias>__<version>`: the collections a version serves."""
+        return {a: p for a, p in self.aliases().items() if p == f"{a}{SEP}{version}"}
+
+    def physical_by_version(self) -> dict[str, list[str]]:
+        """Model version → its physical collections."""
+        out: dict[str, list[str]] = {}
+        for name in self.collections():
+            version = version_of(name)
+            if version is not None:
+                out.setdefault(version, []).append(name)
+        return out
+
+    # -- points -----------------------------------------------------------------------------
+    def upsert(
+        self, physical: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]
+    ) -> None:
+        """Write points (same id → replaced). `vectors` is (N, D) float32."""
+        if ids:
+            vecs = np.asarray(vectors, dtype=np.float32)
+            self.call(lambda: self._upsert(physical, ids, vecs, payloads))
+
+    def retrieve(
+        self,
+        physical: str,
+        ids: list[str],
+        fields: Sequence[str] | None = None,
+        vectors: bool = False,
+    ) -> list[Point]:
+        """The points of `ids` that exist (payload `fields`, all when None)."""
+        if not ids:
+            return []
+        return self.call(lambda: self._retrieve(physical, ids, fields, vectors))
+
+    def point(
+        self, physical: str, pid: str, fields: Sequence[str] | None = None, vector: bool = False
+    ) -> Point | None:
+        found = self.retrieve(physical, [pid], fields, vector)
+        return found[0] if found else None
+
+    def existing_hashes(self, physical: str, ids: list[str]) -> dict[str, str]:
+        """sha256 payloads of those of `ids` that exist."""
+        return {p.id: p.payload.get("sha256", "") for p in self.retrieve(physical, ids, ["sha256"])}
+
+    def search(
+        self,
+        physical: str,
+        vector: Sequence[float],
+        k: int,
+        match: Match | None = None,
+        fields: Sequence[str] = ("uri", "label"),
+    ) -> list[Point]:
+        """The k nearest points by cosine similarity, best first."""
+        vec = [float(x) for x in vector]
+        return self.call(lambda: self._search(physical, vec, k, match or Match(), fields))
+
+    def scroll(
+        self,
+        physical: str,
+        fields: Sequence[str] | None = None,
+        offset: Any = None,
+        limit: int = 1024,
+        vectors: bool = False,
+    ) -> tuple[list[Point], Any]:
+        """One page of points and the offset of the next (None after the last)."""
+        return self.call(lambda: self._scroll(physical, fields, offset, limit, vectors))
+
+    def iter_points(
+        self,
+        physical: str,
+        fields: Sequence[str] | None = None,
+        page: int = 1024,
+        vectors: bool = False,
+    ) -> Iterator[Point]:
+        """Every point, page by page."""
+        offset: Any = None
+        while True:
+            points, offset = self.scroll(physical, fields, offset, page, vectors)
+            yield from points
+            if offset is None:
+                return
+
+    def count(self, physical: str, match: Match | None = None) -> int:
+        return self.call(lambda: self._count(physical, match or Match()))
+
+    def delete_points(self, physical: str, ids: list[str]) -> None:
+        if ids:
+            self.call(lambda: self._delete(physical, ids))
+
+    def set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None:
+        """Set (merge) payload keys of existing points."""
+        if ids:
+            self.call(lambda: self._set_payload(physical, ids, payload))
+
+    def optimize(self, physical: str) -> None:
+        """Build the search index now (and, past `Layout.quantize_above` points, move vectors
+        to disk with an int8 copy in RAM), so that queries right after are fast. Searches are
+        exact until then, and always find every point."""
+        points = self.count(physical)
+        self.call(lambda: self._optimize(physical, points))

@@ -1,0 +1,39 @@
+"""Opening the store the settings name: a server or cluster when `DINOSERVE_QDRANT_URL` is set,
+else the embedded Qdrant Edge store under `DINOSERVE_QDRANT_PATH`."""
+
+from __future__ import annotations
+
+from core.settings import Settings
+from core.store.base import BATCH, RetryPolicy, Store
+from core.store.layout import Layout
+
+
+def layout_from(settings: Settings) -> Layout:
+    q = settings.qdrant
+    return Layout(
+        shard_number=q.shard_number,
+        replication_factor=q.replication_factor,
+        write_consistency_factor=q.write_consistency_factor,
+        quantize_above=q.quantize_above,
+        hnsw_ef=q.hnsw_ef,
+        oversampling=q.oversampling,
+    )
+
+
+def open_store(settings: Settings, policy: RetryPolicy = BATCH) -> Store:
+    """The store of these settings, with `policy` for its calls. Close it when done.
+
+    Raises:
+        StoreUnusable: the embedded store is in use by another process, or its directory is
+            not a dinoserve store.
+    """
+    layout = layout_from(settings)
+    if settings.qdrant_url:
+        from core.store.server import ServerStore
+
+        return ServerStore.connect(
+            settings.qdrant_url, settings.qdrant_api_key, layout, settings.qdrant.timeout_s, policy
+        )
+    from core.store.edge import EdgeStore
+
+    return EdgeStore(settings.qdrant_path, layout, policy)
