@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
 from core.images import ImageRejected
-from core.store import StoreError, UnknownCollection
+from core.store import StoreError, StoreFull, UnknownCollection
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,11 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
     @app.exception_handler(UnknownCollection)
     async def _collection(_: Request, exc: UnknownCollection) -> JSONResponse:
         return error_response(404, "unknown_collection", str(exc))
+
+    @app.exception_handler(StoreFull)
+    async def _full(_: Request, exc: StoreFull) -> JSONResponse:
+        # Writes fail until space is freed; what is stored stays readable (reads go on).
+        return error_response(507, "store_full", str(exc))
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -50,6 +50,10 @@ class QdrantSettings(BaseModel):
     quantize_above: int = Field(200_000, ge=0)
     hnsw_ef: int = Field(128, ge=1, le=4096)  # search breadth: recall vs latency
     oversampling: float = Field(2.0, ge=1.0, le=16.0)  # int8 candidates per result, rescored
+    # The embedded store refuses writes (a clear error, 507 from the API) while less than this
+    # is free on its disk: Qdrant Edge writes through memory maps, and a write into a map on a
+    # full disk kills the process (SIGBUS) instead of failing.
+    min_free_mb: int = Field(256, ge=0)
 
 
 class IndexerSettings(BaseModel):

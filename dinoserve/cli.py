@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoserve.models_cli import add_parsers
 
     add_parsers(sub)  # refresh, models list|rollback|gc
+    from dinoserve import store_cli
+
+    store_cli.add_parsers(sub)  # store info|export
     return p
 
 

@@ -221,6 +221,7 @@ class EdgeStore(Store):
             final = self._dir(physical)
             if final.exists():
                 return
+            self._check_space()
             tmp = final.with_name(f".new-{physical}-{uuid.uuid4().hex[:8]}")
             shard = qe.EdgeShard.create(str(tmp), self._config(dim, large=False))
             try:
@@ -256,9 +257,23 @@ class EdgeStore(Store):
             write_atomic(self.path / ALIASES, json.dumps({"aliases": new}, indent=1).encode())
             self._aliases_cache = new
 
+    def _check_space(self, needed: int = 0) -> None:
+        """Refuse a write while the disk is (nearly) full: Edge writes through memory maps, and
+        a page fault on a full disk is a SIGBUS that kills the process, not an error."""
+        free = shutil.disk_usage(self.path).free
+        if free < self.layout.min_free_bytes + needed:
+            mib = (self.layout.min_free_bytes + needed) / 2**20
+            raise StoreFull(
+                f"the disk under the embedded store {self.path} is full ({free / 2**20:.0f} MiB "
+                f"free, writes need {mib:.0f} MiB: DINOSERVE_QDRANT__MIN_FREE_MB plus the "
+                "write): free space there and run the command again (what is stored stays "
+                "readable)"
+            )
+
     def _upsert(
         self, physical: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]
     ) -> None:
+        self._check_space(4 * vectors.nbytes)
         points = [
             qe.Point(pid, vec, payload)
             for pid, vec, payload in zip(ids, vectors.tolist(), payloads, strict=True)
@@ -303,12 +318,16 @@ class EdgeStore(Store):
         return self._shard(physical).count(qe.CountRequest(exact=True, filter=_filter(match)))
 
     def _delete(self, physical: str, ids: list[str]) -> None:
+        self._check_space()
         self._shard(physical).update(qe.UpdateOperation.delete_points(list(ids)))
 
     def _set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None:
+        self._check_space()
         self._shard(physical).update(qe.UpdateOperation.set_payload(list(ids), payload))
 
     def _optimize(self, physical: str, points: int) -> None:
+        # Optimising rewrites the segments: room for a second copy of the vectors.
+        self._check_space(2 * points * self._dim(physical) * 4)
         with self._lock:
             if points >= self.layout.quantize_above and not self._quantized(physical):
                 # Reopen with vectors on disk and an int8 copy in RAM; optimize() rewrites the

@@ -92,6 +92,7 @@ class Layout:
             (scalar quantisation, results rescored with the full vectors); below, all in RAM.
         hnsw_ef: search breadth of the HNSW graph (recall vs latency).
         oversampling: candidates fetched per result from the int8 copy before rescoring.
+        min_free_bytes: the embedded store refuses writes below this much free disk space.
     """
 
     shard_number: int = 1
@@ -100,3 +101,4 @@ class Layout:
     quantize_above: int = 200_000
     hnsw_ef: int = 128
     oversampling: float = 2.0
+    min_free_bytes: int = 256 * 1024 * 1024

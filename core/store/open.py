@@ -17,6 +17,7 @@ def layout_from(settings: Settings) -> Layout:
         quantize_above=q.quantize_above,
         hnsw_ef=q.hnsw_ef,
         oversampling=q.oversampling,
+        min_free_bytes=q.min_free_mb * 1024 * 1024,
     )
 
 
