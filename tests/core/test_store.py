@@ -106,7 +106,7 @@ def test_a_foreign_or_corrupt_directory_is_refused_never_emptied(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(StoreUnusable, match="is not a dinoserve store .*notes.txt"):
+    with pytest.raises(StoreUnusable, match=r"is not a dinoserve store .*notes\.txt"):
         edge_store(foreign)
     assert (foreign / "notes.txt").read_text() == "mine"
 
@@ -114,7 +114,7 @@ def test_a_foreign_or_corrupt_directory_is_refused_never_emptied(tmp_path):
     physical, _ = _fill(db, "photos", 5)
     db.close()
     (tmp_path / "q" / ALIASES).write_text("{not json")
-    with pytest.raises(StoreUnusable, match="aliases.json is unreadable"):
+    with pytest.raises(StoreUnusable, match=r"aliases\.json is unreadable"):
         edge_store(tmp_path / "q")
     (tmp_path / "q" / ALIASES).write_text(json.dumps({"aliases": {"photos": physical}}))
     shard = tmp_path / "q" / "collections" / physical
