@@ -26,12 +26,19 @@ def _local_mode_store(path, n: int = 50, dim: int = 8) -> np.ndarray:
         c.create_collection(
             name, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
         )
-        c.upsert(name, points=[qm.PointStruct(id=point_id(f"i{i}"), vector=x[i].tolist(),
-                                              payload={"uri": f"i{i}", "label": f"c{i % 2}",
-                                                       "sha256": f"h{i}"})
-                               for i in range(n)])  # fmt: skip
-    c.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(
-        create_alias=qm.CreateAlias(collection_name="photos__v1", alias_name="photos"))])  # fmt: skip
+        points = [
+            qm.PointStruct(
+                id=point_id(f"i{i}"),
+                vector=x[i].tolist(),
+                payload={"uri": f"i{i}", "label": f"c{i % 2}", "sha256": f"h{i}"},
+            )
+            for i in range(n)
+        ]
+        c.upsert(name, points=points)
+    alias = qm.CreateAlias(collection_name="photos__v1", alias_name="photos")
+    c.update_collection_aliases(
+        change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)]
+    )
     c.close()
     return x
 
