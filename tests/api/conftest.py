@@ -6,7 +6,6 @@ locks its folder, and tests that write must not disturb the others).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from core.package import read_meta
 from core.settings import InferenceSettings, Settings
 from indexer.pipeline import Embedder, Indexer
 from indexer.sources import Item, list_source
-from tests.stores import edge_store
+from tests.stores import copy_store_dir, edge_store
 
 ONE_THREAD = InferenceSettings(intra_op_threads=1, inter_op_threads=1)
 
@@ -61,7 +60,7 @@ def indexed_store(micro_package, synthetic_dir, tmp_path_factory) -> Path:
 
 def settings_on_copy(package: Path, indexed: Path, copy: Path, **overrides) -> Settings:
     """Settings for an app on `copy`, a fresh copy of the indexed store, with overrides."""
-    shutil.copytree(indexed, copy)
+    copy_store_dir(indexed, copy)
     values = dict(
         model=str(package),
         qdrant_path=copy,

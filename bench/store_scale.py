@@ -1,0 +1,238 @@
+"""The embedded store at scale, both backends side by side in one run: qdrant-client's local
+mode (the previous embedded default, the baseline) and Qdrant Edge through core.store.
+
+    .venv/bin/python -m bench.store_scale [--sizes 10000,100000,1000000] [--local-max 100000]
+
+Data: 384-d unit vectors like image embeddings: 2,000 cluster centres, each point its centre plus
+noise (cosine ≈ 0.7 to the centre), label payload `c0`…`c9` by cluster; queries are new points
+of the same clusters. Each (backend, size) runs in a fresh subprocess on a fresh directory, so
+its RSS is its own. Measured: upsert points/s (batches of 1,000; local mode: 256), time until
+the index is built (Edge: `Store.optimize`, which at ≥ DINOSERVE_QDRANT__QUANTIZE_ABOVE points
+also moves vectors to disk with an int8 copy in RAM; local mode has no index), search p50/p99
+at k=10 without and with a label filter, recall@10 against exact search (ground truth computed
+in the parent by brute force), RSS after loading (reopen + queries) and the process peak,
+reopen time, and disk use. Prints a markdown table and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+DIM, CENTRES, CHUNK = 384, 2000, 10_000
+
+
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident (VmRSS) or peak resident (VmHWM) memory of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _centres(seed: int) -> np.ndarray:
+    c = np.random.default_rng(seed).standard_normal((CENTRES, DIM), dtype=np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def chunks(n: int, seed: int, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(offset, vectors (m, D), cluster ids (m,)) for points start…n, deterministic per chunk."""
+    centres = _centres(seed)
+    for lo in range(start, n, CHUNK):
+        rng = np.random.default_rng([seed, lo])
+        m = min(CHUNK, n - lo)
+        cl = rng.integers(0, CENTRES, m)
+        noise = rng.standard_normal((m, DIM), dtype=np.float32)
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        v = centres[cl] + noise  # cosine to the centre ≈ 0.7
+        yield lo, v / np.linalg.norm(v, axis=1, keepdims=True), cl
+
+
+def queries(q: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """New points of the same clusters (offset far past any collection)."""
+    _, v, cl = next(chunks(10**9 + q, seed, start=10**9))
+    return v[:q], cl[:q]
+
+
+def label_of(cluster: np.ndarray) -> np.ndarray:
+    return cluster % 10
+
+
+def ground_truth(n: int, qv: np.ndarray, qlabel: int, k: int, seed: int) -> dict[str, list]:
+    """Exact top-k indices by cosine, without and with the label filter."""
+    best = np.full((len(qv), k), -np.inf, np.float32), np.zeros((len(qv), k), np.int64)
+    best_f = np.full((len(qv), k), -np.inf, np.float32), np.zeros((len(qv), k), np.int64)
+    for lo, v, cl in chunks(n, seed):
+        s = qv @ v.T  # (Q, m)
+        for (bs, bi), mask in ((best, None), (best_f, label_of(cl) == qlabel)):
+            ss = s if mask is None else np.where(mask[None, :], s, -np.inf)
+            allv = np.concatenate([bs, ss], 1)
+            alli = np.concatenate([bi, np.broadcast_to(np.arange(lo, lo + len(v)), ss.shape)], 1)
+            top = np.argsort(-allv, 1)[:, :k]
+            bs[:] = np.take_along_axis(allv, top, 1)
+            bi[:] = np.take_along_axis(alli, top, 1)
+    return {"plain": best[1].tolist(), "filtered": best_f[1].tolist()}
+
+
+# -- one (backend, size) in a child process ---------------------------------------------------
+def _open(backend: str, path: Path):
+    from qdrant_client import QdrantClient
+
+    from core.store import Layout
+    from core.store.edge import EdgeStore
+    from core.store.server import ServerStore
+
+    if backend == "edge":
+        return EdgeStore(path, Layout())
+    return ServerStore(QdrantClient(path=str(path)), str(path), Layout())
+
+
+def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
+    import warnings
+
+    from core.store import Match
+
+    warnings.simplefilter("ignore")  # local mode: "search_params have no effect", per query
+    db = _open(backend, path)
+    physical = db.create_physical("bench__v1", DIM)
+    batch = 1000 if backend == "edge" else 256
+    t0 = time.perf_counter()
+    for lo, v, cl in chunks(n, seed):
+        labels = label_of(cl)
+        for b in range(0, len(v), batch):
+            sl = slice(b, b + batch)
+            pids = [_pid(lo + b + j) for j in range(len(v[sl]))]
+            payloads = [
+                {"label": f"c{x}", "uri": f"img{lo + b + j}"} for j, x in enumerate(labels[sl])
+            ]
+            db.upsert(physical, pids, v[sl], payloads)
+    upsert_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if backend == "edge":
+        db.optimize(physical)
+    index_s = time.perf_counter() - t0
+    db.close()
+    t0 = time.perf_counter()
+    db = _open(backend, path)
+    db.count(physical)  # the first call loads the collection (Edge opens shards lazily)
+    reopen_s = time.perf_counter() - t0
+    qv, qcl = queries(q, seed)
+    qlabel = int(label_of(qcl[:1])[0])
+    out: dict = {"backend": backend, "points": n, "upsert_s": upsert_s}
+    out.update(upsert_per_s=n / upsert_s, index_s=index_s, reopen_s=reopen_s)
+    for mode, match in (("plain", Match()), ("filtered", Match(label=f"c{qlabel}"))):
+        lat, found = [], []
+        for vec in qv:
+            t = time.perf_counter()
+            hits = db.search(physical, vec, k, match, ())
+            lat.append(time.perf_counter() - t)
+            found.append([int(h.id.split("-")[-1], 16) for h in hits])
+        out[mode] = {"p50_ms": 1e3 * float(np.percentile(lat, 50)),
+                     "p99_ms": 1e3 * float(np.percentile(lat, 99)), "found": found}  # fmt: skip
+    out["rss_loaded_mib"] = rss_mib()
+    out["rss_peak_mib"] = rss_mib("VmHWM")
+    db.close()
+    out["disk_mib"] = _du(path) / 2**20
+    return out
+
+
+def _pid(i: int) -> str:
+    """A UUID that carries the point's index in its last group (to score recall)."""
+    return f"00000000-0000-4000-8000-{i:012x}"
+
+
+def _du(path: Path) -> int:
+    """Bytes actually allocated (Edge's files are sparse)."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def recall(found: list[list[int]], truth: list[list[int]]) -> float:
+    hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True))
+    return hits / sum(len(t) for t in truth)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--local-max", type=int, default=100_000, help="largest size for local mode")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON results file")
+    p.add_argument("--child", nargs=3, metavar=("BACKEND", "N", "DIR"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        backend, n, d = a.child
+        print(json.dumps(child(backend, int(n), a.queries, a.k, a.seed, Path(d))))
+        return 0
+    sizes = [int(s) for s in a.sizes.split(",")]
+    qv, qcl = queries(a.queries, a.seed)
+    rows = []
+    for n in sizes:
+        truth = ground_truth(n, qv, int(label_of(qcl[:1])[0]), a.k, a.seed)
+        for backend in ("local", "edge"):
+            if backend == "local" and n > a.local_max:
+                continue
+            with tempfile.TemporaryDirectory(prefix="store-scale-") as tmp:
+                cmd = [sys.executable, "-m", "bench.store_scale", "--queries", str(a.queries),
+                       "--k", str(a.k), "--seed", str(a.seed), "--child", backend, str(n),
+                       str(Path(tmp) / "store")]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            for mode in ("plain", "filtered"):
+                r[mode]["recall"] = recall(r[mode].pop("found"), truth[mode])
+            rows.append(r)
+            print(_row(r), flush=True)
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "command": shlex.join([sys.executable, "-m", "bench.store_scale", *(argv or sys.argv[1:])]),
+        "rows": rows,
+    }
+    print(table(rows))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+HEADER = ("| backend | points | upsert pts/s | index s | p50 / p99 ms | filtered p50 / p99 ms | "
+          "recall@10 (filtered) | RSS loaded / peak MiB | reopen s | disk MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+
+
+def _row(r: dict) -> str:
+    pl, fl = r["plain"], r["filtered"]
+    return (
+        f"| {r['backend']} | {r['points']:,} | {r['upsert_per_s']:,.0f} | {r['index_s']:.1f} | "
+        f"{pl['p50_ms']:.1f} / {pl['p99_ms']:.1f} | {fl['p50_ms']:.1f} / {fl['p99_ms']:.1f} | "
+        f"{pl.get('recall', float('nan')):.3f} ({fl.get('recall', float('nan')):.3f}) | "
+        f"{r['rss_loaded_mib']:.0f} / {r['rss_peak_mib']:.0f} | {r['reopen_s']:.2f} | "
+        f"{r['disk_mib']:.0f} |"
+    )
+
+
+def table(rows: list[dict]) -> str:
+    return "\n".join([HEADER, *(_row(r) for r in rows)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
