@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api.index_jobs import IndexJobs
 from api.metrics import Metrics
 from api.refresh import Refresher
 from api.serving import Serving
@@ -36,6 +37,7 @@ class Runtime:
     metrics: Metrics
     executor: ThreadPoolExecutor
     admin: Any = None  # api.refresh.Refresher
+    indexing: Any = None  # api.index_jobs.IndexJobs
 
     @property
     def store(self) -> store.Store:
@@ -85,11 +87,13 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)
     metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
     runtime.admin = Refresher(runtime)
+    runtime.indexing = IndexJobs(runtime)
     runtime.admin.start_watch()
     log.info("serving %s %s (%s)", meta.name, meta.version, settings.engine)
     try:
         yield {"runtime": runtime}
     finally:
+        await runtime.indexing.stop()
         await runtime.admin.stop()
         await runtime.serving.close()
         executor.shutdown(wait=True)

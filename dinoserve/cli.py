@@ -79,30 +79,9 @@ def _cmd_import_timm(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from core.settings import Settings
-    from core.store import StoreError
-    from indexer.run import index_source
+    from dinoserve.index_cli import cmd_index
 
-    try:
-        report = index_source(
-            Settings(),
-            args.source,
-            collection=args.collection,
-            labels=args.labels,
-            manifest=args.manifest,
-            batch=args.batch,
-            workers=args.workers,
-            shard=args.shard,
-            prune=args.prune,
-            failures=args.failures,
-        )
-    except StoreError as exc:
-        print(f"dinoserve: error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    if report.failed:
-        print(f"skipped images and reasons: {report.failures_path}")
-    return 0
+    return cmd_index(args)
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

@@ -72,11 +72,11 @@ def run_demo(
     Returns:
         The settings actually served.
     """
-    from indexer.run import index_source
+    from indexer.run import IndexRequest, index_source
 
     ensure_images(data, queries)
     settings = ensure_model(settings, data, config, run_dir, overrides or [])
-    report = index_source(settings, str(data), labels="dirs")
+    report = index_source(settings, IndexRequest(str(data), labels="dirs"))
     print(report.summary())
     if not serve:
         return settings

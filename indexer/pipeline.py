@@ -55,6 +55,10 @@ class Embedder:
         self.model_version, self.dim = model_version, dim
 
 
+class Stopped(RuntimeError):
+    """The run was asked to stop (the service is shutting down)."""
+
+
 @dataclass
 class Limits:
     max_pixels: int = 40_000_000
@@ -172,8 +176,16 @@ class Indexer:
         prune: bool = False,
         failures_path: Path | None = None,
         progress: bool = True,
+        on_batch: Callable[[IndexReport, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> IndexReport:
-        """Index `items` (those of this shard); returns counts. Never aborts on a bad image."""
+        """Index `items` (those of this shard); returns counts. Never aborts on a bad image.
+
+        Args:
+            progress: show a progress bar.
+            on_batch: called after every batch with the running report and the images done.
+            should_stop: polled between batches; True raises Stopped (what is written stays).
+        """
         t0 = time.perf_counter()
         mine = [it for it in items if in_shard(it.uri, shard)]
         physical = self.db.ensure_collection(
@@ -212,6 +224,10 @@ class Indexer:
                     failures += batch.failures
                     bar.update(batch.size)
                     bar.set_postfix(new=report.indexed, same=report.unchanged, bad=report.failed)
+                    if on_batch is not None:
+                        on_batch(report, bar.n)
+                    if should_stop is not None and should_stop():
+                        raise Stopped(f"stopped while indexing {physical}")
                 if pending is not None:
                     pending.result()
         finally:

@@ -7,7 +7,7 @@ never open.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -15,8 +15,11 @@ from fastapi.responses import JSONResponse
 from api.auth import key_matches, presented_key
 from api.deps import RuntimeDep
 from api.errors import ApiError
+from api.index_jobs import IndexBusy
 from api.refresh import Busy
 from core.versions import VersionError
+from indexer.run import IndexRequest
+from indexer.sources import SourceError
 
 
 def require_admin(request: Request, rt: RuntimeDep) -> None:
@@ -74,6 +77,36 @@ async def rollback(rt: RuntimeDep) -> dict[str, Any]:
         return await rt.admin.rollback()
     except (Busy, VersionError) as exc:
         raise _conflict(exc) from exc
+
+
+@router.post("/index", summary="Index a folder, tar or manifest on the service's machine",
+             status_code=202)  # fmt: skip
+async def start_index(
+    rt: RuntimeDep,
+    source: Annotated[str, Query(description="folder or tar/tar.gz on the service's machine")] = "",
+    collection: Annotated[str | None, Query(description="default: DINOSERVE_COLLECTION")] = None,
+    labels: Annotated[Literal["dirs", "none"], Query(description="dirs: sub-folder")] = "none",
+    manifest: Annotated[str | None, Query(description="CSV/JSONL path,label,…")] = None,
+    shard: Annotated[str | None, Query(description="i/N: this worker's share")] = None,
+    prune: Annotated[bool, Query(description="delete points whose source is gone")] = False,
+    failures: Annotated[str | None, Query(description="JSONL report of skipped images")] = None,
+) -> JSONResponse:
+    """What `dinoserve index` does, run by the service that owns the embedded store (the CLI
+    hands its job here). Starts in the background (202); follow it with GET /admin/index."""
+    req = IndexRequest(source, collection, labels, manifest, None, None, shard, prune, failures)
+    try:
+        status = rt.indexing.start(req)
+    except IndexBusy as exc:
+        raise ApiError(409, "index_running", str(exc)) from exc
+    except (SourceError, ValueError) as exc:
+        raise ApiError(422, "bad_source", str(exc)) from exc
+    return JSONResponse(status.as_dict(), status_code=202)
+
+
+@router.get("/index", summary="State and progress of the last indexing job")
+async def index_status(rt: RuntimeDep) -> dict[str, Any]:
+    """state idle|running|done|failed, done/total, indexed, unchanged, failed, the summary."""
+    return rt.indexing.status.as_dict()
 
 
 @router.get("/models", summary="Versions of the served model and their collections")

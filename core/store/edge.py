@@ -31,7 +31,15 @@ import numpy as np
 import qdrant_edge as qe
 
 from core.store.base import BATCH, RetryPolicy, Store
-from core.store.layout import Layout, Match, Point, StoreError, StoreFull, StoreUnusable
+from core.store.layout import (
+    Layout,
+    Match,
+    Point,
+    StoreError,
+    StoreFull,
+    StoreLocked,
+    StoreUnusable,
+)
 
 log = logging.getLogger(__name__)
 MARKER = "dinoserve-store.json"
@@ -102,7 +110,7 @@ class EdgeStore(Store):
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise StoreUnusable(
+            raise StoreLocked(
                 f"the embedded store {self.path} is in use by {holder}; only one process can "
                 "open it (a running `dinoserve serve` owns it: send it work through its admin "
                 "API, or stop it first)"

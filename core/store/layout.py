@@ -30,6 +30,10 @@ class StoreUnusable(StoreError):
     or another process has it open."""
 
 
+class StoreLocked(StoreUnusable):
+    """Another process (a running service, say) has the embedded store open."""
+
+
 def point_id(uri: str) -> str:
     """UUIDv5 of the source URI: the same image always lands on the same point."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, uri))

@@ -1,0 +1,116 @@
+"""`dinoserve index` inside the service: the service owns the embedded store (one process may
+open it), so the CLI hands it the job through POST /admin/index and follows GET /admin/index.
+
+One job at a time, in a worker thread, with the service's store and its served model; engine
+calls go through the service's one engine thread, so requests and indexing take turns instead
+of competing for the cores. The report is the CLI's: the same counts, summary and failures file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.engines import preprocess_batch
+from indexer.pipeline import Embedder, IndexReport, Stopped
+from indexer.run import IndexRequest, list_items, run_index
+
+if TYPE_CHECKING:
+    from api.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class IndexBusy(RuntimeError):
+    """An indexing job is already running."""
+
+
+@dataclass
+class IndexStatus:
+    job: str = ""
+    state: str = "idle"  # idle | running | done | failed
+    request: dict[str, Any] = field(default_factory=dict)
+    collection: str | None = None
+    physical: str | None = None
+    total: int = 0
+    done: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    pruned: int = 0
+    seconds: float = 0.0
+    summary: str | None = None
+    failures_path: str | None = None
+    error: str | None = None
+
+    def update(self, r: IndexReport, done: int) -> None:
+        self.collection, self.physical, self.total = r.collection, r.physical, r.total
+        self.done, self.indexed, self.unchanged = done, r.indexed, r.unchanged
+        self.failed, self.pruned = r.failed, r.pruned
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class IndexJobs:
+    """The service's indexing jobs (see the module docstring)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.status = IndexStatus()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+
+    def start(self, req: IndexRequest) -> IndexStatus:
+        """Check the request (the source must list; SourceError/ValueError otherwise) and start.
+
+        Raises:
+            IndexBusy: a job is running.
+        """
+        if self.status.state == "running":
+            raise IndexBusy(f"an indexing job is running (job {self.status.job})")
+        items = list_items(req)
+        self.status = IndexStatus(uuid.uuid4().hex[:12], "running", req.as_dict())
+        self._task = asyncio.create_task(self._run(req, items, self.status))
+        return self.status
+
+    def _embedder(self) -> Embedder:
+        serving = self.rt.serving  # the version served when the job starts
+        engine, meta, executor = serving.engine, serving.meta, self.rt.executor
+
+        def embed(batch: np.ndarray) -> np.ndarray:
+            return executor.submit(engine.embed, batch).result()
+
+        return Embedder(
+            embed, lambda img: preprocess_batch(meta, [img])[0], meta.version, meta.embed_dim
+        )
+
+    async def _run(self, req: IndexRequest, items: list, st: IndexStatus) -> None:
+        t0 = time.perf_counter()
+        try:
+            report = await asyncio.to_thread(
+                run_index, self.rt.settings, self.rt.store, self._embedder(), req, False,
+                st.update, self._stop.is_set, items,
+            )  # fmt: skip
+            st.update(report, report.total)
+            st.summary, st.failures_path = report.summary(), report.failures_path
+            st.state = "done"
+            log.info("index job %s: %s", st.job, st.summary)
+        except (Stopped, Exception) as exc:  # reported to the CLI; the service keeps serving
+            st.state, st.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("index job %s failed: %s", st.job, st.error)
+        finally:
+            st.seconds = time.perf_counter() - t0
+
+    async def stop(self) -> None:
+        """At shutdown: stop a running job between batches (what is written stays)."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
