@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "cpu": cpu_model(),
-            "command": shlex.join([sys.executable, "-m", "bench.classify_e2e", *(argv or sys.argv[1:])]),
+            "command": shlex.join(
+                [sys.executable, "-m", "bench.classify_e2e", *(argv or sys.argv[1:])]
+            ),
             "indexed": n_memory,
             "index_s": index_s,
             "index_per_s": n_memory / index_s,

@@ -141,3 +141,19 @@ def start_server() -> Iterator[Callable[[Settings], str]]:
     for srv, thread in running:
         srv.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def cli_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """DINOSERVE_* for the CLI; the configured port has no service behind it."""
+    for key, value in {
+        "MODELS_DIR": env.models_dir,
+        "MODEL": "micro",
+        "QDRANT_PATH": env.qdrant_path,
+        "COLLECTION": "shapes",
+        "SERVE__PORT": _free_port(),
+        "INFERENCE__INTRA_OP_THREADS": 1,
+        "REFRESH__BATCH": 16,
+    }.items():
+        monkeypatch.setenv(f"DINOSERVE_{key}", str(value))
+    return env

@@ -5,31 +5,12 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 from core.package import current_version
 from dinoserve.cli import main
-from tests.api.test_browser import _free_port
 from tests.refresh.conftest import ADMIN_KEY
 from tests.stores import edge_store
 
 OLD = "19990101-000000-old"
-
-
-@pytest.fixture
-def cli_env(env, monkeypatch):
-    """DINOSERVE_* for the CLI; the configured port has no service behind it."""
-    for key, value in {
-        "MODELS_DIR": env.models_dir,
-        "MODEL": "micro",
-        "QDRANT_PATH": env.qdrant_path,
-        "COLLECTION": "shapes",
-        "SERVE__PORT": _free_port(),
-        "INFERENCE__INTRA_OP_THREADS": 1,
-        "REFRESH__BATCH": 16,
-    }.items():
-        monkeypatch.setenv(f"DINOSERVE_{key}", str(value))
-    return env
 
 
 def _aliases(env) -> dict[str, str]:

@@ -8,7 +8,6 @@ import httpx
 
 from dinoserve.cli import main
 from tests.refresh.conftest import ADMIN_KEY
-from tests.refresh.test_cli import cli_env  # noqa: F401  (fixture)
 from tests.stores import edge_store
 
 
