@@ -1,16 +1,21 @@
 """DINO training throughput: the fast path vs the plain path, in one run on one device.
 
     python bench/train_throughput.py [--images 4096] [--batches 64,128] [--steps 30] [--out DIR]
+                                     [--budget-s S]
     python bench/train_throughput.py --smoke      # CPU, tiny model: checks the script runs
 
 Generates a folder of 500×375 synthetic JPEG photos, then measures per configuration img/s,
 step ms, peak device memory and MFU (FLOPs of one step counted by torch's FlopCounterMode,
-over the step time and `--peak-tflops`):
+over the step time and `--peak-tflops`; counted once per batch on the uncompiled plain trainer,
+since both paths run the same network):
 - fast, end to end: JPEGs read by workers, decoded on the device, multi-crop on the device,
   bf16, torch.compile (the default on CUDA);
-- fast, device only: the same step on decoded images already on the device (no loader);
+- fast, device only: the same step on decoded images already on the device (no loader), with
+  the same (compiled) trainer as the end-to-end row;
 - plain (baseline): workers decode, multi-crop on the CPU, fp32, no compile.
-Recipe (issue 9): ViT-S/16, 2 × 224 + 10 × 96 crops, K = 65536, AdamW.
+Recipe (issue 9): ViT-S/16, 2 × 224 + 10 × 96 crops, K = 65536, AdamW. `--budget-s` starts no
+configuration after that many seconds, and report.json is rewritten after each one, so a run
+cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -61,50 +66,76 @@ def _sync(device: torch.device) -> None:
 
 
 def step_flops(trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor) -> float:
-    """FLOPs of one training step (teacher forward, student forward + backward)."""
+    """FLOPs of one training step (teacher forward, student forward + backward).
+
+    Counted on an uncompiled trainer: compiled graphs run inductor kernels that the counter's
+    dispatch mode does not see. The count depends only on the recipe and the batch, so one
+    count serves every path of that batch.
+    """
     with FlopCounterMode(display=False) as counter:
         trainer.train_step(images, aspect)
     return float(counter.get_total_flops())
 
 
-def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, device_only: bool,
-            peak_tflops: float) -> dict:  # fmt: skip
-    trainer = Trainer(cfg, run_dir)
+class _Batches:
+    """Batches of a trainer's loader, decoded where the trainer decodes; restarts at the end."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.it = trainer, iter(trainer.loader)
+
+    def __call__(self):
+        t = self.trainer
+        try:
+            batch = next(self.it)
+        except StopIteration:
+            self.it = iter(t.loader)
+            batch = next(self.it)
+        return decode_batch(batch, t.load_size, t.device) if t.device_decode else batch
+
+
+def _timed(trainer: Trainer, steps: int, step_fn) -> float:
     dev = trainer.device
-    batches = iter(trainer.loader)
-
-    def next_batch():
-        batch = next(batches)
-        return decode_batch(batch, trainer.load_size, dev) if trainer.device_decode else batch
-
-    first = next_batch()
-    images, aspect = first.images.to(dev), first.aspect
-    for _ in range(warmup):  # compile, autotune, allocator warm-up
-        trainer.train_step(images, aspect)
     _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
-        if device_only:
-            trainer.train_step(images, aspect)
-        else:
-            b = next_batch()
-            trainer.train_step(b.images, b.aspect)
+        step_fn()
     _sync(dev)
-    elapsed = time.perf_counter() - t0
-    n = cfg.data.batch_size * steps
-    flops = step_flops(trainer, images, aspect)
-    step_s = elapsed / steps
-    return {
-        "img_per_s": round(n / elapsed, 1),
-        "step_ms": round(step_s * 1000, 1),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
-        if dev.type == "cuda"
-        else None,
-        "gflops_per_step": round(flops / 1e9, 1),
-        "mfu": round(flops / step_s / (peak_tflops * 1e12), 4),
-    }
+    return time.perf_counter() - t0
+
+
+def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, modes: list[str]) -> dict:
+    """img/s, step ms and peak memory of one trainer, per mode: "end-to-end" (batches from the
+    loader) and/or "device-only" (one batch already on the device, stepped again and again).
+    The modes share the trainer, so a compiled model is compiled once."""
+    trainer = Trainer(cfg, run_dir)
+    dev = trainer.device
+    batches = _Batches(trainer)
+    first = batches()
+    images, aspect = first.images.to(dev), first.aspect
+    for _ in range(warmup):  # compile, autotune, allocator warm-up
+        trainer.train_step(images, aspect)
+    out = {}
+    for mode in modes:
+        if mode == "device-only":
+            elapsed = _timed(trainer, steps, lambda: trainer.train_step(images, aspect))
+        else:
+
+            def step() -> None:
+                b = batches()
+                trainer.train_step(b.images, b.aspect)
+
+            elapsed = _timed(trainer, steps, step)
+        out[mode] = {
+            "img_per_s": round(cfg.data.batch_size * steps / elapsed, 1),
+            "step_ms": round(elapsed / steps * 1000, 1),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+            if dev.type == "cuda"
+            else None,
+        }
+    out["flops"] = None if cfg.run.compile else step_flops(trainer, images, aspect)
+    return out
 
 
 def configs(args: argparse.Namespace, data: Path, batch: int) -> dict[str, list[str]]:
@@ -119,7 +150,32 @@ def configs(args: argparse.Namespace, data: Path, batch: int) -> dict[str, list[
             f"run.compile={'false' if args.smoke else 'true'}"]  # fmt: skip
     plain = [*common, "data.decode=cpu", "run.augment_device=cpu", "run.precision=fp32",
              "run.compile=false"]  # fmt: skip
-    return {"fast end-to-end": fast, "fast device-only": fast, "plain (baseline)": plain}
+    return {"plain": plain, "fast": fast}
+
+
+MODES = {"plain": ["end-to-end"], "fast": ["end-to-end", "device-only"]}
+NAMES = {("plain", "end-to-end"): "plain (baseline)", ("fast", "end-to-end"): "fast end-to-end",
+         ("fast", "device-only"): "fast device-only"}  # fmt: skip
+
+
+def _write(out: Path, argv: list[str] | None, rows: list[dict], skipped: list[str]) -> dict:
+    """report.json with ratios to the plain path of the same batch (rewritten after every row,
+    so a run cut short keeps what it measured)."""
+    for row in rows:
+        base = next(
+            (r for r in rows if r["batch"] == row["batch"] and "plain" in r["config"]), None
+        )
+        row["vs_plain"] = round(row["img_per_s"] / base["img_per_s"], 2) if base else None
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
+        "torch": torch.__version__,
+        "command": "python bench/train_throughput.py " + shlex.join(argv or sys.argv[1:]),
+        "rows": rows,
+        "skipped": skipped,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,36 +188,49 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=794.0, help="bf16 peak measured (H100)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "vit_small16_imagenet.yaml"))
     ap.add_argument("--out", default="runs/bench-train")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=0.0,
+        help="start no new configuration after this many seconds (0: no limit)",
+    )
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, few steps")
     args = ap.parse_args(argv)
     if args.smoke:
         args.images, args.batches, args.steps, args.warmup, args.workers = 64, "8", 2, 1, 0
+    t_start = time.perf_counter()
     out = Path(args.out)
     data = make_photos(out / "photos", args.images)
-    rows = []
+    rows: list[dict] = []
+    skipped: list[str] = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        for name, overrides in configs(args, data, batch).items():
+        flops = None
+        for path, overrides in configs(args, data, batch).items():  # plain first: it counts
+            if args.budget_s and time.perf_counter() - t_start > args.budget_s:
+                skipped.append(f"{path} batch {batch}")
+                continue
             cfg = load_config(args.config, overrides)
-            r = measure(cfg, out / "run", args.steps, args.warmup, "device-only" in name,
-                        args.peak_tflops)  # fmt: skip
-            rows.append({"config": name, "batch": batch, **r})
-            print(json.dumps(rows[-1]), flush=True)
-    for row in rows:
-        base = next(r for r in rows if r["batch"] == row["batch"] and "plain" in r["config"])
-        row["vs_plain"] = round(row["img_per_s"] / base["img_per_s"], 2)
-    report = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
-        "torch": torch.__version__,
-        "command": "python bench/train_throughput.py " + shlex.join(argv or sys.argv[1:]),
-        "rows": rows,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            r = measure(cfg, out / "run", args.steps, args.warmup, MODES[path])
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the measured trainer is gone: free its cache
+            flops = flops or r.pop("flops")
+            for mode in MODES[path]:
+                step_s = r[mode]["step_ms"] / 1000
+                mfu = float(f"{flops / step_s / (args.peak_tflops * 1e12):.3g}") if flops else None
+                rows.append({"config": NAMES[path, mode], "batch": batch, **r[mode],
+                             "gflops_per_step": round(flops / 1e9, 1) if flops else None,
+                             "mfu": mfu})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+            _write(out, argv, rows, skipped)
+    report = _write(out, argv, rows, skipped)
     print("| config | batch | img/s | step ms | peak GiB | MFU | × plain |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         print(f"| {r['config']} | {r['batch']} | {r['img_per_s']} | {r['step_ms']} | "
-              f"{r['peak_mem_gib']} | {r['mfu']:.1%} | {r['vs_plain']} |")  # fmt: skip
+              f"{r['peak_mem_gib']} | {mfu} | {r['vs_plain']} |")  # fmt: skip
+    if skipped:
+        print(f"skipped (over --budget-s {args.budget_s:g}): {', '.join(skipped)}")
     return report
 
 

@@ -54,7 +54,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from core.settings import Settings
     from dinoserve.demo import run_demo
 
-    run_demo(Settings(), Path(args.data), Path(args.queries), args.config, Path(args.out))
+    data = Path(args.data) if args.data else None  # None: the shipped sample, else synthetic
+    queries = Path(args.queries) if args.queries else None
+    run_demo(Settings(), data, queries, args.config, Path(args.out))
     return 0
 
 
@@ -201,10 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=None, help="port (default 8000)")
     v.set_defaults(func=_cmd_serve)
 
-    d = sub.add_parser("demo", help="the offline demo on synthetic images")
+    d = sub.add_parser("demo", help="the offline demo (shipped photos, else synthetic images)")
     d.add_argument("--config", default="configs/tiny.yaml")
-    d.add_argument("--data", default=str(DEMO_DATA), help="labelled images to index")
-    d.add_argument("--queries", default="var/data/synthetic-queries", help="held-out images")
+    d.add_argument("--data", default=None, help="labelled images to index (default: the "
+                   f"shipped sample, else synthetic ones in {DEMO_DATA})")  # fmt: skip
+    d.add_argument("--queries", default=None, help="held-out images to try on the page")
     d.add_argument("--out", default="runs/demo", help="training run, when no model exists")
     d.set_defaults(func=_cmd_demo)
 

@@ -1,20 +1,59 @@
-"""`make demo`: from a fresh clone to a running service on synthetic images, offline.
+"""`make demo`: from a fresh clone to a running service, offline.
 
-Makes the demo images if missing, takes the configured model (the shipped default) or, when
-there is none, trains the tiny preset on the CPU and packages it, indexes the images with their
-labels into the embedded Qdrant, and serves the API and the web page.
+When the repo ships a default backbone and a sample of real photos (`shipped/models/` and
+`shipped/cifar10-sample/`, see bench/device/ship_backbone.py and cifar_sample.py), indexes the
+sample with the configured model, or else the shipped one, and serves at once. Otherwise makes
+synthetic images, takes the configured model or trains the tiny preset on the CPU and packages
+it, and indexes those. Either way the images go with their labels into the embedded Qdrant, and
+the API and the web page are served.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from core.images import IMAGE_EXTENSIONS
 from core.package import PackageError, resolve
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 DEMO_MODEL = "demo-tiny"
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped"
+SHIPPED_MODEL = "dino-cifar10"
+SYNTHETIC_DATA = Path("var/data/synthetic")
+SYNTHETIC_QUERIES = Path("var/data/synthetic-queries")
+
+
+@dataclass(frozen=True)
+class Shipped:
+    package: Path  # the shipped default backbone (its CURRENT version)
+    sample: Path  # labelled photos to index (class folders)
+    queries: Path  # held-out photos to try on the page
+
+
+def shipped_assets(root: Path = SHIPPED) -> Shipped | None:
+    """The shipped backbone and photo sample under `root`, or None unless both are there."""
+    try:
+        pkg = resolve(root / "models", SHIPPED_MODEL)
+    except PackageError:
+        return None
+    sample, queries = root / "cifar10-sample", root / "cifar10-queries"
+    if not sample.is_dir() or not any(
+        p.suffix.lower() in IMAGE_EXTENSIONS for p in sample.rglob("*")
+    ):
+        return None
+    return Shipped(pkg, sample, queries)
+
+
+def shipped_model(settings: Settings, assets: Shipped) -> Settings:
+    """The configured model when it resolves, else the shipped package (by path: no copy)."""
+    try:
+        resolve(settings.models_dir, settings.model)
+        return settings
+    except PackageError:
+        return settings.model_copy(update={"model": str(assets.package)})
 
 
 def ensure_images(data: Path, queries: Path) -> None:
@@ -53,29 +92,39 @@ def ensure_model(
 
 def run_demo(
     settings: Settings,
-    data: Path,
-    queries: Path,
+    data: Path | None,
+    queries: Path | None,
     config: str,
     run_dir: Path,
     overrides: list[str] | None = None,
     serve: bool = True,
+    shipped: Path = SHIPPED,
 ) -> Settings:
     """Prepare everything and (unless serve=False) run the service until interrupted.
 
     Args:
         settings: service settings (DINOSERVE_*); the model may be missing.
-        data: labelled demo images (made if missing).
-        queries: held-out images to try on the page (made if missing).
-        config: training preset used when no model exists.
+        data: labelled images to index; None: the shipped sample, else synthetic images (made
+            if missing).
+        queries: held-out images to try on the page; None: as data.
+        config: training preset used when no model exists (and nothing is shipped).
         run_dir: where that training run goes.
         overrides: training config overrides (tests use a smaller model).
+        shipped: where the shipped backbone and sample are looked for.
     Returns:
         The settings actually served.
     """
     from indexer.run import IndexRequest, index_source
 
-    ensure_images(data, queries)
-    settings = ensure_model(settings, data, config, run_dir, overrides or [])
+    assets = shipped_assets(shipped)
+    if assets is not None:
+        data, queries = data or assets.sample, queries or assets.queries
+        settings = shipped_model(settings, assets)
+        print(f"serving model {settings.model} over {data} (no training needed)")
+    else:
+        data, queries = data or SYNTHETIC_DATA, queries or SYNTHETIC_QUERIES
+        ensure_images(data, queries)
+        settings = ensure_model(settings, data, config, run_dir, overrides or [])
     report = index_source(settings, IndexRequest(str(data), labels="dirs"))
     print(report.summary())
     if not serve:
