@@ -213,3 +213,36 @@ def delete_points(client: QdrantClient, collection: str, ids: list[str]) -> None
                 collection, points_selector=qm.PointIdsList(points=ids), wait=True
             )
         )
+
+
+def list_collections(client: QdrantClient) -> list[dict[str, Any]]:
+    """Every physical collection: its logical name, the alias pointing at it (None for a version
+    kept for rollback), its model version and its point count."""
+    aliases = {a.collection_name: a.alias_name for a in with_retry(client.get_aliases).aliases}
+    rows = []
+    for c in sorted(with_retry(client.get_collections).collections, key=lambda c: c.name):
+        logical, _, version = c.name.partition(SEP)
+        count = with_retry(lambda n=c.name: client.count(n, exact=True)).count
+        rows.append({"name": logical, "alias": aliases.get(c.name), "physical": c.name,
+                     "model_version": version or None, "points": count})  # fmt: skip
+    return rows
+
+
+def delete_collection(client: QdrantClient, name: str) -> list[str]:
+    """Delete the alias `name` and every physical collection of it (`name__<version>`, old
+    versions included). Returns the physical names deleted.
+
+    Raises:
+        UnknownCollection: no alias and no physical collection of that name.
+    """
+    check_name(name)
+    physical = [c.name for c in with_retry(client.get_collections).collections
+                if c.name.partition(SEP)[0] == name]  # fmt: skip
+    if resolve_alias(client, name) is not None:
+        op = qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name))
+        with_retry(lambda: client.update_collection_aliases(change_aliases_operations=[op]))
+    elif not physical:
+        raise UnknownCollection(f"no collection named {name!r}")
+    for p in physical:
+        with_retry(lambda p=p: client.delete_collection(p))
+    return physical

@@ -9,7 +9,7 @@ from core.engines import load_engine, preprocess_batch
 from core.package import read_meta, resolve
 from core.settings import Settings
 from indexer.pipeline import Embedder, Indexer, IndexReport, Limits
-from indexer.sources import list_source, parse_shard
+from indexer.sources import check_items, list_source, parse_shard
 
 
 def embedder_from_settings(settings: Settings) -> Embedder:
@@ -51,6 +51,7 @@ def index_source(
     name = store.check_name(collection or settings.collection)
     spec = parse_shard(shard)
     items = list_source(source, labels, Path(manifest) if manifest else None)
+    check_items(items, manifest or source, labels, prune)
     embedder = embedder_from_settings(settings)
     q = settings.qdrant
     client = store.open_client(settings.qdrant_path, settings.qdrant_url, settings.qdrant_api_key,

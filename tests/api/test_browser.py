@@ -102,7 +102,7 @@ def test_page_classifies_searches_and_shows_attention(server, browser, synthetic
     attention = wait.until(ec.presence_of_element_located((By.ID, "attention-img")))
     wait.until(lambda d: _image_loaded(d, attention))
     assert not browser.find_element(By.ID, "error").is_displayed()
-    browser.save_screenshot(os.environ.get("DINOSERVE_SCREENSHOT", str(tmp_path / "page.png")))
+    browser.save_screenshot(os.environ.get("PAGE_SCREENSHOT", str(tmp_path / "page.png")))
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
