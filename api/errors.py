@@ -15,10 +15,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
 from core.images import ImageRejected
+from core import store
 from core.store import StoreError, UnknownCollection
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,24 @@ def _validation_message(errors: list) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+async def _collections(request: Request) -> list[str]:
+    """The logical collections (aliases) of the app's store, for an unknown one's error; empty
+    when the store cannot tell."""
+    rt = getattr(request.state, "runtime", None)
+    if rt is None:
+        return []
+
+    def names() -> list[str]:
+        with rt.vectors.lock:
+            found = store.with_retry(rt.vectors.client.get_aliases, attempts=1).aliases
+        return sorted(a.alias_name for a in found)
+
+    try:
+        return await run_in_threadpool(names)
+    except StoreError:
+        return []
+
+
 def install(app: FastAPI, retry_after_s: int = 5) -> None:
     """Register the handlers that translate exceptions into the JSON error shape.
 
@@ -104,8 +124,14 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         return error_response(422, code, str(exc))
 
     @app.exception_handler(UnknownCollection)
-    async def _collection(_: Request, exc: UnknownCollection) -> JSONResponse:
-        return error_response(404, "unknown_collection", str(exc))
+    async def _collection(request: Request, exc: UnknownCollection) -> JSONResponse:
+        known = await _collections(request)
+        hint = (
+            f"; collections: {', '.join(known)}"
+            if known
+            else "; none is indexed yet (dinoserve index FOLDER --collection NAME)"
+        )
+        return error_response(404, "unknown_collection", f"{exc}{hint}")
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -3,6 +3,8 @@ similar indexed images."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -31,6 +33,18 @@ class SearchResponse(BaseModel):
     model_version: str  # of the query vector and the collection
 
 
+def _absolute(image: str) -> str | None:
+    """A relative file path made absolute against the service's working directory, as the
+    indexer stores it (`var/data/x.png` → `/srv/var/data/x.png`); None for anything else."""
+    if "://" in image or Path(image).is_absolute():
+        return None
+    try:
+        uuid.UUID(image)
+        return None
+    except ValueError:
+        return str(Path(image).resolve())
+
+
 def _response(hits: list, name: str, physical: str, version: str) -> SearchResponse:
     return SearchResponse(
         results=[Result(**h.as_dict()) for h in hits],
@@ -53,6 +67,9 @@ async def search_indexed(
     physical = await vectors.physical(name, sv.version)
     pid = query_id(params.image)
     point = await vectors.point(physical, pid, with_vector=True)
+    if point is None and (absolute := _absolute(params.image)) is not None:
+        pid = query_id(absolute)
+        point = await vectors.point(physical, pid, with_vector=True)
     if point is None or point.vector is None:
         raise ApiError(404, "unknown_image", f"no indexed image {params.image!r} in the collection")
     vector = point.vector if isinstance(point.vector, list) else None
