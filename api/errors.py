@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
-from core.images import ImageRejected
 from core import store
+from core.images import ImageRejected
 from core.store import StoreError, UnknownCollection
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import api
 from api import errors
 from api.auth import ApiKeyMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import router
+from api.routes import docs, router
 from api.routes.page import STATIC
 from api.runtime import lifespan
 from core.settings import Settings
@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=api.__version__,
         description="DINO image embeddings: embed, classify, search and attention maps.",
         lifespan=_lifespan,
+        docs_url=None,  # api.routes.docs serves it with local assets (no CDN)
+        redoc_url=None,
     )
     errors.install(app, settings.serve.retry_after_s)
     # The last added is the outermost: CORS answers preflights and decorates every response
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=cors.max_age_s,
         )
     app.include_router(router)
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS), name="docs-assets")
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
