@@ -212,8 +212,9 @@ def test_thumbnails_of_another_collection_load(start_server, browser, synthetic_
     _screenshot(browser, tmp_path, "other-collection.png")
 
 
-def test_api_key_prompts_once_forgets_a_wrong_key_and_recovers(start_server, browser,
-                                                               synthetic_dir, tmp_path):  # fmt: skip
+def test_api_key_prompts_once_forgets_a_wrong_key_and_recovers(
+    start_server, browser, synthetic_dir, tmp_path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
