@@ -9,6 +9,7 @@ logged and answered 500 in that shape too, never with a traceback.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -86,6 +87,17 @@ async def _collections(request: Request) -> list[str]:
         return []
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The documented methods of the request's path (Starlette's 405 names only those of the
+    first route that matched, e.g. POST but not GET for /admin/refresh)."""
+    methods: set[str] = set()
+    for path, item in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in item}
+    return sorted(methods)
+
+
 def install(app: FastAPI, retry_after_s: int = 5) -> None:
     """Register the handlers that translate exceptions into the JSON error shape.
 
@@ -100,13 +112,17 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
+        headers = dict(exc.headers or {})
         if status == 404:
             message = "no such route" if exc.detail == "Not Found" else str(exc.detail)
+        elif status == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+            message = f"{request.method} is not allowed here; use {headers['Allow']}"
         else:
             message = str(exc.detail)
-        return error_response(status, _code_for(status), message, dict(exc.headers or {}))
+        return error_response(status, _code_for(status), message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

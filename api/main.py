@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,6 +15,7 @@ import api
 from api import errors
 from api.auth import ApiKeyMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.openapi import with_limits
 from api.routes import docs, router
 from api.routes.page import STATIC
 from api.runtime import lifespan
@@ -60,6 +62,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=cors.max_age_s,
         )
     app.include_router(router)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # built once; then FastAPI's cache
+            app.openapi_schema = with_limits(build_openapi(), settings.max_batch_images)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS), name="docs-assets")
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -257,23 +257,34 @@ def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
     return model.model_validate({**query.model_dump(), **extra})
 
 
-def body_doc(many: bool) -> dict[str, Any]:
-    """OpenAPI description of the request body (the body is parsed by hand, see read_upload)."""
+# Base64 as `_b64` accepts it (optionally a data: URL): padded groups of four, not empty.
+_B64 = "[A-Za-z0-9+/]"
+BASE64_PATTERN = rf"^(data:[^,]*,)?(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=|{_B64}{{4}})$"
+
+
+def body_doc(params: type[BaseModel], many: bool = False) -> dict[str, Any]:
+    """OpenAPI description of the request body (parsed by hand, see read_upload): the image
+    field(s) and, as the same names in the body, the endpoint's parameters; nothing else."""
     name = "images" if many else "image"
-    part: dict[str, Any] = {"type": "string", "format": "binary"}
-    b64: dict[str, Any] = {"type": "string", "description": "base64 (or a data: URL)"}
+    fields = params.model_json_schema(ref_template="#/components/schemas/{model}")
+    scalars = {k: v for k, v in fields.get("properties", {}).items()}
+    part: dict[str, Any] = {"type": "string", "format": "binary", "minLength": 1}
+    b64: dict[str, Any] = {"type": "string", "pattern": BASE64_PATTERN,
+                           "description": "base64 (or a data: URL) of an image"}  # fmt: skip
     if many:
-        part, b64 = {"type": "array", "items": part}, {"type": "array", "items": b64}
+        part = {"type": "array", "items": part, "minItems": 1}
+        b64 = {"type": "array", "items": b64, "minItems": 1}
+
+    def schema(image: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": {name: image, **scalars}, "required": [name],
+                "additionalProperties": False}  # fmt: skip
+
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {name: part}, "required": [name]}
-                },
-                "application/json": {
-                    "schema": {"type": "object", "properties": {name: b64}, "required": [name]}
-                },
+                "multipart/form-data": {"schema": schema(part)},
+                "application/json": {"schema": schema(b64)},
             },
         }
     }

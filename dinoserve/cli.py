@@ -249,14 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validation_lines(exc: ValidationError) -> str:
-    """`DINOSERVE_SERVE__PORT: Input should be …` for settings, one line per error."""
+    """`DINOSERVE_SERVE__PORT=0 (serve.port): Input should be …`, one line per error."""
     lines = []
     for e in exc.errors():
         msg = e["msg"].removeprefix("Value error, ")
-        loc = "__".join(str(x) for x in e["loc"]).upper()
-        if exc.title == "Settings" and loc:
-            given = e.get("input")
-            loc = f"DINOSERVE_{loc}" + (f"={given}" if isinstance(given, str | int) else "")
+        field = ".".join(str(x) for x in e["loc"])
+        given = e.get("input")
+        loc = field
+        if exc.title == "Settings" and field:
+            loc = "DINOSERVE_" + "__".join(str(x) for x in e["loc"]).upper()
+        if loc and isinstance(given, str | int):
+            loc = f"{loc}={given}"
+        if loc != field and field:
+            loc = f"{loc} ({field})"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "\n  ".join(lines)
 

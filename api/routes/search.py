@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
+from api.openapi import AUTH, UPLOAD, errors
 from api.params import SearchByIdParams, SearchParams
 from api.uploads import body_doc, merge_params, read_upload, single
 from api.vectors import query_id
@@ -36,13 +37,17 @@ class SearchResponse(BaseModel):
 def _absolute(image: str) -> str | None:
     """A relative file path made absolute against the service's working directory, as the
     indexer stores it (`var/data/x.png` → `/srv/var/data/x.png`); None for anything else."""
-    if "://" in image or Path(image).is_absolute():
+    if "://" in image or "\x00" in image or Path(image).is_absolute():
         return None
     try:
         uuid.UUID(image)
         return None
     except ValueError:
+        pass
+    try:
         return str(Path(image).resolve())
+    except (OSError, RuntimeError):  # too long, a symlink loop: not an indexed path either
+        return None
 
 
 def _response(hits: list, name: str, physical: str, version: str) -> SearchResponse:
@@ -54,7 +59,12 @@ def _response(hits: list, name: str, physical: str, version: str) -> SearchRespo
     )
 
 
-@router.get("/search", summary="Images similar to an indexed image", response_model=SearchResponse)
+@router.get(
+    "/search",
+    summary="Images similar to an indexed image",
+    response_model=SearchResponse,
+    responses=errors(*AUTH, 404, 409, 422, 503),
+)
 async def search_indexed(
     rt: RuntimeDep,
     sv: ServingDep,
@@ -83,7 +93,8 @@ async def search_indexed(
     "/search",
     summary="Images similar to an uploaded image",
     response_model=SearchResponse,
-    openapi_extra=body_doc(many=False),
+    responses=errors(*AUTH, 404, 409, *UPLOAD, 503),
+    openapi_extra=body_doc(SearchParams),
 )
 async def search_upload(
     request: Request,

@@ -31,7 +31,7 @@ def test_index_command_errors_are_clear(tmp_path, monkeypatch, capsys):
     assert "shard" in capsys.readouterr().err
     monkeypatch.setenv("DINOSERVE_INDEXER__BATCH", "0")
     assert main(["index", str(tmp_path)]) == 2
-    assert "DINOSERVE_INDEXER__BATCH=0" in capsys.readouterr().err
+    assert "DINOSERVE_INDEXER__BATCH=0 (indexer.batch)" in capsys.readouterr().err
 
 
 def test_index_needs_a_source_and_never_indexes_the_working_directory(tmp_path, monkeypatch,
