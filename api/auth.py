@@ -1,10 +1,11 @@
 """API keys: who may call the service.
 
 With `DINOSERVE_API_KEY` set, every route needs a key except the probes (`/healthz`, `/readyz`:
-orchestrators call them without secrets) and the web page's shell (`/`, `/static/*`: nothing
-but the page's own code, which asks for the key when a call answers 401). The admin key
-(`DINOSERVE_ADMIN_API_KEY`) grants normal access too; `/admin/*` always needs the admin key
-itself (api.routes.admin). Without DINOSERVE_API_KEY the service is open, as before.
+orchestrators call them without secrets) and the shells of the web page (`/`, `/static/*`) and
+of the API docs (`/docs`, `/docs-assets/*`): nothing but the pages' own code, which asks for the
+key when a call answers 401. The admin key (`DINOSERVE_ADMIN_API_KEY`) grants normal access
+too; `/admin/*` always needs the admin key itself (api.routes.admin). Without DINOSERVE_API_KEY
+the service is open, as before.
 
 A key is presented as `Authorization: Bearer <key>`, `X-API-Key: <key>` or the cookie
 `dinoserve_key` (set by the page, SameSite=Strict, so that `<img src="/images/…">` works and
@@ -25,8 +26,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.errors import error_response
 
 COOKIE = "dinoserve_key"
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
-OPEN_PREFIXES = ("/static/",)
+# The API docs page is a shell too: the schema it loads (/openapi.json) needs the key.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs"})
+OPEN_PREFIXES = ("/static/", "/docs-assets/")
 
 
 def presented_key(headers: Headers, cookies: bool = True) -> str | None:

@@ -9,12 +9,14 @@ logged and answered 500 in that shape too, never with a traceback.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
@@ -66,6 +68,30 @@ def _validation_message(errors: list) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+async def _collections(request: Request) -> list[str]:
+    """The logical collections (aliases) of the app's store, for an unknown one's error; empty
+    when the store cannot tell."""
+    rt = getattr(request.state, "runtime", None)
+    if rt is None:
+        return []
+
+    try:
+        return sorted(await run_in_threadpool(lambda: rt.vectors.db.aliases()))
+    except StoreError:
+        return []
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The documented methods of the request's path (Starlette's 405 names only those of the
+    first route that matched, e.g. POST but not GET for /admin/refresh)."""
+    methods: set[str] = set()
+    for path, item in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in item}
+    return sorted(methods)
+
+
 def install(app: FastAPI, retry_after_s: int = 5) -> None:
     """Register the handlers that translate exceptions into the JSON error shape.
 
@@ -80,13 +106,17 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
+        headers = dict(exc.headers or {})
         if status == 404:
             message = "no such route" if exc.detail == "Not Found" else str(exc.detail)
+        elif status == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+            message = f"{request.method} is not allowed here; use {headers['Allow']}"
         else:
             message = str(exc.detail)
-        return error_response(status, _code_for(status), message, dict(exc.headers or {}))
+        return error_response(status, _code_for(status), message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -104,8 +134,14 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         return error_response(422, code, str(exc))
 
     @app.exception_handler(UnknownCollection)
-    async def _collection(_: Request, exc: UnknownCollection) -> JSONResponse:
-        return error_response(404, "unknown_collection", str(exc))
+    async def _collection(request: Request, exc: UnknownCollection) -> JSONResponse:
+        known = await _collections(request)
+        hint = (
+            f"; collections: {', '.join(known)}"
+            if known
+            else "; none is indexed yet (dinoserve index FOLDER --collection NAME)"
+        )
+        return error_response(404, "unknown_collection", f"{exc}{hint}")
 
     @app.exception_handler(StoreFull)
     async def _full(_: Request, exc: StoreFull) -> JSONResponse:

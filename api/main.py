@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,7 +15,8 @@ import api
 from api import errors
 from api.auth import ApiKeyMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import router
+from api.openapi import with_limits
+from api.routes import docs, router
 from api.routes.page import STATIC
 from api.runtime import lifespan
 from core.settings import Settings
@@ -39,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=api.__version__,
         description="DINO image embeddings: embed, classify, search and attention maps.",
         lifespan=_lifespan,
+        docs_url=None,  # api.routes.docs serves it with local assets (no CDN)
+        redoc_url=None,
     )
     errors.install(app, settings.serve.retry_after_s)
     # The last added is the outermost: CORS answers preflights and decorates every response
@@ -58,6 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=cors.max_age_s,
         )
     app.include_router(router)
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # built once; then FastAPI's cache
+            app.openapi_schema = with_limits(build_openapi(), settings.max_batch_images)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.mount(docs.ASSETS_URL, StaticFiles(directory=docs.ASSETS), name="docs-assets")
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -30,6 +30,18 @@ IMAGE_FIELDS = ("images", "image")
 _SLACK = 64 * 1024  # multipart boundaries, headers and JSON punctuation
 
 
+class Part(bytes):
+    """An uploaded image's bytes with the name the client gave it (its file name, or its place
+    in a JSON body), so that an error about one of several images says which."""
+
+    name: str
+
+    def __new__(cls, data: bytes, name: str) -> Part:
+        part = super().__new__(cls, data)
+        part.name = name
+        return part
+
+
 @dataclass
 class Upload:
     """What a request carried: raw image bytes in order, and its scalar fields (form or JSON)."""
@@ -38,8 +50,14 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def _too_large(message: str) -> ApiError:
-    return ApiError(413, "upload_too_large", message)
+def _too_large(what: str, max_bytes: int) -> ApiError:
+    """The one message of a too large request: the size, the limit, its scope and setting."""
+    return ApiError(
+        413,
+        "upload_too_large",
+        f"{what} is over the limit of {max_bytes} bytes of images per request "
+        "(DINOSERVE_MAX_UPLOAD_BYTES); send fewer or smaller images per request",
+    )
 
 
 async def read_body(request: Request, max_image_bytes: int) -> bytes:
@@ -52,12 +70,12 @@ async def read_body(request: Request, max_image_bytes: int) -> bytes:
     limit = max_image_bytes * 4 // 3 + _SLACK
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(f"the body of {declared} bytes is over the limit of {limit}")
+        raise _too_large(f"the request body of {declared} bytes", max_image_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(f"the body is over the limit of {limit} bytes")
+            raise _too_large(f"the request body (over {limit} bytes)", max_image_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -90,11 +108,14 @@ async def read_upload(request: Request, max_bytes: int, max_images: int) -> Uplo
         )
     if len(upload.images) > max_images:
         raise ApiError(
-            413, "too_many_images", f"{len(upload.images)} images is over the limit of {max_images}"
+            413,
+            "too_many_images",
+            f"{len(upload.images)} images are over the limit of {max_images} images per request "
+            "(DINOSERVE_MAX_BATCH_IMAGES)",
         )
     total = sum(len(b) for b in upload.images)
     if total > max_bytes:
-        raise _too_large(f"{total} bytes of images is over the limit of {max_bytes}")
+        raise _too_large(f"{total} bytes of images", max_bytes)
     return upload
 
 
@@ -112,7 +133,10 @@ async def _multipart(request: Request, max_bytes: int, max_images: int) -> Uploa
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
             raise ApiError(
-                413, "too_many_images", f"more than {max_images} images in one request"
+                413,
+                "too_many_images",
+                f"more than {max_images} images are over the limit of {max_images} images per "
+                "request (DINOSERVE_MAX_BATCH_IMAGES)",
             ) from exc
         message = f"malformed multipart body: {exc.message}"
         raise ApiError(422, "invalid_multipart", message) from exc
@@ -124,7 +148,8 @@ async def _multipart(request: Request, max_bytes: int, max_images: int) -> Uploa
                     raise ApiError(
                         422, "unexpected_field", f"file field {name!r}: send images as 'images'"
                     )
-                upload.images.append(await value.read())
+                n = len(upload.images) + 1
+                upload.images.append(Part(await value.read(), value.filename or f"{name} #{n}"))
             elif name in upload.fields:
                 raise ApiError(422, "invalid_parameter", f"field {name[:64]!r} given twice")
             else:
@@ -156,11 +181,13 @@ def _json(body: bytes) -> Upload:
         raise ApiError(422, "invalid_json", "the body must be a JSON object")
     images: list[bytes] = []
     if isinstance(doc.get("images"), list):
-        images = [_b64(v, f"images[{i}]") for i, v in enumerate(doc["images"])]
+        images = [
+            Part(_b64(v, f"images[{i}]"), f"images[{i}]") for i, v in enumerate(doc["images"])
+        ]
     elif "images" in doc:
         raise ApiError(422, "invalid_json", "'images' must be a list of base64 strings")
     if "image" in doc:
-        images.append(_b64(doc["image"], "image"))
+        images.append(Part(_b64(doc["image"], "image"), "image"))
     fields = {}
     for k, v in doc.items():
         if k in IMAGE_FIELDS or v is None:  # null: as if not given
@@ -186,13 +213,14 @@ def decode_each(images: list[bytes], max_pixels: int) -> Iterator[Image.Image]:
     one full-size image at once, not 64 of up to DINOSERVE_MAX_PIXELS each. Runs in a worker
     thread: decoding a large image takes a while.
     """
-    for i, data in enumerate(images):
+    for i, data in enumerate(images, start=1):
         try:
             img = decode_image(data, max_pixels)
         except ImageRejected as exc:
             if len(images) == 1:
                 raise
-            raise ImageRejected(exc.reason, f"image {i}: {exc}") from exc
+            name = getattr(data, "name", None) or f"image {i} of {len(images)}"
+            raise ImageRejected(exc.reason, f"{name[:200]}: {exc}") from exc
         yield img
 
 
@@ -229,23 +257,34 @@ def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
     return model.model_validate({**query.model_dump(), **extra})
 
 
-def body_doc(many: bool) -> dict[str, Any]:
-    """OpenAPI description of the request body (the body is parsed by hand, see read_upload)."""
+# Base64 as `_b64` accepts it (optionally a data: URL): padded groups of four, not empty.
+_B64 = "[A-Za-z0-9+/]"
+BASE64_PATTERN = rf"^(data:[^,]*,)?(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=|{_B64}{{4}})$"
+
+
+def body_doc(params: type[BaseModel], many: bool = False) -> dict[str, Any]:
+    """OpenAPI description of the request body (parsed by hand, see read_upload): the image
+    field(s) and, as the same names in the body, the endpoint's parameters; nothing else."""
     name = "images" if many else "image"
-    part: dict[str, Any] = {"type": "string", "format": "binary"}
-    b64: dict[str, Any] = {"type": "string", "description": "base64 (or a data: URL)"}
+    fields = params.model_json_schema(ref_template="#/components/schemas/{model}")
+    scalars = {k: v for k, v in fields.get("properties", {}).items()}
+    part: dict[str, Any] = {"type": "string", "format": "binary", "minLength": 1}
+    b64: dict[str, Any] = {"type": "string", "pattern": BASE64_PATTERN,
+                           "description": "base64 (or a data: URL) of an image"}  # fmt: skip
     if many:
-        part, b64 = {"type": "array", "items": part}, {"type": "array", "items": b64}
+        part = {"type": "array", "items": part, "minItems": 1}
+        b64 = {"type": "array", "items": b64, "minItems": 1}
+
+    def schema(image: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": {name: image, **scalars}, "required": [name],
+                "additionalProperties": False}  # fmt: skip
+
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {name: part}, "required": [name]}
-                },
-                "application/json": {
-                    "schema": {"type": "object", "properties": {name: b64}, "required": [name]}
-                },
+                "multipart/form-data": {"schema": schema(part)},
+                "application/json": {"schema": schema(b64)},
             },
         }
     }

@@ -53,8 +53,7 @@ class OrtEngine:
 
         s = settings or InferenceSettings()
         self.meta = package.read_meta(package_dir)
-        if s.onnx_variant not in self.meta.onnx:
-            raise package.PackageError(f"{package_dir} has no {s.onnx_variant} ONNX variant")
+        package.require_variant(package_dir, self.meta, s.onnx_variant)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = s.intra_op_threads
         opts.inter_op_num_threads = s.inter_op_threads

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_ASPECT = 64  # resize_center_crop: beyond this aspect ratio, resample the crop's region only
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -88,7 +88,9 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> 
         w, h = img.size
         if w * h > max_pixels:
             raise ImageRejected(
-                "too_large", f"{w}×{h} = {w * h} pixels is over the limit of {max_pixels}"
+                "too_large",
+                f"{w}×{h} = {w * h} pixels is over the limit of {max_pixels} pixels per image "
+                "(DINOSERVE_MAX_PIXELS)",
             )
         if w < 1 or h < 1:
             raise ImageRejected("invalid", f"an image of {w}×{h} pixels has nothing to see")
@@ -101,6 +103,10 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> 
         raise ImageRejected("too_large", str(exc)) from exc
     except MemoryError as exc:
         raise ImageRejected("too_large", "the image needs more memory than is available") from exc
+    except UnidentifiedImageError as exc:  # its message holds a repr of our BytesIO
+        raise ImageRejected(
+            "invalid", "not a readable image: no image format Pillow reads (PNG, JPEG, WebP, …)"
+        ) from exc
     except Exception as exc:
         # The bytes are untrusted and Pillow's decoders fail in many ways on malformed input
         # (OSError, ValueError, SyntaxError, EOFError, but also struct.error, IndexError,

@@ -162,6 +162,27 @@ def current_version(name_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def require_variant(package_dir: Path, meta: PackageMeta, variant: str) -> None:
+    """Raise PackageError, saying how to fix it, when the package has no `variant` ONNX file."""
+    if variant not in meta.onnx:
+        raise PackageError(
+            f"{package_dir} has no {variant} ONNX model (it has: {', '.join(meta.onnx)}): "
+            f"export one with `dinoserve export RUN_DIR --quantize {variant}` (or import-timm "
+            f"… --quantize {variant}), or unset DINOSERVE_INFERENCE__ONNX_VARIANT"
+        )
+
+
+def known_models(models_dir: Path) -> list[str]:
+    """Names under `models_dir` with an active version (a CURRENT), most recently activated
+    first."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    active = [p for p in root.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_file()]
+    return [p.name for p in sorted(active, key=lambda p: (p / CURRENT).stat().st_mtime_ns,
+                                   reverse=True)]  # fmt: skip
+
+
 def resolve(models_dir: Path, model: str) -> Path:
     """A package directory from a model name (its CURRENT version) or a package path.
 
@@ -173,5 +194,10 @@ def resolve(models_dir: Path, model: str) -> Path:
         return Path(model)
     name_dir = Path(models_dir) / model
     if not name_dir.is_dir():
-        raise PackageError(f"unknown model {model!r} (not in {models_dir}, not a package path)")
+        known = known_models(models_dir)
+        there = f"models there: {', '.join(known)}" if known else f"{models_dir} holds none yet"
+        raise PackageError(
+            f"unknown model {model!r} (not in {models_dir}, not a package path); {there}. "
+            "Set DINOSERVE_MODEL to one of them, or make one (make demo, dinoserve export)"
+        )
     return name_dir / current_version(name_dir)

@@ -4,11 +4,16 @@ handed on; a bad value fails here, at construction, not on the first request."""
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.package import known_models
 
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -151,9 +156,56 @@ class Settings(BaseSettings):
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, values: Any) -> Any:
+        # pydantic-settings ignores DINOSERVE_* variables that name no setting (nested ones
+        # silently): a misspelt DINOSERVE_API_KEYS would serve an open API. Refuse them.
+        unknown_variables(os.environ)
+        return values
+
+    @model_validator(mode="after")
+    def _default_model(self) -> Settings:
+        # DINOSERVE_MODEL not set and its default not in the registry (e.g. after `make demo`,
+        # which packages demo-tiny): serve the most recently activated model there instead.
+        if "model" not in self.model_fields_set and not (self.models_dir / self.model).is_dir():
+            known = known_models(self.models_dir)
+            if known:
+                self.model = known[0]
+        return self
+
     @field_validator("api_key", "admin_api_key")
     @classmethod
     def _empty_key_is_unset(cls, value: str | None) -> str | None:
         # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the
         # empty key (which every request would "present").
         return value or None
+
+
+def variable_names(model: type[BaseModel] = Settings, prefix: str = "DINOSERVE_") -> list[str]:
+    """Every environment variable the settings read: `x` → DINOSERVE_X, group `g` field `f` →
+    DINOSERVE_G__F."""
+    names = []
+    for name, info in model.model_fields.items():
+        var = f"{prefix}{name}".upper()
+        names.append(var)
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names.extend(variable_names(group, var + "__"))
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> None:
+    """Raise ValueError naming each DINOSERVE_* variable that is no setting, with the nearest
+    valid name."""
+    valid = variable_names()
+    wrong = sorted(
+        k for k in environ if k.upper().startswith("DINOSERVE_") and k.upper() not in valid
+    )
+    if not wrong:
+        return
+    lines = []
+    for name in wrong:
+        near = difflib.get_close_matches(name.upper(), valid, n=1, cutoff=0.6)
+        lines.append(f"{name} is not a setting" + (f"; did you mean {near[0]}?" if near else ""))
+    raise ValueError("; ".join(lines) + " (every setting: core/settings.py)")

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from core.package import PackageError
 from training.config import ConfigError
 
@@ -113,7 +115,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     serve = type(settings.serve).model_validate({**settings.serve.model_dump(), **flags})
     settings = settings.model_copy(update={"serve": serve})
-    meta = package.verify(package.resolve(settings.models_dir, settings.model))
+    package_dir = package.resolve(settings.models_dir, settings.model)
+    meta = package.verify(package_dir)
+    if settings.engine == "onnxruntime":  # fail here, not in the lifespan after "serving on"
+        package.require_variant(package_dir, meta, settings.inference.onnx_variant)
     print(f"serving {meta.name} {meta.version} on http://{serve.host}:{serve.port}")
 
     import uvicorn
@@ -186,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_import_timm)
 
     x = sub.add_parser("index", help="embed a folder, tar or manifest into Qdrant")
-    x.add_argument("source", nargs="?", default="", help="folder or tar/tar.gz of images")
+    x.add_argument(
+        "source",
+        nargs="?",
+        default="",
+        help="folder or tar/tar.gz of images (required unless --manifest)",
+    )
     x.add_argument("--collection", default=None, help="logical name (default DINOSERVE_COLLECTION)")
     x.add_argument("--labels", choices=("dirs", "none"), default="none",
                    help="dirs: label = first-level sub-folder")  # fmt: skip
@@ -217,7 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoserve import store_cli
 
     store_cli.add_parsers(sub)  # store info|export
+    from dinoserve import collections_cli
+
+    collections_cli.add_parsers(sub)  # collections list|delete
     return p
+
+
+def _validation_lines(exc: ValidationError) -> str:
+    """`DINOSERVE_SERVE__PORT=0 (serve.port): Input should be …`, one line per error."""
+    lines = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        field = ".".join(str(x) for x in e["loc"])
+        given = e.get("input")
+        loc = field
+        if exc.title == "Settings" and field:
+            loc = "DINOSERVE_" + "__".join(str(x) for x in e["loc"]).upper()
+        if loc and isinstance(given, str | int):
+            loc = f"{loc}={given}"
+        if loc != field and field:
+            loc = f"{loc} ({field})"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "\n  ".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "models_dir", "") is None:
             args.models_dir = _models_dir_default()
         return args.func(args)
+    except ValidationError as exc:  # settings (DINOSERVE_*) or a config: one line per error
+        print(f"dinoserve: error: {_validation_lines(exc)}", file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError, ValueError, PackageError) as exc:
         print(f"dinoserve: error: {exc}", file=sys.stderr)
         return 2

@@ -39,6 +39,18 @@ class Service:
         self.base = f"http://{host}:{settings.serve.port}"
         self.key = settings.admin_api_key
 
+    def _advice(self, status: int, code: str, message: str) -> str:
+        """What a command-line user does about a refusal (not the HTTP headers to send)."""
+        if status == 401:
+            return (f"the service at {self.base} needs its admin key: set "
+                    "DINOSERVE_ADMIN_API_KEY to it and run the command again")  # fmt: skip
+        if status == 403 and code == "admin_disabled":
+            return (f"the service at {self.base} has its admin routes off: restart it with "
+                    "DINOSERVE_ADMIN_API_KEY set, or stop it and use --local")  # fmt: skip
+        if status == 403:
+            return f"DINOSERVE_ADMIN_API_KEY is not the admin key of the service at {self.base}"
+        return message
+
     def call(self, method: str, path: str, **params: str) -> dict[str, Any] | None:
         """The JSON answer, or None when nothing listens there."""
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -51,10 +63,13 @@ class Service:
                 return json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read())["error"]["message"]
+                error = json.loads(exc.read())["error"]
+                code, message = error["code"], error["message"]
             except (ValueError, KeyError, TypeError):
-                message = exc.reason
-            raise CliError(f"{method} {self.base}{path}: {exc.code} {message}") from exc
+                code, message = "", exc.reason
+            raise CliError(
+                f"{method} {self.base}{path}: {exc.code} {self._advice(exc.code, code, message)}"
+            ) from exc
         except (urllib.error.URLError, ConnectionError) as exc:
             log.debug("no service at %s: %s", self.base, exc)
             return None
@@ -66,8 +81,10 @@ def open_store(settings: Settings) -> Iterator[store.Store]:
         db = store.open_store(settings)
     except store.StoreUnusable as exc:  # e.g. the embedded store is open in another process
         raise CliError(
-            f"{exc}\nA service seems to own the store but does not answer at the configured "
-            "address: run the command where DINOSERVE_SERVE__HOST/PORT reach it."
+            f"the embedded store {settings.qdrant_path} is in use by another process, and no "
+            f"service answers at {Service(settings).base}: if a `dinoserve serve` owns it, set "
+            "DINOSERVE_SERVE__HOST and DINOSERVE_SERVE__PORT to its address; else stop the "
+            "other process"
         ) from exc
     try:
         yield db
@@ -129,7 +146,16 @@ def refresh_local(settings: Settings, version: str | None) -> switchover.Refresh
 def cmd_list(args: argparse.Namespace) -> int:
     settings = Settings()
     svc = _service(args, settings)
-    info = svc.call("GET", "/admin/models") if svc is not None else None
+    try:
+        info = svc.call("GET", "/admin/models") if svc is not None else None
+    except CliError as exc:
+        if settings.admin_api_key:
+            raise
+        # Reading needs no key: versions come from the registry; only the service's
+        # collections (its store is locked) need the admin key.
+        log.warning("collections not shown: %s", str(exc).split(": ", 1)[1])
+        name_dir = versions.registry_dir(settings.models_dir, settings.model)
+        info = versions.describe(None, name_dir, versions.current_or_none(name_dir))
     if info is None:
         name_dir = versions.registry_dir(settings.models_dir, settings.model)
         current = versions.current_or_none(name_dir)

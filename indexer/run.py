@@ -13,7 +13,7 @@ from core.engines import load_engine, preprocess_batch
 from core.package import read_meta, resolve
 from core.settings import Settings
 from indexer.pipeline import Embedder, Indexer, IndexReport, Limits
-from indexer.sources import Item, list_source, parse_shard
+from indexer.sources import Item, check_items, list_source, parse_shard
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,14 @@ def run_index(
 
 
 def list_items(req: IndexRequest) -> list[Item]:
-    """The images of the request's source or manifest (SourceError when there is none)."""
-    return list_source(req.source, req.labels, Path(req.manifest) if req.manifest else None)
+    """The images of the request's source or manifest.
+
+    Raises:
+        SourceError: no source, nothing to index, or `--labels dirs` on a flat folder.
+    """
+    items = list_source(req.source, req.labels, Path(req.manifest) if req.manifest else None)
+    check_items(items, req.manifest or req.source, req.labels, req.prune)
+    return items
 
 
 def index_source(settings: Settings, req: IndexRequest, progress: bool = True) -> IndexReport:

@@ -110,6 +110,8 @@ def list_source(
     """
     if labels not in ("dirs", "none"):
         raise SourceError("labels must be 'dirs' or 'none'")
+    if not str(source) and manifest is None:  # never "." by accident: it may hold anything
+        raise SourceError("nothing to index: name a folder or tar/tar.gz, or pass --manifest")
     if manifest is not None:
         return list_manifest(Path(manifest))
     path = Path(source)
@@ -136,3 +138,26 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 def in_shard(uri: str, shard: tuple[int, int]) -> bool:
     i, n = shard
     return n == 1 or uuid.uuid5(uuid.NAMESPACE_URL, uri).int % n == i
+
+
+def check_items(items: list[Item], source: str | Path, labels: str, prune: bool = False) -> None:
+    """Refuse a listing that would index nothing, or nothing labelled when labels were asked.
+
+    Args:
+        prune: an empty source is fine when its points are to be pruned (all files gone).
+    Raises:
+        SourceError: no images (unless `prune`), or `labels="dirs"` with no sub-folders.
+    """
+    if not items:
+        if prune:
+            return
+        raise SourceError(
+            f"{source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+            "nothing was indexed"
+        )
+    if labels == "dirs" and all(it.label is None for it in items):
+        raise SourceError(
+            f"{source}: --labels dirs labels each image by its first-level sub-folder, but the "
+            f"{len(items)} images lie directly in it; put them in one folder per class, or "
+            "index without --labels dirs (or with a manifest's label column)"
+        )

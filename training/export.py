@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,25 @@ from training.onnx_export import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def quiet_root_info() -> Iterator[None]:
+    """Quiet onnxruntime's quantiser: it reports every node it leaves alone as INFO on the root
+    logger itself (`INFO root: Ignore MatMul …`, dozens per model), and its steps on its own."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno > logging.INFO
+
+    root, ours = logging.getLogger(), logging.getLogger("onnxruntime.quantization")
+    level = ours.level
+    root.addFilter(keep)
+    ours.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        ours.setLevel(level)
 
 
 def write_package(
@@ -70,9 +91,10 @@ def write_package(
         log.info("ONNX Runtime vs PyTorch, max abs difference: %s", parity)
         onnx = {"fp32": package.OnnxVariant(file=package.ONNX_FP32)}
         if quantize == "int8":
-            cos = quantize_int8(
-                stage / package.ONNX_FP32, stage / package.ONNX_INT8, batches["real"]
-            )
+            with quiet_root_info():
+                cos = quantize_int8(
+                    stage / package.ONNX_FP32, stage / package.ONNX_INT8, batches["real"]
+                )
             if cos >= INT8_MIN_COSINE:
                 onnx["int8"] = package.OnnxVariant(file=package.ONNX_INT8, min_cosine=cos)
             else:  # kept only while it stays close to fp32

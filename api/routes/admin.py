@@ -16,6 +16,7 @@ from api.auth import key_matches, presented_key
 from api.deps import RuntimeDep
 from api.errors import ApiError
 from api.index_jobs import IndexBusy
+from api.openapi import AUTH, errors
 from api.refresh import Busy
 from core.versions import VersionError
 from indexer.run import IndexRequest
@@ -39,7 +40,8 @@ def require_admin(request: Request, rt: RuntimeDep) -> None:
         raise ApiError(403, "forbidden", "wrong admin key")
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=errors(*AUTH))  # fmt: skip
 
 
 def _conflict(exc: Exception) -> ApiError:
@@ -49,7 +51,7 @@ def _conflict(exc: Exception) -> ApiError:
 
 
 @router.post("/refresh", summary="Re-embed every served collection with another model version",
-             status_code=202)  # fmt: skip
+             status_code=202, responses=errors(409, 422))  # fmt: skip
 async def start_refresh(
     rt: RuntimeDep,
     version: Annotated[str | None, Query(description="default: newest version not served")] = None,
@@ -69,7 +71,8 @@ async def refresh_status(rt: RuntimeDep) -> dict[str, Any]:
     return rt.admin.status.as_dict()
 
 
-@router.post("/rollback", summary="Serve the previous model version again")
+@router.post("/rollback", summary="Serve the previous model version again",
+             responses=errors(409))  # fmt: skip
 async def rollback(rt: RuntimeDep) -> dict[str, Any]:
     """Flips the aliases back to the previous version's collections (kept since its refresh),
     switches the engine and CURRENT. 409 when none is kept or a refresh is running."""
@@ -80,7 +83,7 @@ async def rollback(rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.post("/index", summary="Index a folder, tar or manifest on the service's machine",
-             status_code=202)  # fmt: skip
+             status_code=202, responses=errors(409, 422))  # fmt: skip
 async def start_index(
     rt: RuntimeDep,
     source: Annotated[str, Query(description="folder or tar/tar.gz on the service's machine")] = "",
@@ -110,6 +113,8 @@ async def index_status(rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.get("/models", summary="Versions of the served model and their collections")
+@router.get("/models", summary="Versions of the served model and their collections",
+            responses=errors(409))  # fmt: skip
 async def models(rt: RuntimeDep) -> dict[str, Any]:
     try:
         return await rt.admin.describe()
@@ -117,7 +122,8 @@ async def models(rt: RuntimeDep) -> dict[str, Any]:
         raise _conflict(exc) from exc
 
 
-@router.post("/gc", summary="Delete old model versions and their collections")
+@router.post("/gc", summary="Delete old model versions and their collections",
+             responses=errors(409))  # fmt: skip
 async def gc(rt: RuntimeDep) -> dict[str, Any]:
     """Keeps DINOSERVE_REFRESH__KEEP_VERSIONS up to the served one (never it or the previous
     one) and every newer version."""

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, ServingDep
+from api.openapi import AUTH, UPLOAD, errors
 from api.params import AttentionParams
 from api.render import render_attention
 from api.uploads import body_doc, merge_params, read_upload, single
@@ -22,8 +23,11 @@ router = APIRouter(tags=["attention"])
 @router.post(
     "/attention",
     summary="Self-attention maps of an image",
-    responses={200: {"content": {"application/json": {}, "image/png": {}}}},
-    openapi_extra=body_doc(many=False),
+    responses={
+        200: {"content": {"application/json": {}, "image/png": {}}},
+        **errors(*AUTH, *UPLOAD, 503),
+    },
+    openapi_extra=body_doc(AttentionParams),
 )
 async def attention(
     request: Request, rt: RuntimeDep, sv: ServingDep, query: Annotated[AttentionParams, Query()]

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
 from api.knn import knn_vote
+from api.openapi import AUTH, UPLOAD, errors
 from api.params import ClassifyParams
 from api.uploads import body_doc, merge_params, read_upload, single
 
@@ -37,7 +38,8 @@ class ClassifyResponse(BaseModel):
     "/classify",
     summary="Classify an image by its labelled neighbours",
     response_model=ClassifyResponse,
-    openapi_extra=body_doc(many=False),
+    responses=errors(*AUTH, 404, 409, *UPLOAD, 503),
+    openapi_extra=body_doc(ClassifyParams),
 )
 async def classify(
     request: Request,

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.deps import RuntimeDep, ServingDep
+from api.openapi import AUTH, UPLOAD, errors
 from api.params import EmbedParams
 from api.uploads import body_doc, merge_params, read_upload
 
@@ -25,8 +26,8 @@ class EmbedResponse(BaseModel):
 @router.post(
     "/embed",
     summary="Embed images",
-    responses={200: {"model": EmbedResponse}},
-    openapi_extra=body_doc(many=True),
+    responses={200: {"model": EmbedResponse}, **errors(*AUTH, *UPLOAD, 503)},
+    openapi_extra=body_doc(EmbedParams, many=True),
 )
 async def embed(
     request: Request, rt: RuntimeDep, sv: ServingDep, query: Annotated[EmbedParams, Query()]

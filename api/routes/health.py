@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import MetaDep, MetricsDep, RuntimeDep
 from api.errors import error_response
+from api.openapi import AUTH, ErrorBody, errors
 from core.store import StoreError
 
 router = APIRouter(tags=["operations"])
@@ -23,7 +24,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness",
-    responses={503: {"description": "model not loaded or Qdrant unreachable"}},
+    responses={503: {"model": ErrorBody, "description": "model not loaded or Qdrant unreachable"}},
 )
 async def readyz(request: Request) -> Any:
     """200 when the model is loaded and Qdrant answers; 503 (with Retry-After) otherwise."""
@@ -38,12 +39,17 @@ async def readyz(request: Request) -> Any:
     return {"status": "ready", "model_version": rt.meta.version, "qdrant": "ok"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}, **errors(*AUTH)},
+)
 async def metrics(m: MetricsDep) -> Response:
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/model", summary="The served model package (model.json)")
+@router.get("/model", summary="The served model package (model.json)", responses=errors(*AUTH, 503))
 async def model(rt: RuntimeDep, meta: MetaDep) -> dict[str, Any]:
     """model.json of the served package, with the engine that runs it."""
     return {**meta.model_dump(mode="json"), "engine": rt.settings.engine}

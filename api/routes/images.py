@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, StoreDep
 from api.errors import ApiError
+from api.openapi import AUTH, errors
 from api.params import ImageParams
 from core.images import ImageRejected, decode_image
 from core.uris import reader
@@ -41,7 +42,11 @@ def thumbnail(uri: str, max_pixels: int, side: int) -> bytes:
 @router.get(
     "/images/{image_id}",
     summary="Thumbnail of an indexed image",
-    responses={200: {"content": {"image/jpeg": {}}}, 304: {"description": "not modified"}},
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        304: {"description": "not modified"},
+        **errors(*AUTH, 404, 422, 503),
+    },
     response_class=Response,
 )
 async def image(

@@ -3,6 +3,8 @@ similar indexed images."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -10,6 +12,7 @@ from pydantic import BaseModel
 
 from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
+from api.openapi import AUTH, UPLOAD, errors
 from api.params import SearchByIdParams, SearchParams
 from api.uploads import body_doc, merge_params, read_upload, single
 from api.vectors import query_id
@@ -31,6 +34,22 @@ class SearchResponse(BaseModel):
     model_version: str  # of the query vector and the collection
 
 
+def _absolute(image: str) -> str | None:
+    """A relative file path made absolute against the service's working directory, as the
+    indexer stores it (`var/data/x.png` → `/srv/var/data/x.png`); None for anything else."""
+    if "://" in image or "\x00" in image or Path(image).is_absolute():
+        return None
+    try:
+        uuid.UUID(image)
+        return None
+    except ValueError:
+        pass
+    try:
+        return str(Path(image).resolve())
+    except (OSError, RuntimeError):  # too long, a symlink loop: not an indexed path either
+        return None
+
+
 def _response(hits: list, name: str, physical: str, version: str) -> SearchResponse:
     return SearchResponse(
         results=[Result(**h.as_dict()) for h in hits],
@@ -40,7 +59,12 @@ def _response(hits: list, name: str, physical: str, version: str) -> SearchRespo
     )
 
 
-@router.get("/search", summary="Images similar to an indexed image", response_model=SearchResponse)
+@router.get(
+    "/search",
+    summary="Images similar to an indexed image",
+    response_model=SearchResponse,
+    responses=errors(*AUTH, 404, 409, 422, 503),
+)
 async def search_indexed(
     rt: RuntimeDep,
     sv: ServingDep,
@@ -53,6 +77,9 @@ async def search_indexed(
     physical = await vectors.physical(name, sv.version)
     pid = query_id(params.image)
     point = await vectors.point(physical, pid, with_vector=True)
+    if point is None and (absolute := _absolute(params.image)) is not None:
+        pid = query_id(absolute)
+        point = await vectors.point(physical, pid, with_vector=True)
     if point is None or point.vector is None:
         raise ApiError(404, "unknown_image", f"no indexed image {params.image!r} in the collection")
     vector = point.vector if isinstance(point.vector, list) else None
@@ -66,7 +93,8 @@ async def search_indexed(
     "/search",
     summary="Images similar to an uploaded image",
     response_model=SearchResponse,
-    openapi_extra=body_doc(many=False),
+    responses=errors(*AUTH, 404, 409, *UPLOAD, 503),
+    openapi_extra=body_doc(SearchParams),
 )
 async def search_upload(
     request: Request,

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { file: null };
+const state = { file: null, keyPrompt: null };
+// The vote's parameters, sent with every /classify so that the page can say what it shows.
+const K = 20, TEMPERATURE = 0.07;
 
 function showError(message) {
   const box = $("#error");
@@ -14,19 +16,38 @@ function showError(message) {
 // With DINOSERVE_API_KEY set, the API answers 401/403: ask for the key once and keep it in a
 // SameSite=Strict cookie, which fetch() and <img src="/images/…"> then send (and other sites'
 // pages do not). The probes and this page itself are served without a key.
-function askForKey(status) {
-  const key = window.prompt(status === 401 ? "This service needs an API key:" : "Wrong API key; try again:");
-  if (!key) return false;
+function setKey(key) {
   const secure = location.protocol === "https:" ? "; Secure" : "";
-  document.cookie = `dinoserve_key=${encodeURIComponent(key)}; path=/; SameSite=Strict${secure}`;
-  return true;
+  const life = key ? "" : "; max-age=0";  // no key: forget the stored one
+  document.cookie = `dinoserve_key=${encodeURIComponent(key)}; path=/; SameSite=Strict${life}${secure}`;
+}
+
+// One prompt at a time: the requests of one image (classify, search, attention) that all
+// answer 401 share it instead of asking three times. Resolves to whether a key was entered.
+function askForKey(status) {
+  if (!state.keyPrompt) {
+    state.keyPrompt = new Promise((resolve) => {
+      const key = window.prompt(status === 401 ? "This service needs an API key:" : "Wrong API key; try again:");
+      if (key) setKey(key.trim());
+      resolve(Boolean(key && key.trim()));
+    }).finally(() => setTimeout(() => { state.keyPrompt = null; }, 0));
+  }
+  return state.keyPrompt;
 }
 
 async function call(path, options = {}, retried = false) {
   const res = await fetch(path, options);
-  if ((res.status === 401 || res.status === 403) && !path.startsWith("/admin") && !retried
-      && askForKey(res.status)) {
-    return call(path, options, true);
+  const refused = res.status === 401 || res.status === 403;
+  if (refused && !path.startsWith("/admin")) {
+    if (!retried && await askForKey(res.status)) {
+      const again = await call(path, options, true);
+      if (path !== "/model") header();  // the key works: the header may show the model now
+      return again;
+    }
+    if (retried) setKey("");  // a wrong key is not kept: the next call asks again
+    throw new Error(res.status === 401 || !retried
+      ? "This service needs an API key: reload the page or choose an image to enter it."
+      : "Wrong API key: it was not kept; choose an image again to enter another.");
   }
   if (!res.ok) {
     let message = `${res.status} ${res.statusText}`;
@@ -61,16 +82,27 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function card(hit) {
-  const img = el("img", { src: `/images/${encodeURIComponent(hit.id)}`, alt: hit.label || "image", loading: "lazy" });
-  const cap = el("div", { class: "cap" }, el("b", {}, hit.label ?? "—"), hit.score.toFixed(3));
+// A thumbnail of an indexed image of `collection` (the one the answer came from), captioned
+// with its label and `value` (a similarity, or a voter's weight).
+function card(hit, collection, value) {
+  const src = `/images/${encodeURIComponent(hit.id)}?${new URLSearchParams({ collection })}`;
+  const img = el("img", { src, alt: hit.label || "image", loading: "lazy" });
+  const cap = el("div", { class: "cap" }, el("b", {}, hit.label ?? "—"), value);
   return el("div", { class: "card", "data-id": hit.id, title: hit.uri || "" }, img, cap);
+}
+
+// Each neighbour's share of the vote: exp(similarity / T), normalised over the k voters.
+function weights(neighbors, temperature) {
+  const w = neighbors.map((n) => Math.exp((n.score - neighbors[0].score) / temperature));
+  const total = w.reduce((a, b) => a + b, 0);
+  return w.map((x) => x / total);
 }
 
 async function classify() {
   const out = $("#prediction");
   try {
-    const res = await call(`/classify?${params()}`, { method: "POST", body: form() });
+    const res = await call(`/classify?${params({ k: K, temperature: TEMPERATURE })}`,
+      { method: "POST", body: form() });
     const body = await res.json();
     const bars = el("div", { class: "bars" });
     Object.entries(body.scores).sort((a, b) => b[1] - a[1]).slice(0, 5).forEach(([name, p]) => {
@@ -84,10 +116,13 @@ async function classify() {
         el("span", { class: "conf" }, `${(body.confidence * 100).toFixed(1)}% confidence`)),
       bars,
     );
-    $("#neighbors").replaceChildren(...body.neighbors.slice(0, 8).map(card));
+    const share = weights(body.neighbors, TEMPERATURE);
+    $("#voters-note").textContent = `k = ${K}: the ${body.neighbors.length} nearest labelled `
+      + `images voted, each weighted exp(similarity / ${TEMPERATURE}); shown with its share.`;
+    $("#neighbors").replaceChildren(...body.neighbors.map(
+      (n, i) => card(n, body.collection, `${(share[i] * 100).toFixed(1)}%`)));
   } catch (err) {
-    out.replaceChildren(el("div", { class: "empty" }, `No prediction: ${err.message}`));
-    $("#neighbors").replaceChildren();
+    out.replaceChildren(el("div", { class: "empty" }, "No prediction."));
     throw err;
   }
 }
@@ -96,7 +131,7 @@ async function search() {
   const res = await call(`/search?${params({ k: 12 })}`, { method: "POST", body: form() });
   const body = await res.json();
   const grid = $("#similar");
-  grid.replaceChildren(...body.results.map(card));
+  grid.replaceChildren(...body.results.map((h) => card(h, body.collection, h.score.toFixed(3))));
   if (!body.results.length) grid.replaceChildren(el("div", { class: "empty" }, "No similar images."));
 }
 
@@ -108,24 +143,43 @@ async function attention() {
   $("#attention").replaceChildren(el("img", { src: url, alt: "attention maps", id: "attention-img" }));
 }
 
+// Forget the previous image's answers: after an error nothing of another image stays shown.
+function clearResults() {
+  $("#prediction").replaceChildren(el("div", { class: "empty" }, "…"));
+  $("#voters-note").textContent = "";
+  $("#neighbors").replaceChildren();
+  $("#similar").replaceChildren(el("div", { class: "empty" }, "…"));
+  $("#attention").replaceChildren(el("div", { class: "empty" }, "…"));
+}
+
 async function analyse(file) {
   state.file = file;
   showError("");
+  clearResults();
   const preview = $("#preview");
+  preview.hidden = true;
+  preview.onload = () => { preview.hidden = false; };
+  preview.onerror = () => { preview.hidden = true; };  // not an image the browser shows
   preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
   document.body.classList.add("busy");
   const results = await Promise.allSettled([classify(), search(), attention()]);
   document.body.classList.remove("busy");
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
-  if (failed.length) showError([...new Set(failed)].join(" · "));
+  if (failed.length) {
+    showError([...new Set(failed)].join(" · "));  // the one place an error is told
+    if (results[1].status === "rejected") $("#similar").replaceChildren(el("div", { class: "empty" }, "Nothing to show."));
+    if (results[2].status === "rejected") $("#attention").replaceChildren(el("div", { class: "empty" }, "Nothing to show."));
+  }
 }
 
 async function header() {
   try {
     const meta = await (await call("/model")).json();
     $("#model").textContent = `${meta.name} · ${meta.version} · ${meta.embed_dim}-d`;
-  } catch (err) { $("#model").textContent = "no model"; }
+  } catch (err) {
+    $("#model").textContent = "model unknown";
+    showError(err.message);
+  }
   try {
     await call("/readyz");
     $("#ready").className = "dot ok"; $("#ready").title = "ready";
@@ -135,7 +189,11 @@ async function header() {
 function wire() {
   const drop = $("#drop"), input = $("#file");
   drop.addEventListener("click", () => input.click());
-  input.addEventListener("change", () => input.files[0] && analyse(input.files[0]));
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    input.value = "";  // choosing the same file again (e.g. after entering the key) reruns it
+    if (file) analyse(file);
+  });
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
   drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) analyse(f); });

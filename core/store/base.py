@@ -26,6 +26,7 @@ from core.store.layout import (
     Point,
     StoreError,
     UnknownCollection,
+    check_name,
     physical_name,
     version_of,
 )
@@ -171,16 +172,14 @@ class Store(ABC):
         """Alias → physical name; a physical name passes through.
 
         Raises:
-            UnknownCollection: neither exists (the message lists the collections there are).
+            UnknownCollection: neither exists.
         """
         target = self.resolve_alias(name)
         if target is not None:
             return target
         if self.exists(name):
             return name
-        names = sorted(self.aliases())
-        known = f"; collections: {', '.join(names)}" if names else "; there are no collections"
-        raise UnknownCollection(f"no collection named {name!r}{known}")
+        raise UnknownCollection(f"no collection named {name!r}")
 
     def ensure_collection(self, name: str, model_version: str, dim: int) -> str:
         """Create `<name>__<version>` if missing (cosine, `dim`, label index); return its name.
@@ -224,6 +223,33 @@ class Store(ABC):
         for name in dropped:
             self.call(lambda n=name: self._drop(n))
         return dropped
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every physical collection: its logical name, the alias pointing at it (None for a
+        version kept for rollback), its model version and its point count."""
+        by_physical = {p: a for a, p in self.aliases().items()}
+        rows = []
+        for physical in self.collections():
+            logical, _, version = physical.partition(SEP)
+            rows.append({"name": logical, "alias": by_physical.get(physical),
+                         "physical": physical, "model_version": version or None,
+                         "points": self.count(physical)})  # fmt: skip
+        return rows
+
+    def delete_logical(self, name: str) -> list[str]:
+        """Delete the alias `name` and every physical collection of it (`name__<version>`, old
+        versions included); returns the physical names deleted.
+
+        Raises:
+            UnknownCollection: no alias and no physical collection of that name.
+        """
+        check_name(name)
+        physical = [p for p in self.collections() if p.partition(SEP)[0] == name]
+        if self.resolve_alias(name) is not None:
+            self.drop_alias(name)
+        elif not physical:
+            raise UnknownCollection(f"no collection named {name!r}")
+        return self.delete_collections(physical)
 
     def collections_of_version(self, version: str) -> dict[str, str]:
         """The aliases that point to `<alias>__<version>`: the collections a version serves."""

@@ -30,22 +30,36 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(make_settings):
-    """A real uvicorn server on loopback, in a thread, stopped after the test."""
-    port = _free_port()
-    config = uvicorn.Config(create_app(make_settings()), host="127.0.0.1", port=port,
-                            log_level="warning")  # fmt: skip
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+def start_server(make_settings):
+    """Start real uvicorn servers on loopback (settings overrides), in threads, stopped after
+    the test; returns each one's base URL."""
+    running = []
+
+    def start(**overrides) -> str:
+        port = _free_port()
+        config = uvicorn.Config(create_app(make_settings(**overrides)), host="127.0.0.1",
+                                port=port, log_level="warning")  # fmt: skip
+        srv = uvicorn.Server(config)
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        running.append((srv, thread))
+        deadline = time.monotonic() + 60
+        while not srv.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for srv, thread in running:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(start_server):
+    """A real uvicorn server on the indexed store (default collection `shapes`)."""
+    return start_server()
 
 
 @pytest.fixture
@@ -65,10 +79,18 @@ def browser(tmp_path):
                  f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.set_capability("unhandledPromptBehavior", "ignore")  # the key prompt is tested
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+
+
+def _screenshot(driver, tmp_path: Path, name: str) -> None:
+    """Into PAGE_SCREENSHOTS (a folder) when set, to look at; else the test's tmp folder."""
+    folder = Path(os.environ.get("PAGE_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(folder / name))
 
 
 def _image_loaded(driver, element) -> bool:
@@ -97,12 +119,20 @@ def test_page_classifies_searches_and_shows_attention(server, browser, synthetic
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar .card img")) == 12)
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#similar .card img")
     wait.until(lambda d: all(_image_loaded(d, t) for t in thumbs))
-    neighbours = browser.find_elements(By.CSS_SELECTOR, "#neighbors .card")
-    assert neighbours, "the neighbours of the prediction are shown"
+    # The voters shown are the k voters, with their shares of the vote, which elect the label.
+    voters = browser.find_elements(By.CSS_SELECTOR, "#neighbors .card")
+    assert len(voters) == 20
+    assert "k = 20" in browser.find_element(By.ID, "voters-note").text
+    votes: dict[str, float] = {}
+    for v in voters:
+        name, share = v.find_element(By.CSS_SELECTOR, ".cap").text.split("\n")
+        votes[name] = votes.get(name, 0.0) + float(share.rstrip("%"))
+    assert sum(votes.values()) == pytest.approx(100, abs=1)
+    assert max(votes, key=votes.get) == label.text.strip()
     attention = wait.until(ec.presence_of_element_located((By.ID, "attention-img")))
     wait.until(lambda d: _image_loaded(d, attention))
     assert not browser.find_element(By.ID, "error").is_displayed()
-    browser.save_screenshot(os.environ.get("DINOSERVE_SCREENSHOT", str(tmp_path / "page.png")))
+    _screenshot(browser, tmp_path, "page.png")
 
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
@@ -124,3 +154,106 @@ def test_page_shows_errors_from_the_api(server, browser, tmp_path):
         )
     )
     assert "image" in box.text.lower()
+
+
+def _choose(browser, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "file").send_keys(str(path))
+
+
+def _error_text(browser, wait) -> str:
+    from selenium.webdriver.common.by import By
+
+    box = wait.until(lambda d: d.find_element(By.ID, "error") if
+                     d.find_element(By.ID, "error").is_displayed() else None)  # fmt: skip
+    return box.text
+
+
+def test_an_error_leaves_nothing_of_the_previous_image(server, browser, synthetic_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/")
+    _choose(browser, sorted((synthetic_dir / "star").glob("*.png"))[0])
+    wait.until(lambda d: d.find_elements(By.ID, "attention-img"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar .card")) == 12)
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is text, not an image")
+    _choose(browser, not_an_image)
+    text = _error_text(browser, wait)
+    assert text.count("not a readable image") == 1 and "BytesIO" not in text
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#similar .card"))
+    assert not browser.find_elements(By.ID, "attention-img")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#neighbors .card")
+    assert not browser.find_elements(By.ID, "predicted-label")
+    assert not browser.find_element(By.ID, "preview").is_displayed()  # no broken-image icon
+    assert browser.page_source.count("not a readable image") == 1  # told once
+    _screenshot(browser, tmp_path, "error-after-image.png")
+
+
+def test_thumbnails_of_another_collection_load(start_server, browser, synthetic_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    base = start_server(collection="nolabels")  # the default is not the one searched
+    browser.get(base + "/")
+    browser.find_element(By.ID, "collection").send_keys("shapes")
+    _choose(browser, sorted((synthetic_dir / "star").glob("*.png"))[0])
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar .card img")) == 12)
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#similar .card img")
+    thumbs += browser.find_elements(By.CSS_SELECTOR, "#neighbors .card img")
+    wait.until(lambda d: all(d.execute_script("return arguments[0].complete", t) for t in thumbs))
+    broken = [t.get_attribute("src") for t in thumbs if not _image_loaded(browser, t)]
+    assert not broken, broken
+    _screenshot(browser, tmp_path, "other-collection.png")
+
+
+def test_api_key_prompts_once_forgets_a_wrong_key_and_recovers(
+    start_server, browser, synthetic_dir, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    base = start_server(api_key="page-key")
+    browser.get(base + "/")
+    wait.until(ec.alert_is_present()).dismiss()  # the header's /model: cancelled
+    assert "needs an API key" in _error_text(browser, wait)
+    assert browser.find_element(By.ID, "model").text != "no model"
+    _screenshot(browser, tmp_path, "key-cancelled.png")
+
+    image = sorted((synthetic_dir / "star").glob("*.png"))[0]
+    _choose(browser, image)
+    prompt = wait.until(ec.alert_is_present())
+    prompt.send_keys("wrong-key")
+    prompt.accept()
+    wait.until(lambda d: "Wrong API key" in d.find_element(By.ID, "error").text)
+    time.sleep(1)
+    assert not ec.alert_is_present()(browser), "asked once for the three requests"
+    assert "dinoserve_key" not in browser.execute_script("return document.cookie")
+
+    _choose(browser, image)
+    prompt = wait.until(ec.alert_is_present())
+    prompt.send_keys("page-key")
+    prompt.accept()
+    wait.until(lambda d: d.find_elements(By.ID, "predicted-label"))
+    wait.until(lambda d: "-d" in d.find_element(By.ID, "model").text)  # the header recovers
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    _screenshot(browser, tmp_path, "key-entered.png")
+
+
+def test_api_docs_render_offline(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 5
+    )
+    assert "/classify" in browser.page_source
+    _screenshot(browser, tmp_path, "docs.png")

@@ -49,13 +49,18 @@ def test_wrong_content_types(client):
 def test_bad_images(client, png_bytes):
     good = png_bytes(0)
     _error(client.post("/embed", files={"images": ("a.png", b"")}), 422, "empty_image")
-    _error(client.post("/embed", files={"images": ("a.png", b"not an image")}), 422,
-           "invalid_image")  # fmt: skip
+    err = _error(client.post("/embed", files={"images": ("a.png", b"not an image")}), 422,
+                 "invalid_image")  # fmt: skip
+    assert "BytesIO" not in err["message"] and " at 0x" not in err["message"]
+    assert err["message"].startswith("not a readable image")
     _error(client.post("/classify", files={"image": ("a.png", good[: len(good) // 3])}), 422,
            "invalid_image")  # fmt: skip
     files = [("images", ("a.png", good)), ("images", ("b.png", b"junk"))]
     err = _error(client.post("/embed", files=files), 422, "invalid_image")
-    assert err["message"].startswith("image 1:")
+    assert err["message"].startswith("b.png: not a readable image")  # the file, by its name
+    b64 = base64.b64encode(good).decode()
+    err = _error(client.post("/embed", json={"images": [b64, "anVuaw=="]}), 422, "invalid_image")
+    assert err["message"].startswith("images[1]: ")
     two = [("image", ("a.png", good)), ("image", ("b.png", good))]
     _error(client.post("/classify", files=two), 422, "one_image")
 
@@ -64,20 +69,28 @@ def test_size_limits(make_client, png_bytes):
     c = make_client(max_upload_bytes=20_000, max_pixels=250_000, max_batch_images=2)
     big = b"\x00" * 40_000
     # The declared length is checked before anything is read…
-    _error(c.post("/embed", files={"images": ("a.png", big)}), 413, "upload_too_large")
+    err = _error(c.post("/embed", files={"images": ("a.png", big)}), 413, "upload_too_large")
+    per_request = "over the limit of 20000 bytes of images per request (DINOSERVE_MAX_UPLOAD_BYTES)"
+    assert per_request in err["message"]
     # …and the bytes actually received when there is no length (chunked).
     r = c.post("/embed", content=iter([b"x" * 30_000] * 5),
                headers={"content-type": "multipart/form-data; boundary=x"})  # fmt: skip
-    _error(r, 413, "upload_too_large")
+    assert per_request in _error(r, 413, "upload_too_large")["message"]
     # base64 may be 4/3 larger on the wire, but the image bytes still count.
     b64 = base64.b64encode(b"\x00" * 19_000).decode()
-    _error(c.post("/embed", json={"images": [b64, b64]}), 413, "upload_too_large")
+    err = _error(c.post("/embed", json={"images": [b64, b64]}), 413, "upload_too_large")
+    assert (
+        err["message"] == f"38000 bytes of images is {per_request}; send fewer or smaller "
+        "images per request"
+    )
     files = [("images", ("a.png", png_bytes(i))) for i in range(3)]
-    _error(c.post("/embed", files=files), 413, "too_many_images")
+    err = _error(c.post("/embed", files=files), 413, "too_many_images")
+    assert "2 images per request (DINOSERVE_MAX_BATCH_IMAGES)" in err["message"]
     # A decompression bomb: a tiny file of 1000×1000 pixels, refused from its header.
     bomb = _png((1000, 1000))
     assert len(bomb) < 20_000
-    _error(c.post("/embed", files={"images": ("a.png", bomb)}), 413, "image_too_large")
+    err = _error(c.post("/embed", files={"images": ("a.png", bomb)}), 413, "image_too_large")
+    assert "250000 pixels per image (DINOSERVE_MAX_PIXELS)" in err["message"]
     assert c.post("/embed", files={"images": ("a.png", _png((400, 400)))}).status_code == 200
 
 

@@ -1,3 +1,4 @@
+import re
 import uuid
 
 from fastapi.testclient import TestClient
@@ -50,7 +51,15 @@ def test_not_ready_without_qdrant(make_client):
 
 
 def test_docs_openapi_and_page(client):
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Every asset of the docs page comes from the service itself: it works offline.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+    for asset in assets:
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 1000, asset
+    assert "https://" not in docs.text
     spec = client.get("/openapi.json").json()
     assert {"/embed", "/classify", "/search", "/attention", "/images/{image_id}"} <= set(
         spec["paths"]

@@ -49,3 +49,23 @@ def test_search_errors(client, synthetic_dir):
     assert unknown.status_code == 404
     stale = client.get(f"/search?image={_uri(synthetic_dir)}&collection=stale")
     assert stale.status_code == 409 and stale.json()["error"]["code"] == "model_version_mismatch"
+
+
+def test_get_by_a_path_relative_to_the_working_directory(client, synthetic_dir, monkeypatch):
+    uri = _uri(synthetic_dir, 7)
+    monkeypatch.chdir(synthetic_dir.parent)  # the service's working directory
+    relative = str(sorted(synthetic_dir.rglob("*.png"))[7].relative_to(synthetic_dir.parent))
+    r = client.get("/search", params={"image": relative, "k": 4})
+    assert r.status_code == 200, r.text
+    by_uri = client.get("/search", params={"image": uri, "k": 4}).json()["results"]
+    assert [x["id"] for x in r.json()["results"]] == [x["id"] for x in by_uri]
+    gone = client.get("/search", params={"image": "not/indexed.png"})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_image"
+
+
+def test_unknown_collection_lists_the_existing_ones(client):
+    r = client.get("/search", params={"image": "x", "collection": "typo"})
+    assert r.status_code == 404
+    assert r.json()["error"]["message"] == (
+        "no collection named 'typo'; collections: nolabels, shapes, stale"
+    )

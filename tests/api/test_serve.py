@@ -15,11 +15,11 @@ from dinoserve.cli import main
 def test_bad_settings_or_missing_model_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DINOSERVE_SERVE__PORT", "70000")
     assert main(["serve"]) == 2
-    assert "port" in capsys.readouterr().err
+    assert "DINOSERVE_SERVE__PORT=70000 (serve.port): Input should be" in capsys.readouterr().err
     monkeypatch.delenv("DINOSERVE_SERVE__PORT")
     monkeypatch.setenv("DINOSERVE_MAX_PIXELS", "lots")
     assert main(["serve"]) == 2
-    assert "max_pixels" in capsys.readouterr().err
+    assert "DINOSERVE_MAX_PIXELS=lots (max_pixels)" in capsys.readouterr().err
     monkeypatch.delenv("DINOSERVE_MAX_PIXELS")
     assert main(["serve", "--port", "0"]) == 2
     assert "port" in capsys.readouterr().err

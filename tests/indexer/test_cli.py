@@ -31,4 +31,34 @@ def test_index_command_errors_are_clear(tmp_path, monkeypatch, capsys):
     assert "shard" in capsys.readouterr().err
     monkeypatch.setenv("DINOSERVE_INDEXER__BATCH", "0")
     assert main(["index", str(tmp_path)]) == 2
-    assert "batch" in capsys.readouterr().err
+    assert "DINOSERVE_INDEXER__BATCH=0 (indexer.batch)" in capsys.readouterr().err
+
+
+def test_index_needs_a_source_and_never_indexes_the_working_directory(tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "stray.png")  # would be indexed from "."
+    monkeypatch.setenv("DINOSERVE_QDRANT_PATH", str(tmp_path / "qdrant"))
+    assert main(["index", "--collection", "mine"]) == 2
+    assert "name a folder or tar/tar.gz, or pass --manifest" in capsys.readouterr().err
+    assert not (tmp_path / "qdrant").exists()
+
+
+def test_index_reports_an_empty_folder_and_dirs_labels_on_a_flat_one(tmp_path, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    from PIL import Image
+
+    monkeypatch.setenv("DINOSERVE_QDRANT_PATH", str(tmp_path / "qdrant"))
+    (tmp_path / "empty").mkdir()
+    assert main(["index", str(tmp_path / "empty")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(flat / f"{i}.png")
+    assert main(["index", str(flat), "--labels", "dirs"]) == 2
+    err = capsys.readouterr().err
+    assert "--labels dirs" in err and "3 images lie directly in it" in err
+    assert not (tmp_path / "qdrant").exists()  # refused before the store was touched

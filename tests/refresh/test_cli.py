@@ -3,6 +3,7 @@ through a running service's admin API."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from core.package import current_version
@@ -57,7 +58,11 @@ def test_through_the_service(cli_env, start_server, monkeypatch, capsys):
     base = start_server(env.settings(admin_api_key=ADMIN_KEY))
     monkeypatch.setenv("DINOSERVE_SERVE__PORT", base.rsplit(":", 1)[1])
     assert main(["refresh"]) == 2  # the service wants the admin key
-    assert "401" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "401" in err and f"the service at {base} needs its admin key" in err
+    assert "set DINOSERVE_ADMIN_API_KEY" in err and "Bearer" not in err
+    assert main(["models", "list"]) == 0  # reading needs no key (collections left out)
+    assert f"*> {env.v1}" in capsys.readouterr().out
     monkeypatch.setenv("DINOSERVE_ADMIN_API_KEY", ADMIN_KEY)
 
     assert main(["refresh", "--poll-s", "0.1"]) == 0
@@ -78,3 +83,16 @@ def test_export_without_activating(cli_env, micro_run, capsys):
     assert f"(CURRENT → {env.v1})" in capsys.readouterr().out  # --name: DINOSERVE_MODEL
     assert current_version(env.name_dir) == env.v1
     assert len([p for p in env.name_dir.iterdir() if p.is_dir()]) == 3
+
+
+def test_a_held_store_without_a_service_names_the_address_tried(cli_env, monkeypatch, capsys):
+    env = cli_env
+    holder = edge_store(env.qdrant_path)  # a service on another address
+    try:
+        assert main(["models", "rollback"]) == 2
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    port = os.environ["DINOSERVE_SERVE__PORT"]
+    assert f"no service answers at http://127.0.0.1:{port}" in err
+    assert "DINOSERVE_SERVE__HOST and DINOSERVE_SERVE__PORT" in err

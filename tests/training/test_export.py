@@ -130,3 +130,22 @@ def test_package_carries_a_model_card_and_attention_picture(micro_package):
     with Image.open(micro_package / "attention.png") as pic:
         heads = read_meta(micro_package).num_heads
         assert pic.size == (128 * (heads + 2), 128 * 3)
+
+
+def test_int8_export_keeps_the_quantiser_quiet(micro_package, tmp_path, caplog):
+    import logging
+
+    from training.export import quiet_root_info
+    from training.onnx_export import quantize_int8
+
+    meta = package.read_meta(micro_package)
+    real = check_images(meta.img_size, meta.mean, meta.std, meta.crop_pct)["real"]
+    with caplog.at_level(logging.INFO):
+        quantize_int8(micro_package / package.ONNX_FP32, tmp_path / "loud.onnx", real)
+    loud = [r for r in caplog.records if r.name == "root" and r.levelno == logging.INFO]
+    assert loud, "the quantiser logs on the root logger (else this test checks nothing)"
+    caplog.clear()
+    with caplog.at_level(logging.INFO), quiet_root_info():
+        quantize_int8(micro_package / package.ONNX_FP32, tmp_path / "quiet.onnx", real)
+        logging.getLogger("training.export").info("ours stays")
+    assert [r.getMessage() for r in caplog.records] == ["ours stays"]
