@@ -112,7 +112,6 @@ async def index_status(rt: RuntimeDep) -> dict[str, Any]:
     return rt.indexing.status.as_dict()
 
 
-@router.get("/models", summary="Versions of the served model and their collections")
 @router.get("/models", summary="Versions of the served model and their collections",
             responses=errors(409))  # fmt: skip
 async def models(rt: RuntimeDep) -> dict[str, Any]:
