@@ -24,7 +24,15 @@ class InferenceSettings(BaseModel):
     # Which ONNX file: fp32, or int8 (the quantised CPU variant, when the package has one).
     onnx_variant: Literal["fp32", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # torch engine
-    torch_compile: bool = False  # torch engine on CUDA
+    # The torch engine (DINOSERVE_ENGINE=torch): CUDA in `cuda_dtype` (autocast), else CPU fp32.
+    torch_compile: bool = False  # torch.compile, one graph per bucket, warmed at start-up
+    cuda_graphs: bool = False  # with torch_compile on CUDA: mode "reduce-overhead" (CUDA graphs)
+    cuda_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Batch sizes a batch is padded up to (larger batches are split), so a compiled engine sees
+    # only these shapes. pad_to_buckets: None = when compiled.
+    buckets: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    pad_to_buckets: bool | None = None
+    warmup: bool = True  # run every bucket once at start-up (compiled or CUDA) before serving
 
     @field_validator("providers")
     @classmethod
@@ -32,6 +40,13 @@ class InferenceSettings(BaseModel):
         unknown = [p for p in value if not p.endswith("ExecutionProvider")]
         if unknown or not value:
             raise ValueError(f"providers must be ONNX Runtime provider names, got {value}")
+        return value
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing_buckets(cls, value: list[int]) -> list[int]:
+        if not value or any(b < 1 or b > 4096 for b in value) or value != sorted(set(value)):
+            raise ValueError(f"buckets must be increasing batch sizes in 1..4096, got {value}")
         return value
 
 
