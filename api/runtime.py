@@ -62,6 +62,12 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         settings: the service settings, validated.
         metrics: the app's metrics (model info and batch metrics are registered here).
     """
+    if settings.serve.engine_socket:  # an HTTP worker of DINOSERVE_SERVE__WORKERS > 1
+        from api.engine_client import worker_lifespan
+
+        async with worker_lifespan(settings, metrics) as state:
+            yield state
+        return
     package_dir = package.resolve(settings.models_dir, settings.model)
     engine = await run_in_threadpool(load_engine, package_dir, settings.engine, settings.inference)
     meta = package.read_meta(package_dir)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -95,6 +95,12 @@ class ServeSettings(BaseModel):
     # 5 s of it in preStop).
     graceful_shutdown_s: int = Field(20, ge=0, le=3600)
     access_log: bool = True  # one log line per request (uvicorn's access log)
+    # HTTP worker processes. >1: one engine process owns the model, the micro-batcher and the
+    # embedded store, and the workers hand it their preprocessed batches over a Unix socket
+    # (api/engine_server.py); 1 = everything in one process.
+    workers: int = Field(1, ge=1, le=64)
+    # Set by `dinoserve serve` for its workers (the engine process's socket); not for users.
+    engine_socket: str | None = None
 
 
 class CorsSettings(BaseModel):
@@ -161,3 +167,10 @@ class Settings(BaseSettings):
         # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the
         # empty key (which every request would "present").
         return value or None
+
+    @model_validator(mode="after")
+    def _workers_serve_one_model(self) -> Settings:
+        # A refresh swaps the engine inside one process; with worker processes it is the CLI's.
+        if self.serve.workers > 1 and self.refresh.watch_interval_s > 0:
+            raise ValueError("refresh.watch_interval_s needs serve.workers=1")
+        return self
