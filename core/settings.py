@@ -66,6 +66,10 @@ class IndexerSettings(BaseModel):
     batch: int = Field(32, ge=1, le=4096)
     workers: int = Field(4, ge=1, le=256)
     max_image_bytes: int = Field(64 * 1024 * 1024, gt=0)  # larger files are skipped, reported
+    # Where images are decoded and preprocessed: "device" = in batches on the engine's device
+    # (nvJPEG for JPEGs on CUDA; indexer/device.py), "cpu" = decode threads with PIL, "auto" =
+    # device when the torch engine runs on CUDA.
+    device_decode: Literal["auto", "cpu", "device"] = "auto"
 
 
 class ServeSettings(BaseModel):

@@ -55,6 +55,11 @@ class Embedder:
         self.embed, self.preprocess = embed, preprocess
         self.model_version, self.dim = model_version, dim
 
+    # Device decoding (indexer/device.py) replaces these two: a whole batch decoded at once,
+    # and its rows stacked where they are.
+    decode_many: Callable[[list[bytes], Limits], list] | None = None
+    stack: Callable[[list], np.ndarray] = staticmethod(np.stack)  # type: ignore[assignment]
+
 
 @dataclass
 class Limits:
@@ -268,7 +273,10 @@ class Indexer:
                 result.unchanged += 1
             else:
                 todo.append((pid, it, data, sha))
-        decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
+        if self.embedder.decode_many is not None:
+            decoded = self.embedder.decode_many([t[2] for t in todo], self.limits)
+        else:
+            decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for (pid, it, _, sha), dec in zip(todo, decoded, strict=True):
             if isinstance(dec, ImageRejected):
@@ -294,7 +302,7 @@ class Indexer:
     def _embed(self, batch: _Prepared) -> list[qm.PointStruct]:
         if not batch.arrays:
             return []
-        vectors = self.embedder.embed(np.stack(batch.arrays))
+        vectors = self.embedder.embed(self.embedder.stack(batch.arrays))
         return [
             qm.PointStruct(id=pid, vector=vec.tolist(), payload=payload)
             for pid, vec, payload in zip(batch.ids, vectors, batch.payloads, strict=True)
