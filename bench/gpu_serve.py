@@ -118,22 +118,36 @@ def engine_phase(pkg: Path, batches: list[int], seconds: float, device: str, pea
 
 
 def _drive_proc(args: tuple) -> dict:
-    url, image, clients, seconds = args
+    url, image, clients, seconds, barrier = args
+    barrier.wait(120)  # every load process starts its loops at the same moment
     return asyncio.run(api_load.drive(url, "embed", image, clients, seconds))
 
 
-def multi_drive(url: str, image: bytes, clients: int, seconds: float, procs: int) -> dict:
-    """`clients` closed loops spread over `procs` load processes (one Python process cannot
-    send thousands of requests a second); one cell of api_load's shape."""
-    procs = max(1, min(procs, clients))
-    shares = [clients // procs + (i < clients % procs) for i in range(procs)]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        runs = pool.map(_drive_proc, [(url, image, n, seconds) for n in shares])
-    merged = {"latencies": [t for r in runs for t in r["latencies"]],
-              "errors": sum(r["errors"] for r in runs),
-              "req_per_s": sum(r["req_per_s"] for r in runs)}  # fmt: skip
-    return api_load.summarize([merged])
+class LoadProcs:
+    """`procs` load-generating processes, started once (one Python process cannot send
+    thousands of requests a second)."""
+
+    def __init__(self, procs: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = procs
+        self.pool = ctx.Pool(procs)
+        self.manager = ctx.Manager()
+
+    def drive(self, url: str, image: bytes, clients: int, seconds: float) -> dict:
+        """`clients` closed loops over the processes, in step; one cell of api_load's shape."""
+        procs = max(1, min(self.procs, clients))
+        shares = [clients // procs + (i < clients % procs) for i in range(procs)]
+        barrier = self.manager.Barrier(procs)
+        jobs = [(url, image, n, seconds, barrier) for n in shares]
+        runs = self.pool.map(_drive_proc, jobs, chunksize=1)
+        merged = {"latencies": [t for r in runs for t in r["latencies"]],
+                  "errors": sum(r["errors"] for r in runs),
+                  "req_per_s": sum(r["req_per_s"] for r in runs)}  # fmt: skip
+        return api_load.summarize([merged])
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.manager.shutdown()
 
 
 def jpeg_224() -> bytes:
@@ -146,25 +160,34 @@ def workers_phase(env: dict, workers: int, clients: int, seconds: float, procs: 
                   work: Path) -> dict:  # fmt: skip
     image = jpeg_224()
     doc: dict = {"clients": clients, "load_procs": procs, "image_bytes": len(image), "rows": []}
-    for n in (1, workers):
-        store = work / f"qdrant-workers-{n}"
-        shutil.copytree(env["DINOSERVE_QDRANT_PATH"], store)
-        port = api_load.free_port()
-        server_env = env | {"DINOSERVE_SERVE__WORKERS": str(n), "DINOSERVE_QDRANT_PATH": str(store),
-                            "DINOSERVE_SERVE__ACCESS_LOG": "false"}  # fmt: skip
-        log = work / f"server-workers-{n}.log"
-        proc = api_load.start_server(server_env, port, log)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            multi_drive(url, image, min(clients, 16), min(2.0, seconds), procs)  # warm-up
-            cell = multi_drive(url, image, clients, seconds, procs)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-        doc["rows"].append({"workers": n, **cell})
+    load = LoadProcs(procs)
+    try:
+        for n in (1, workers):
+            doc["rows"].append({"workers": n, **_workers_cell(env, n, image, clients, seconds,
+                                                             load, work)})  # fmt: skip
+    finally:
+        load.close()
     one, many = doc["rows"][0]["req_per_s"], doc["rows"][-1]["req_per_s"]
     doc["workers_vs_one"] = round(many / one, 2) if one else None
     return doc
+
+
+def _workers_cell(env: dict, n: int, image: bytes, clients: int, seconds: float,
+                  load: LoadProcs, work: Path) -> dict:  # fmt: skip
+    """One service with `n` HTTP processes, warmed, then driven by every load process."""
+    store = work / f"qdrant-workers-{n}"
+    shutil.copytree(env["DINOSERVE_QDRANT_PATH"], store)
+    port = api_load.free_port()
+    server_env = env | {"DINOSERVE_SERVE__WORKERS": str(n), "DINOSERVE_QDRANT_PATH": str(store),
+                        "DINOSERVE_SERVE__ACCESS_LOG": "false"}  # fmt: skip
+    proc = api_load.start_server(server_env, port, work / f"server-workers-{n}.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        load.drive(url, image, min(clients, 16), min(2.0, seconds))  # warm-up
+        return load.drive(url, image, clients, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def _make_jpeg(args: tuple) -> None:
