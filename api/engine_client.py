@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from api.engine_wire import WireError, call
+from api.engine_wire import WireError, call, encode_rows
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.serving import Serving
@@ -88,11 +88,14 @@ class RemoteEngine:
         self.link, self.meta = link, meta
         self.model_version, self.dim = meta.version, meta.embed_dim
 
+    def _rows(self, batch: np.ndarray) -> tuple:
+        return encode_rows(batch, self.meta.mean, self.meta.std)
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self.link.request("embed", np.ascontiguousarray(batch, dtype=np.float32))
+        return self.link.request("embed", self._rows(batch))
 
     def attention(self, batch: np.ndarray) -> np.ndarray:
-        return self.link.request("attention", np.ascontiguousarray(batch, dtype=np.float32))
+        return self.link.request("attention", self._rows(batch))
 
 
 class RemoteVectors:

@@ -4,9 +4,11 @@ Unix socket (api/engine_wire.py). Single-image requests from every worker meet i
 so many HTTP processes fill one engine's batches, and there is one copy of the model.
 
 Requests on the socket: ("meta", None) → the package directory and version; ("embed" or
-"attention", rows) → the batcher's result for those rows; ("vectors", (method, args, kwargs))
-→ `await Vectors.<method>(*args, **kwargs)` on the embedded store (only the engine process may
-open it: it admits one process). Replies: ("ok", value), ("api_error", fields) or ("err", exc).
+"attention", rows) → the batcher's result for those rows (sent as the uint8 pixels they were
+normalised from where that is exact: api.engine_wire.encode_rows); ("vectors", (method, args,
+kwargs)) → `await Vectors.<method>(*args, **kwargs)` on the embedded store (only the engine
+process may open it: it admits one process). Replies: ("ok", value), ("api_error", fields) or
+("err", exc).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from api.batcher import Batcher
-from api.engine_wire import WireError, call, pack, portable, read_frame
+from api.engine_wire import WireError, call, decode_rows, pack, portable, read_frame
 from api.errors import ApiError
 from api.vectors import Vectors
 from core import package, store
@@ -42,6 +44,7 @@ class EngineServer:
         self.settings = settings
         self.package_dir = package.resolve(settings.models_dir, settings.model)
         self.engine = load_engine(self.package_dir, settings.engine, settings.inference)
+        self.meta = package.read_meta(self.package_dir)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.vectors: Vectors | None = None
         if not settings.qdrant_url:  # a server admits every worker itself
@@ -68,10 +71,9 @@ class EngineServer:
         if op == "meta":
             return {"package_dir": str(self.package_dir), "version": self.engine.model_version,
                     "store": self.vectors is not None}  # fmt: skip
-        if op == "embed":
-            return await self.embedder.submit(arg)  # type: ignore[arg-type]
-        if op == "attention":
-            return await self.attender.submit(arg)  # type: ignore[arg-type]
+        if op in ("embed", "attention"):
+            rows = decode_rows(arg, self.meta.mean, self.meta.std)  # type: ignore[arg-type]
+            return await (self.embedder if op == "embed" else self.attender).submit(rows)
         if op == "vectors" and self.vectors is not None:
             name, args, kwargs = arg  # type: ignore[misc]
             if name.startswith("_"):

@@ -14,6 +14,8 @@ import pickle
 import socket
 import struct
 
+import numpy as np
+
 _HEADER = struct.Struct("!Q")
 MAX_FRAME = 1 << 31  # 2 GiB: far above a batch of 1024 preprocessed 224-px images (0.6 GB)
 
@@ -64,3 +66,36 @@ def call(sock: socket.socket, message: object) -> object:
     sock.sendall(pack(message))
     (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
     return pickle.loads(_recv_exactly(sock, _checked(size)))
+
+
+def _normalize_u8(u8: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    # The operations of core.images.normalize, element by element: the same float32 results.
+    return (u8.astype(np.float32) / 255.0 - mean) / std
+
+
+def encode_rows(batch: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple:
+    """A preprocessed batch for the wire: as the uint8 pixels it was normalised from (4× fewer
+    bytes) when they give back exactly the same floats, else as it is.
+
+    Args:
+        batch: (N, 3, H, W) float32 normalised rows.
+        mean, std: the package's normalisation.
+    """
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    u8 = np.rint((batch * s + m) * 255.0)
+    if u8.min() >= 0 and u8.max() <= 255:
+        u8 = u8.astype(np.uint8)
+        if np.array_equal(_normalize_u8(u8, m, s), batch):
+            return ("u8", u8)
+    return ("f32", np.ascontiguousarray(batch, dtype=np.float32))
+
+
+def decode_rows(payload: tuple, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The float32 batch `encode_rows` was given."""
+    kind, rows = payload
+    if kind == "f32":
+        return rows
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return _normalize_u8(rows, m, s)

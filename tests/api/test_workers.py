@@ -125,3 +125,19 @@ def test_workers_setting_is_checked(monkeypatch):
     monkeypatch.setenv("DINOSERVE_REFRESH__WATCH_INTERVAL_S", "5")
     with pytest.raises(ValueError, match="workers=1"):
         Settings()
+
+
+def test_rows_cross_the_wire_exactly(micro_package, png_bytes):
+    from api.engine_wire import decode_rows, encode_rows
+    from core.engines import preprocess_batch
+    from core.images import decode_image
+    from core.package import read_meta
+
+    meta = read_meta(micro_package)
+    batch = preprocess_batch(meta, [decode_image(png_bytes(i), 10**8) for i in range(3)])
+    kind, rows = encode_rows(batch, meta.mean, meta.std)
+    assert kind == "u8" and rows.dtype == np.uint8 and rows.nbytes * 4 == batch.nbytes
+    assert np.array_equal(decode_rows((kind, rows), meta.mean, meta.std), batch)  # bit for bit
+    noise = np.random.default_rng(0).standard_normal(batch.shape).astype(np.float32)
+    kind, rows = encode_rows(noise, meta.mean, meta.std)  # not from pixels: sent as it is
+    assert kind == "f32" and np.array_equal(decode_rows((kind, rows), meta.mean, meta.std), noise)
