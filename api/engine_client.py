@@ -25,6 +25,7 @@ from api.metrics import Metrics
 from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
+from core.images import ImageRejected
 from core.settings import Settings
 from core.switchover import RefreshStatus
 
@@ -72,6 +73,8 @@ class EngineLink:
             return value
         if kind == "api_error":
             raise ApiError(*value)
+        if kind == "image_rejected":
+            raise ImageRejected(*value)
         raise value
 
     def close(self) -> None:
@@ -96,6 +99,19 @@ class RemoteEngine:
 
     def attention(self, batch: np.ndarray) -> np.ndarray:
         return self.link.request("attention", self._rows(batch))
+
+
+class RemoteServing(Serving):
+    """Serving whose `embed` sends the encoded images to the engine process when it decodes
+    them itself (serve.device_decode): no decoding here, and one batcher, the engine's, merges
+    the requests of every worker. Otherwise, and for attention maps, as Serving."""
+
+    link: EngineLink | None = None
+
+    async def embed(self, images: list[bytes]) -> np.ndarray:
+        if self.link is None:
+            return await super().embed(images)
+        return await run_in_threadpool(self.link.request, "embed_encoded", images)
 
 
 class RemoteVectors:
@@ -158,7 +174,9 @@ async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator
     meta = package.read_meta(Path(info["package_dir"]))
     engine = RemoteEngine(link, meta)
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine-link")
-    serving = Serving.start(meta, engine, executor, settings, metrics)
+    serving = RemoteServing.start(meta, engine, executor, settings, metrics)
+    if info["device_decode"]:
+        serving.link = link
     client = None
     if info["store"]:
         vectors: Any = RemoteVectors(link)

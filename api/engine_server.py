@@ -3,12 +3,14 @@ the micro-batchers and the embedded Qdrant store, and serves the N HTTP worker p
 Unix socket (api/engine_wire.py). Single-image requests from every worker meet in one batcher,
 so many HTTP processes fill one engine's batches, and there is one copy of the model.
 
-Requests on the socket: ("meta", None) → the package directory and version; ("embed" or
+Requests on the socket: ("meta", None) → the package directory, version and whether uploads are
+decoded here; ("embed_encoded", [bytes, …]) → embeddings of encoded images, decoded and
+preprocessed in batches on the engine's device (serve.device_decode); ("embed" or
 "attention", rows) → the batcher's result for those rows (sent as the uint8 pixels they were
 normalised from where that is exact: api.engine_wire.encode_rows); ("vectors", (method, args,
 kwargs)) → `await Vectors.<method>(*args, **kwargs)` on the embedded store (only the engine
-process may open it: it admits one process). Replies: ("ok", value), ("api_error", fields) or
-("err", exc).
+process may open it: it admits one process). Replies: ("ok", value), ("api_error", fields),
+("image_rejected", (reason, message)) or ("err", exc).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from api.batcher import Batcher
 from api.engine_wire import WireError, call, decode_rows, pack, portable, read_frame
 from api.errors import ApiError
 from api.vectors import Vectors
 from core import package, store
+from core.device_images import preprocess_encoded, use_device_decode
 from core.engines import load_engine
+from core.images import ImageRejected
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,9 @@ class EngineServer:
         self.package_dir = package.resolve(settings.models_dir, settings.model)
         self.engine = load_engine(self.package_dir, settings.engine, settings.inference)
         self.meta = package.read_meta(self.package_dir)
+        self.device_decode = settings.serve.device_decode != "cpu" and use_device_decode(
+            settings.serve.device_decode, self.engine
+        )
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.vectors: Vectors | None = None
         if not settings.qdrant_url:  # a server admits every worker itself
@@ -53,24 +62,56 @@ class EngineServer:
 
     def start(self) -> None:
         s = self.settings.serve
-        self.embedder, self.attender = (
+        self.embedder, self.attender, self.encoded = (
             Batcher(fn, self.executor, s.max_batch, s.max_wait_ms, s.batching)
-            for fn in (self.engine.embed, self.engine.attention)
+            for fn in (self.engine.embed, self.engine.attention, self.embed_encoded)
         )
-        self.embedder.start()
-        self.attender.start()
+        for batcher in (self.embedder, self.attender, self.encoded):
+            batcher.start()
 
     async def close(self) -> None:
-        await self.embedder.close()
-        await self.attender.close()
+        for batcher in (self.embedder, self.attender, self.encoded):
+            await batcher.close()
         self.executor.shutdown(wait=True)
         if self.vectors is not None:
             self.vectors.client.close()
 
+    def embed_encoded(self, jobs: np.ndarray) -> np.ndarray:
+        """Encoded images (an object array of bytes) → L2-normalised embeddings: decoded and
+        preprocessed on the engine's device in one batch (core/device_images.py).
+
+        Raises:
+            ImageRejected: the first image that is not one (the batcher then retries each
+                request alone, so the error reaches only the request that sent it).
+        """
+        import torch
+
+        m, datas = self.meta, list(jobs)
+        device = getattr(self.engine, "device", torch.device("cpu"))
+        out = preprocess_encoded(datas, m.img_size, m.mean, m.std, m.crop_pct, device,
+                                 self.settings.max_pixels, tensor_decode=True)  # fmt: skip
+        if out.rejected:
+            i, exc = min(out.rejected.items())
+            if len(datas) == 1:
+                raise exc
+            raise ImageRejected(exc.reason, f"image {i}: {exc}")
+        embed_tensor = getattr(self.engine, "embed_tensor", None)
+        if embed_tensor is not None:
+            return embed_tensor(out.images).float().cpu().numpy()
+        return self.engine.embed(out.images.cpu().numpy())
+
     async def answer(self, op: str, arg: object) -> object:
         if op == "meta":
-            return {"package_dir": str(self.package_dir), "version": self.engine.model_version,
-                    "store": self.vectors is not None}  # fmt: skip
+            return {
+                "package_dir": str(self.package_dir),
+                "version": self.engine.model_version,
+                "store": self.vectors is not None,
+                "device_decode": self.device_decode,
+            }
+        if op == "embed_encoded":
+            jobs = np.empty(len(arg), dtype=object)  # type: ignore[arg-type]
+            jobs[:] = arg
+            return await self.encoded.submit(jobs)
         if op in ("embed", "attention"):
             rows = decode_rows(arg, self.meta.mean, self.meta.std)  # type: ignore[arg-type]
             return await (self.embedder if op == "embed" else self.attender).submit(rows)
@@ -93,6 +134,8 @@ class EngineServer:
                     reply: tuple = ("ok", await self.answer(op, arg))
                 except ApiError as exc:
                     reply = ("api_error", (exc.status, exc.code, exc.message, exc.headers))
+                except ImageRejected as exc:
+                    reply = ("image_rejected", (exc.reason, str(exc)))
                 except Exception as exc:
                     reply = ("err", portable(exc))
                 writer.write(pack(reply))

@@ -9,7 +9,8 @@ Phases, each writing DIR/<phase>.json as soon as it ends (a later failure keeps 
   api      bench/api_load.py: /embed at 1, 8, 32, 128 clients, micro-batching on vs off, side by
            side (p50/p99 per cell).
   workers  single-image /embed of a 224-px JPEG at --worker-clients clients: one process vs
-           DINOSERVE_SERVE__WORKERS=N (load from --load-procs processes on the same machine).
+           DINOSERVE_SERVE__WORKERS=N, decoding in the workers vs in the engine process
+           (serve.device_decode; load from --load-procs processes on the same machine).
   index    `dinoserve index` end to end on --index-images synthetic 500×375 JPEGs made here
            (decode on the device), and the decode + embed rate alone (no store) beside it.
 --small shrinks every phase (tiny model, few images, short cells) so that the whole script can
@@ -162,25 +163,29 @@ def workers_phase(env: dict, workers: int, clients: int, seconds: float, procs: 
     doc: dict = {"clients": clients, "load_procs": procs, "image_bytes": len(image), "rows": []}
     load = LoadProcs(procs)
     try:
-        for n in (1, workers):
-            doc["rows"].append({"workers": n, **_workers_cell(env, n, image, clients, seconds,
-                                                             load, work)})  # fmt: skip
+        # One process; N workers decoding on their CPUs; N workers sending the JPEG bytes to
+        # the engine process, which decodes batches with nvJPEG (on CUDA; PIL elsewhere).
+        for n, decode in ((1, "cpu"), (workers, "cpu"), (workers, "device")):
+            cell = _workers_cell(env | {"DINOSERVE_SERVE__DEVICE_DECODE": decode}, n, image,
+                                 clients, seconds, load, work)  # fmt: skip
+            doc["rows"].append({"workers": n, "decode": decode if n > 1 else "cpu", **cell})
     finally:
         load.close()
-    one, many = doc["rows"][0]["req_per_s"], doc["rows"][-1]["req_per_s"]
-    doc["workers_vs_one"] = round(many / one, 2) if one else None
+    one = doc["rows"][0]["req_per_s"]
+    doc["workers_vs_one"] = [round(r["req_per_s"] / one, 2) if one else None
+                             for r in doc["rows"]]  # fmt: skip
     return doc
 
 
 def _workers_cell(env: dict, n: int, image: bytes, clients: int, seconds: float,
                   load: LoadProcs, work: Path) -> dict:  # fmt: skip
     """One service with `n` HTTP processes, warmed, then driven by every load process."""
-    store = work / f"qdrant-workers-{n}"
+    store = work / f"qdrant-workers-{n}-{env['DINOSERVE_SERVE__DEVICE_DECODE']}"
     shutil.copytree(env["DINOSERVE_QDRANT_PATH"], store)
     port = api_load.free_port()
     server_env = env | {"DINOSERVE_SERVE__WORKERS": str(n), "DINOSERVE_QDRANT_PATH": str(store),
                         "DINOSERVE_SERVE__ACCESS_LOG": "false"}  # fmt: skip
-    proc = api_load.start_server(server_env, port, work / f"server-workers-{n}.log")
+    proc = api_load.start_server(server_env, port, store.with_suffix(".log"))
     try:
         url = f"http://127.0.0.1:{port}"
         load.drive(url, image, min(clients, 16), min(2.0, seconds))  # warm-up

@@ -131,6 +131,13 @@ def _device_decode(datas: list[bytes], device: torch.device) -> list[torch.Tenso
         return out
 
 
+def use_device_decode(mode: str, engine: object) -> bool:
+    """A decode setting ("device", "cpu", or "auto" = the engine runs on CUDA) for `engine`."""
+    if mode == "auto":
+        return getattr(getattr(engine, "device", None), "type", "cpu") == "cuda"
+    return mode == "device"
+
+
 def nvjpeg_available(device: torch.device) -> bool:
     """Whether torchvision can decode JPEGs on `device` (CUDA with nvJPEG)."""
     if device.type != "cuda" or not torch.cuda.is_available():

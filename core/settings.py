@@ -103,6 +103,10 @@ class ServeSettings(BaseModel):
     # embedded store, and the workers hand it their preprocessed batches over a Unix socket
     # (api/engine_server.py); 1 = everything in one process.
     workers: int = Field(1, ge=1, le=64)
+    # With workers: where uploads are decoded. "device" = the workers send the encoded bytes and
+    # the engine process decodes batches on its device (nvJPEG for JPEGs on CUDA); "cpu" = each
+    # worker decodes and preprocesses; "auto" = device when the engine runs on CUDA.
+    device_decode: Literal["auto", "cpu", "device"] = "auto"
     # Set by `dinoserve serve` for its workers (the engine process's socket); not for users.
     engine_socket: str | None = None
 

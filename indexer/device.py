@@ -22,13 +22,6 @@ from core.package import PackageMeta
 from indexer.pipeline import Embedder, Limits
 
 
-def use_device_decode(mode: str, engine: Engine) -> bool:
-    """indexer.device_decode: "device", "cpu", or "auto" (= the torch engine on CUDA)."""
-    if mode == "auto":
-        return getattr(getattr(engine, "device", None), "type", "cpu") == "cuda"
-    return mode == "device"
-
-
 class DeviceEmbedder(Embedder):
     """An Embedder whose decode and preprocessing run on the engine's device.
 

@@ -18,7 +18,8 @@ def embedder_from_settings(settings: Settings) -> Embedder:
     meta = read_meta(package_dir)
     engine = load_engine(package_dir, settings.engine, settings.inference)
     if settings.indexer.device_decode != "cpu":
-        from indexer.device import DeviceEmbedder, use_device_decode
+        from core.device_images import use_device_decode
+        from indexer.device import DeviceEmbedder
 
         if use_device_decode(settings.indexer.device_decode, engine):
             return DeviceEmbedder(engine, meta, tensor_decode=True)

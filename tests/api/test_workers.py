@@ -1,5 +1,6 @@
 """`DINOSERVE_SERVE__WORKERS=2`: two HTTP processes around one engine process, on the CPU."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -47,19 +48,17 @@ def _wait_ready(port: int, proc: subprocess.Popen, log) -> None:
         time.sleep(0.3)
 
 
-@pytest.mark.slow
-def test_two_workers_one_engine(micro_package, indexed_store, png_bytes, tmp_path):
-    from core.engines import load_engine, preprocess_batch
-    from core.images import decode_image
-    from core.package import read_meta
-
+@contextlib.contextmanager
+def _serving(micro_package, indexed_store, tmp_path, **env_extra):
+    """A real `dinoserve serve` with two workers on a copy of the indexed store; yields its URL
+    and log, and checks that SIGTERM stops it cleanly (exit 0, engine socket removed)."""
     shutil.copytree(indexed_store, tmp_path / "q")
     port = _free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "DINOSERVE_MODEL": str(micro_package),
            "DINOSERVE_QDRANT_PATH": str(tmp_path / "q"), "DINOSERVE_COLLECTION": "shapes",
            "DINOSERVE_SERVE__WORKERS": "2", "DINOSERVE_SERVE__ACCESS_LOG": "false",
-           "DINOSERVE_INFERENCE__INTRA_OP_THREADS": "1"}  # fmt: skip
+           "DINOSERVE_INFERENCE__INTRA_OP_THREADS": "1", **env_extra}  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
@@ -67,19 +66,77 @@ def test_two_workers_one_engine(micro_package, indexed_store, png_bytes, tmp_pat
         )  # fmt: skip
     try:
         _wait_ready(port, proc, log)
-        url = f"http://127.0.0.1:{port}"
-        images = [png_bytes(i) for i in range(6)]
-        engine = load_engine(micro_package, "onnxruntime", ONE_THREAD)
-        meta = read_meta(micro_package)
-        expected = engine.embed(preprocess_batch(meta, [decode_image(b, 10**8) for b in images]))
+        deadline = time.monotonic() + 120  # one worker answers /readyz; wait for the other too
+        while log.read_text().count("Application startup complete") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()
+    sockets = re.findall(r"serving \S+ on (\S+engine\.sock)", log.read_text())
+    assert sockets and not os.path.exists(os.path.dirname(sockets[0]))  # cleaned up
+
+
+@pytest.mark.slow
+def test_engine_process_decodes_uploads(micro_package, indexed_store, png_bytes, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from core.engines import load_engine, preprocess_batch
+    from core.images import decode_image
+    from core.package import read_meta
+
+    def jpeg(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(png_bytes(i))).convert("RGB").save(buf, "JPEG", quality=95)
+        return buf.getvalue()
+
+    images = [jpeg(i) for i in range(4)] + [png_bytes(4)]  # JPEGs (tensor decode) and a PNG
+    engine = load_engine(micro_package, "torch", ONE_THREAD)
+    meta = read_meta(micro_package)
+    expected = engine.embed(preprocess_batch(meta, [decode_image(b, 10**8) for b in images]))
+    with _serving(micro_package, indexed_store, tmp_path, DINOSERVE_ENGINE="torch",
+                  DINOSERVE_SERVE__DEVICE_DECODE="device") as (url, _):  # fmt: skip
+
+        def embed(i: int) -> np.ndarray:
+            r = httpx.post(f"{url}/embed", files={"images": ("x", images[i % 5])}, timeout=60)
+            assert r.status_code == 200, r.text
+            return np.asarray(r.json()["embeddings"][0])
+
+        with ThreadPoolExecutor(10) as pool:
+            got = list(pool.map(embed, range(20)))
+        for i, vec in enumerate(got):
+            assert float(vec @ expected[i % 5]) >= 0.999  # torch's bicubic vs PIL's
+        files = [("images", ("a", images[0])), ("images", ("b", b"\xff\xd8\xff junk"))]
+        r = httpx.post(f"{url}/embed", files=files, timeout=60)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_image"
+        assert r.json()["error"]["message"].startswith("image 1:")
+        r = httpx.post(f"{url}/classify", files={"image": ("x", images[1])}, timeout=60)
+        assert r.status_code == 200 and r.json()["label"], r.text
+
+
+@pytest.mark.slow
+def test_two_workers_one_engine(micro_package, indexed_store, png_bytes, tmp_path):
+    from core.engines import load_engine, preprocess_batch
+    from core.images import decode_image
+    from core.package import read_meta
+
+    images = [png_bytes(i) for i in range(6)]
+    engine = load_engine(micro_package, "onnxruntime", ONE_THREAD)
+    meta = read_meta(micro_package)
+    expected = engine.embed(preprocess_batch(meta, [decode_image(b, 10**8) for b in images]))
+    with _serving(micro_package, indexed_store, tmp_path) as (url, log):
 
         def embed(i: int) -> np.ndarray:
             r = httpx.post(f"{url}/embed", files={"images": ("x.png", images[i % 6])}, timeout=60)
             assert r.status_code == 200, r.text
             return np.asarray(r.json()["embeddings"][0])
 
-        # Many at once, on fresh connections: both workers answer, their batches meet in one
-        # engine, and every result is the single-process one.
+        # Many at once, on fresh connections (the kernel spreads them over the two workers):
+        # their batches meet in one engine, and every result is the single-process one.
         with ThreadPoolExecutor(12) as pool:
             got = list(pool.map(embed, range(36)))
         for i, vec in enumerate(got):
@@ -106,12 +163,6 @@ def test_two_workers_one_engine(micro_package, indexed_store, png_bytes, tmp_pat
         r = httpx.post(f"{url}/embed", files={"images": ("x.png", images[0])}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
         assert r.headers["retry-after"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-    assert code == 0, log.read_text()
-    sockets = re.findall(r"serving \S+ on (\S+engine\.sock)", log.read_text())
-    assert sockets and not os.path.exists(os.path.dirname(sockets[0]))  # cleaned up
 
 
 def test_workers_setting_is_checked(monkeypatch):

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from core import store
+from core.device_images import use_device_decode
 from core.engines import load_engine
 from core.package import read_meta
 from core.settings import InferenceSettings, Settings
-from indexer.device import DeviceEmbedder, use_device_decode
+from indexer.device import DeviceEmbedder
 from indexer.pipeline import Indexer
 from indexer.run import embedder_from_settings
 from indexer.sources import list_source
