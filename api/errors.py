@@ -16,7 +16,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
@@ -76,7 +75,7 @@ async def _collections(request: Request) -> list[str]:
         return []
 
     try:
-        return sorted(await run_in_threadpool(lambda: rt.vectors.db.aliases()))
+        return sorted(await rt.vectors.aliases())
     except StoreError:
         return []
 

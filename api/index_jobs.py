@@ -32,6 +32,27 @@ class IndexBusy(RuntimeError):
     """An indexing job is already running."""
 
 
+class IndexRefused(RuntimeError):
+    """This service cannot run indexing jobs (its HTTP workers do not own the store)."""
+
+
+class NoIndexJobs:
+    """The indexing jobs of an HTTP worker process (DINOSERVE_SERVE__WORKERS > 1): the engine
+    process owns the embedded store, so jobs are refused with what to do instead."""
+
+    status = None
+
+    def start(self, req: IndexRequest) -> IndexStatus:
+        raise IndexRefused(
+            "indexing jobs run in a single-process service (DINOSERVE_SERVE__WORKERS=1); with "
+            "worker processes, stop the service to index into the embedded store, or use a "
+            "Qdrant server (DINOSERVE_QDRANT_URL), which every process can write"
+        )
+
+    async def stop(self) -> None:
+        return None
+
+
 @dataclass
 class IndexStatus:
     job: str = ""

@@ -3,7 +3,6 @@ its worker thread, the micro-batchers, the Qdrant client and the metrics."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,13 +69,18 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         settings: the service settings, validated.
         metrics: the app's metrics (model info and batch metrics are registered here).
     """
+    if settings.serve.engine_socket:  # an HTTP worker of DINOSERVE_SERVE__WORKERS > 1
+        from api.engine_client import worker_lifespan
+
+        async with worker_lifespan(settings, metrics) as state:
+            yield state
+        return
     package_dir = package.resolve(settings.models_dir, settings.model)
     engine = await run_in_threadpool(load_engine, package_dir, settings.engine, settings.inference)
     meta = package.read_meta(package_dir)
     # Request handlers retry quickly and answer 503 (store.REQUEST); the refresh worker uses
     # the same store with the batch policy (Runtime.store).
-    policy = dataclasses.replace(store.REQUEST, attempts=settings.serve.store_attempts)
-    db = store.open_store(settings, policy)
+    db = store.open_store(settings, store.request_policy(settings))
     # One engine thread: engine calls run one at a time, each using the runtime's own intra-op
     # threads, instead of competing for the same cores.
     # Old and new engines of a refresh share it too.

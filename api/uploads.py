@@ -41,6 +41,10 @@ class Part(bytes):
         part.name = name
         return part
 
+    def __reduce__(self) -> tuple[type[Part], tuple[bytes, str]]:
+        # Pickled to the engine process (DINOSERVE_SERVE__WORKERS > 1) with its name.
+        return (Part, (bytes(self), self.name))
+
 
 @dataclass
 class Upload:

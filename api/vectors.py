@@ -47,6 +47,10 @@ class Vectors:
     async def run(self, fn: Callable[[], T]) -> T:
         return await run_in_threadpool(fn)
 
+    async def aliases(self) -> dict[str, str]:
+        """Every alias → its physical collection."""
+        return await self.run(self.db.aliases)
+
     async def ping(self) -> None:
         """Raise StoreError unless Qdrant answers."""
         await self.run(self.db.ping)

@@ -8,7 +8,7 @@ torch and onnxruntime are imported only by the engine that needs them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ from PIL import Image
 from core import package
 from core.images import preprocess
 from core.settings import InferenceSettings
+from core.torch_engine import TorchEngine  # torch itself is imported when one is built
 
 
 @runtime_checkable
@@ -72,54 +73,6 @@ class OrtEngine:
 
     def attention(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch, "attention").astype(np.float32, copy=False)
-
-
-class TorchEngine:
-    """The same network in PyTorch: CUDA in bf16 (optionally compiled), or the CPU in fp32.
-
-    Args:
-        package_dir: a verified model package (uses backbone.safetensors).
-        settings: device, torch.compile and CPU thread count.
-    """
-
-    def __init__(self, package_dir: Path, settings: InferenceSettings | None = None) -> None:
-        import torch
-        from safetensors.torch import load_file
-
-        from core.vit import EmbedAttention, build_vit
-
-        s = settings or InferenceSettings()
-        self.meta = package.read_meta(package_dir)
-        cuda = torch.cuda.is_available() and s.device != "cpu"
-        if s.device == "cuda" and not cuda:
-            raise RuntimeError("inference.device=cuda but no CUDA device is available")
-        if s.intra_op_threads:
-            torch.set_num_threads(s.intra_op_threads)
-        self.device = torch.device("cuda" if cuda else "cpu")
-        self.dtype = torch.bfloat16 if cuda else None
-        vit = build_vit(self.meta.arch, self.meta.timm_kwargs)
-        vit.load_state_dict(load_file(Path(package_dir) / package.WEIGHTS), strict=True)
-        self.net: Any = EmbedAttention(vit).to(self.device)
-        if cuda and s.torch_compile:
-            self.net = torch.compile(self.net)
-        self.model_version, self.dim = self.meta.version, self.meta.embed_dim
-
-    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, self.dtype, enabled=self.dtype is not None),
-        ):
-            emb, attn = self.net(x)
-        return emb.float().cpu().numpy(), attn.float().cpu().numpy()
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return l2_normalize(self._forward(batch)[0])
-
-    def attention(self, batch: np.ndarray) -> np.ndarray:
-        return self._forward(batch)[1]
 
 
 def load_engine(

@@ -29,7 +29,15 @@ class InferenceSettings(BaseModel):
     # Which ONNX file: fp32, or int8 (the quantised CPU variant, when the package has one).
     onnx_variant: Literal["fp32", "int8"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # torch engine
-    torch_compile: bool = False  # torch engine on CUDA
+    # The torch engine (DINOSERVE_ENGINE=torch): CUDA in `cuda_dtype` (autocast), else CPU fp32.
+    torch_compile: bool = False  # torch.compile, one graph per bucket, warmed at start-up
+    cuda_graphs: bool = False  # with torch_compile on CUDA: mode "reduce-overhead" (CUDA graphs)
+    cuda_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Batch sizes a batch is padded up to (larger batches are split), so a compiled engine sees
+    # only these shapes. pad_to_buckets: None = when compiled.
+    buckets: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    pad_to_buckets: bool | None = None
+    warmup: bool = True  # run every bucket once at start-up (compiled or CUDA) before serving
 
     @field_validator("providers")
     @classmethod
@@ -37,6 +45,13 @@ class InferenceSettings(BaseModel):
         unknown = [p for p in value if not p.endswith("ExecutionProvider")]
         if unknown or not value:
             raise ValueError(f"providers must be ONNX Runtime provider names, got {value}")
+        return value
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing_buckets(cls, value: list[int]) -> list[int]:
+        if not value or any(b < 1 or b > 4096 for b in value) or value != sorted(set(value)):
+            raise ValueError(f"buckets must be increasing batch sizes in 1..4096, got {value}")
         return value
 
 
@@ -67,6 +82,10 @@ class IndexerSettings(BaseModel):
     batch: int = Field(32, ge=1, le=4096)
     workers: int = Field(4, ge=1, le=256)
     max_image_bytes: int = Field(64 * 1024 * 1024, gt=0)  # larger files are skipped, reported
+    # Where images are decoded and preprocessed: "device" = in batches on the engine's device
+    # (nvJPEG for JPEGs on CUDA; indexer/device.py), "cpu" = decode threads with PIL, "auto" =
+    # device when the torch engine runs on CUDA.
+    device_decode: Literal["auto", "cpu", "device"] = "auto"
 
 
 class ServeSettings(BaseModel):
@@ -96,6 +115,16 @@ class ServeSettings(BaseModel):
     # 5 s of it in preStop).
     graceful_shutdown_s: int = Field(20, ge=0, le=3600)
     access_log: bool = True  # one log line per request (uvicorn's access log)
+    # HTTP worker processes. >1: one engine process owns the model, the micro-batcher and the
+    # embedded store, and the workers hand it their preprocessed batches over a Unix socket
+    # (api/engine_server.py); 1 = everything in one process.
+    workers: int = Field(1, ge=1, le=64)
+    # With workers: where uploads are decoded. "device" = the workers send the encoded bytes and
+    # the engine process decodes batches on its device (nvJPEG for JPEGs on CUDA); "cpu" = each
+    # worker decodes and preprocesses; "auto" = device when the engine runs on CUDA.
+    device_decode: Literal["auto", "cpu", "device"] = "auto"
+    # Set by `dinoserve serve` for its workers (the engine process's socket); not for users.
+    engine_socket: str | None = None
 
 
 class CorsSettings(BaseModel):
@@ -180,6 +209,13 @@ class Settings(BaseSettings):
         # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the
         # empty key (which every request would "present").
         return value or None
+
+    @model_validator(mode="after")
+    def _workers_serve_one_model(self) -> Settings:
+        # A refresh swaps the engine inside one process; with worker processes it is the CLI's.
+        if self.serve.workers > 1 and self.refresh.watch_interval_s > 0:
+            raise ValueError("refresh.watch_interval_s needs serve.workers=1")
+        return self
 
 
 def variable_names(model: type[BaseModel] = Settings, prefix: str = "DINOSERVE_") -> list[str]:

@@ -125,15 +125,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from api.main import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=serve.host,
-        port=serve.port,
-        log_level="info",
-        timeout_keep_alive=serve.keep_alive_s,
-        timeout_graceful_shutdown=serve.graceful_shutdown_s,
-        access_log=serve.access_log,
-    )
+    options = {
+        "host": serve.host,
+        "port": serve.port,
+        "log_level": "info",
+        "timeout_keep_alive": serve.keep_alive_s,
+        "timeout_graceful_shutdown": serve.graceful_shutdown_s,
+        "access_log": serve.access_log,
+    }
+    if serve.workers > 1:
+        from api.engine_server import serve_with_workers
+
+        serve_with_workers(settings, options)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return 0
 
 

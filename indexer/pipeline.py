@@ -54,6 +54,11 @@ class Embedder:
         self.embed, self.preprocess = embed, preprocess
         self.model_version, self.dim = model_version, dim
 
+    # Device decoding (indexer/device.py) replaces these two: a whole batch decoded at once,
+    # and its rows stacked where they are.
+    decode_many: Callable[[list[bytes], Limits], list] | None = None
+    stack: Callable[[list], np.ndarray] = staticmethod(np.stack)  # type: ignore[assignment]
+
 
 class Stopped(RuntimeError):
     """The run was asked to stop (the service is shutting down)."""
@@ -277,7 +282,10 @@ class Indexer:
                 result.unchanged += 1
             else:
                 todo.append((pid, it, data, sha))
-        decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
+        if self.embedder.decode_many is not None:
+            decoded = self.embedder.decode_many([t[2] for t in todo], self.limits)
+        else:
+            decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for (pid, it, _, sha), dec in zip(todo, decoded, strict=True):
             if isinstance(dec, ImageRejected):
@@ -303,7 +311,7 @@ class Indexer:
     def _embed(self, batch: _Prepared) -> np.ndarray:
         if not batch.arrays:
             return np.zeros((0, self.embedder.dim), np.float32)
-        return self.embedder.embed(np.stack(batch.arrays))
+        return self.embedder.embed(self.embedder.stack(batch.arrays))
 
     def _prune(self, physical: str, items: list[Item], shard: tuple[int, int]) -> int:
         """Delete points of this shard whose source URI is no longer in the source."""

@@ -49,6 +49,12 @@ def embedder_from_settings(settings: Settings) -> Embedder:
     package_dir = resolve(settings.models_dir, settings.model)
     meta = read_meta(package_dir)
     engine = load_engine(package_dir, settings.engine, settings.inference)
+    if settings.indexer.device_decode != "cpu":
+        from core.device_images import use_device_decode
+        from indexer.device import DeviceEmbedder
+
+        if use_device_decode(settings.indexer.device_decode, engine):
+            return DeviceEmbedder(engine, meta, tensor_decode=True)
     return Embedder(
         engine.embed,
         lambda img: preprocess_batch(meta, [img])[0],

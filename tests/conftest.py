@@ -74,3 +74,17 @@ def micro_package(micro_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from training.export import export_run
 
     return export_run(micro_run, tmp_path_factory.mktemp("models"), "micro", quantize="int8")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need CUDA: skipped, with the reason, where there is none."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in gpu:
+        item.add_marker(skip)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from api.auth import key_matches, presented_key
 from api.deps import RuntimeDep
 from api.errors import ApiError
-from api.index_jobs import IndexBusy
+from api.index_jobs import IndexBusy, IndexRefused, IndexStatus
 from api.openapi import AUTH, errors
 from api.refresh import Busy
 from core.versions import VersionError
@@ -101,6 +101,8 @@ async def start_index(
         status = rt.indexing.start(req)
     except IndexBusy as exc:
         raise ApiError(409, "index_running", str(exc)) from exc
+    except IndexRefused as exc:
+        raise ApiError(409, "not_with_workers", str(exc)) from exc
     except (SourceError, ValueError) as exc:
         raise ApiError(422, "bad_source", str(exc)) from exc
     return JSONResponse(status.as_dict(), status_code=202)
@@ -109,7 +111,8 @@ async def start_index(
 @router.get("/index", summary="State and progress of the last indexing job")
 async def index_status(rt: RuntimeDep) -> dict[str, Any]:
     """state idle|running|done|failed, done/total, indexed, unchanged, failed, the summary."""
-    return rt.indexing.status.as_dict()
+    status = rt.indexing.status
+    return status.as_dict() if status is not None else IndexStatus().as_dict()
 
 
 @router.get("/models", summary="Versions of the served model and their collections",

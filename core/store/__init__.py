@@ -21,7 +21,7 @@ from core.store.layout import (
     point_id,
     version_of,
 )
-from core.store.open import layout_from, open_store
+from core.store.open import layout_from, open_store, request_policy
 
 __all__ = [
     "BATCH",
@@ -43,5 +43,6 @@ __all__ = [
     "open_store",
     "physical_name",
     "point_id",
+    "request_policy",
     "version_of",
 ]

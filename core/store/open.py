@@ -3,8 +3,10 @@ else the embedded Qdrant Edge store under `DINOSERVE_QDRANT_PATH`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from core.settings import Settings
-from core.store.base import BATCH, RetryPolicy, Store
+from core.store.base import BATCH, REQUEST, RetryPolicy, Store
 from core.store.layout import Layout
 
 
@@ -19,6 +21,11 @@ def layout_from(settings: Settings) -> Layout:
         oversampling=q.oversampling,
         min_free_bytes=q.min_free_mb * 1024 * 1024,
     )
+
+
+def request_policy(settings: Settings) -> RetryPolicy:
+    """Request handlers' retries: DINOSERVE_SERVE__STORE_ATTEMPTS quick tries, then 503."""
+    return dataclasses.replace(REQUEST, attempts=settings.serve.store_attempts)
 
 
 def open_store(settings: Settings, policy: RetryPolicy = BATCH) -> Store:
