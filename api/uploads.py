@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -184,6 +185,7 @@ def _json(body: bytes) -> Upload:
     if not isinstance(doc, dict):
         raise ApiError(422, "invalid_json", "the body must be a JSON object")
     images: list[bytes] = []
+    doc = {k: v for k, v in doc.items() if v is not None}  # null: as if not given
     if isinstance(doc.get("images"), list):
         images = [
             Part(_b64(v, f"images[{i}]"), f"images[{i}]") for i, v in enumerate(doc["images"])
@@ -194,7 +196,7 @@ def _json(body: bytes) -> Upload:
         images.append(Part(_b64(doc["image"], "image"), "image"))
     fields = {}
     for k, v in doc.items():
-        if k in IMAGE_FIELDS or v is None:  # null: as if not given
+        if k in IMAGE_FIELDS:
             continue
         if not isinstance(v, str | int | float | bool):
             raise ApiError(422, "invalid_parameter", f"{k[:64]!r} must be a string or a number")
@@ -264,6 +266,30 @@ def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
 # Base64 as `_b64` accepts it (optionally a data: URL): padded groups of four, not empty.
 _B64 = "[A-Za-z0-9+/]"
 BASE64_PATTERN = rf"^(data:[^,]*,)?(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=|{_B64}{{4}})$"
+# What an image field holds: a file Pillow decodes, not any bytes (anything else is a 422
+# `invalid_image`). A multipart part stays `format: binary` (what clients, Swagger UI and
+# schemathesis read as a file part) with the media type; a JSON string carries its own format,
+# IMAGE_BASE64, so that a generator knows to encode an image (tests/security/schemathesis_hooks.py).
+IMAGE_MEDIA_TYPE = "image/*"
+IMAGE_BASE64 = "image-base64"
+_IMAGE_KINDS = "PNG, JPEG, WebP, GIF, BMP, TIFF, … (what Pillow reads)"
+_NOTES = ("title", "description", "default")
+
+
+def _example_image() -> str:
+    """The base64 of a 2 × 2 PNG: the JSON example, one a client can send as is."""
+    out = io.BytesIO()
+    Image.new("RGB", (2, 2), (200, 60, 40)).save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def _or_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema in a JSON body, where null stands for not given (see _json)."""
+    if {"type": "null"} in prop.get("anyOf", []):
+        return prop
+    notes = {k: v for k, v in prop.items() if k in _NOTES}
+    rest = {k: v for k, v in prop.items() if k not in _NOTES}
+    return {"anyOf": [rest, {"type": "null"}], **notes}
 
 
 def body_doc(params: type[BaseModel], many: bool = False) -> dict[str, Any]:
@@ -271,24 +297,38 @@ def body_doc(params: type[BaseModel], many: bool = False) -> dict[str, Any]:
     field(s) and, as the same names in the body, the endpoint's parameters; nothing else."""
     name = "images" if many else "image"
     fields = params.model_json_schema(ref_template="#/components/schemas/{model}")
-    scalars = {k: v for k, v in fields.get("properties", {}).items()}
-    part: dict[str, Any] = {"type": "string", "format": "binary", "minLength": 1}
-    b64: dict[str, Any] = {"type": "string", "pattern": BASE64_PATTERN,
-                           "description": "base64 (or a data: URL) of an image"}  # fmt: skip
+    scalars = dict(fields.get("properties", {}))
+    part: dict[str, Any] = {
+        "type": "string",
+        "format": "binary",
+        "minLength": 1,
+        "contentMediaType": IMAGE_MEDIA_TYPE,
+        "description": f"an image file: {_IMAGE_KINDS}",
+    }
+    b64: dict[str, Any] = {
+        "type": "string",
+        "format": IMAGE_BASE64,
+        "pattern": BASE64_PATTERN,
+        "contentMediaType": IMAGE_MEDIA_TYPE,
+        "description": f"an image file in base64 (or a data: URL): {_IMAGE_KINDS}",
+        "examples": [_example_image()],
+    }
     if many:
         part = {"type": "array", "items": part, "minItems": 1}
         b64 = {"type": "array", "items": b64, "minItems": 1}
-
-    def schema(image: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "properties": {name: image, **scalars}, "required": [name],
-                "additionalProperties": False}  # fmt: skip
-
+    form = {"type": "object", "properties": {name: part, **scalars}, "required": [name],
+            "additionalProperties": False}  # fmt: skip
+    # In JSON a null is a key not given (see _json): a parameter may be null, any other key only
+    # null.
+    nullable = {k: _or_null(v) for k, v in scalars.items()}
+    doc = {"type": "object", "properties": {name: b64, **nullable}, "required": [name],
+           "additionalProperties": {"type": "null"}}  # fmt: skip
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": schema(part)},
-                "application/json": {"schema": schema(b64)},
+                "multipart/form-data": {"schema": form},
+                "application/json": {"schema": doc},
             },
         }
     }

@@ -180,3 +180,12 @@ def test_valid_json_with_parameters(client):
     body = json.dumps({"images": [png, png], "extra": None}).encode()
     r = client.post("/embed", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json()["count"] == 2
+    # A null is a key not given, also the other image field's and a parameter's (the schema
+    # says so: every JSON body parameter may be null, any other key only null).
+    r = client.post("/embed", json={"images": [png], "image": None, "k": None})
+    assert r.status_code == 200 and r.json()["count"] == 1
+    r = client.post("/embed", json={"images": [png], "k": 5})  # /embed takes no parameter
+    assert r.status_code == 422 and "'k'" in r.json()["error"]["message"]
+    r = client.post("/classify", json={"image": png, "images": None, "k": None})
+    default_k = client.post("/classify", json={"image": png}).json()["neighbors"]
+    assert r.status_code == 200 and len(r.json()["neighbors"]) == len(default_k)
