@@ -60,10 +60,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor) -> float:
+def step_flops(trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor,
+               sizes: torch.Tensor | None = None) -> float:  # fmt: skip
     """FLOPs of one training step (teacher forward, student forward + backward)."""
     with FlopCounterMode(display=False) as counter:
-        trainer.train_step(images, aspect)
+        trainer.train_step(images, aspect, sizes)
     return float(counter.get_total_flops())
 
 
@@ -75,26 +76,28 @@ def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, device_onl
 
     def next_batch():
         batch = next(batches)
-        return decode_batch(batch, trainer.load_size, dev) if trainer.device_decode else batch
+        if trainer.device_decode:
+            return decode_batch(batch, trainer.load_size, dev, trainer.max_side)
+        return batch
 
     first = next_batch()
-    images, aspect = first.images.to(dev), first.aspect
+    images, aspect, sizes = first.images.to(dev), first.aspect, first.sizes
     for _ in range(warmup):  # compile, autotune, allocator warm-up
-        trainer.train_step(images, aspect)
+        trainer.train_step(images, aspect, sizes)
     _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         if device_only:
-            trainer.train_step(images, aspect)
+            trainer.train_step(images, aspect, sizes)
         else:
             b = next_batch()
-            trainer.train_step(b.images, b.aspect)
+            trainer.train_step(b.images, b.aspect, b.sizes)
     _sync(dev)
     elapsed = time.perf_counter() - t0
     n = cfg.data.batch_size * steps
-    flops = step_flops(trainer, images, aspect)
+    flops = step_flops(trainer, images, aspect, sizes)
     step_s = elapsed / steps
     return {
         "img_per_s": round(n / elapsed, 1),
