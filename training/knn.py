@@ -61,7 +61,7 @@ def knn_predict(
     k: int = 20,
     temperature: float = 0.07,
     num_classes: int | None = None,
-    chunk: int = 1024,
+    chunk: int = 0,
 ) -> torch.Tensor:
     """Weighted k-NN vote: class score = Σ exp(cos / T) over the k nearest neighbours of that class.
 
@@ -69,11 +69,14 @@ def knn_predict(
         train_feats: (N, D) L2-normalised memory.
         train_labels: (N,) int labels.
         query_feats: (Q, D) L2-normalised queries.
+        chunk: queries per similarity block; 0 = as many as keep a block ≤ 2^28 entries.
     Returns:
         (Q, C) class scores normalised to sum 1 per query.
     """
     num_classes = num_classes or int(train_labels.max()) + 1
     k = min(k, train_feats.shape[0])
+    # Queries per similarity block: ≤ 2^28 entries (1 GiB in fp32) whatever the memory's size.
+    chunk = chunk or max(1, min(1024, 2**28 // max(train_feats.shape[0], 1)))
     out = []
     for start in range(0, query_feats.shape[0], chunk):
         sim = query_feats[start : start + chunk] @ train_feats.t()  # (q, N)
