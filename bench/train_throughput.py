@@ -65,7 +65,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_flops(trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor) -> float:
+def step_flops(
+    trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor, sizes: torch.Tensor | None = None
+) -> float:
     """FLOPs of one training step (teacher forward, student forward + backward).
 
     Counted on an uncompiled trainer: compiled graphs run inductor kernels that the counter's
@@ -73,7 +75,7 @@ def step_flops(trainer: Trainer, images: torch.Tensor, aspect: torch.Tensor) -> 
     count serves every path of that batch.
     """
     with FlopCounterMode(display=False) as counter:
-        trainer.train_step(images, aspect)
+        trainer.train_step(images, aspect, sizes)
     return float(counter.get_total_flops())
 
 
@@ -90,7 +92,9 @@ class _Batches:
         except StopIteration:
             self.it = iter(t.loader)
             batch = next(self.it)
-        return decode_batch(batch, t.load_size, t.device) if t.device_decode else batch
+        if t.device_decode:
+            return decode_batch(batch, t.load_size, t.device, t.max_side)
+        return batch
 
 
 def _timed(trainer: Trainer, steps: int, step_fn) -> float:
@@ -113,18 +117,18 @@ def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, modes: lis
     dev = trainer.device
     batches = _Batches(trainer)
     first = batches()
-    images, aspect = first.images.to(dev), first.aspect
+    images, aspect, sizes = first.images.to(dev), first.aspect, first.sizes
     for _ in range(warmup):  # compile, autotune, allocator warm-up
-        trainer.train_step(images, aspect)
+        trainer.train_step(images, aspect, sizes)
     out = {}
     for mode in modes:
         if mode == "device-only":
-            elapsed = _timed(trainer, steps, lambda: trainer.train_step(images, aspect))
+            elapsed = _timed(trainer, steps, lambda: trainer.train_step(images, aspect, sizes))
         else:
 
             def step() -> None:
                 b = batches()
-                trainer.train_step(b.images, b.aspect)
+                trainer.train_step(b.images, b.aspect, b.sizes)
 
             elapsed = _timed(trainer, steps, step)
         out[mode] = {
@@ -134,7 +138,7 @@ def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, modes: lis
             if dev.type == "cuda"
             else None,
         }
-    out["flops"] = None if cfg.run.compile else step_flops(trainer, images, aspect)
+    out["flops"] = None if cfg.run.compile else step_flops(trainer, images, aspect, sizes)
     return out
 
 

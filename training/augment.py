@@ -1,10 +1,16 @@
 """DINO multi-crop augmentation as batched tensor ops with per-sample random parameters.
 
 The same code runs on the GPU (the fast path: the whole batch at once) and on the CPU (tests, the
-plain path). Input is a batch of decoded images already resized to one square `load_size`, plus
-each image's original aspect ratio (width / height), so crop boxes are drawn in the original
-geometry and come out undistorted. All randomness comes from the `torch.Generator` passed in, so
-a step's crops are a pure function of its seed (resume reproduces them exactly).
+plain path), so both make the same views. Input is a batch of decoded images on one canvas, each
+at its own size (full resolution) or all squashed to one square with the original aspect ratio
+(width / height) kept aside; crop boxes are drawn in the original geometry, so crops come out
+undistorted, and each crop is resampled with an area filter when it shrinks (no aliasing).
+All randomness comes from the `torch.Generator` passed in, so a step's crops are a pure function
+of its seed (resume reproduces them exactly).
+
+The photometric ops follow torchvision.transforms.v2.functional on the same parameters (the
+tests check it): ColorJitter with its op order drawn per image, grayscale, Gaussian blur,
+solarisation.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from training.config import CropConfig
 
-_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL and torchvision use
+_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, with torchvision's rounding
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device):
@@ -70,24 +77,50 @@ def sample_boxes(
 
 
 def crop_resize(
-    images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    flip: torch.Tensor,
+    sizes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Crop each image to its box, resize to `size` (bicubic) and mirror where `flip`.
+    """Crop each image to its box, resample to size² and mirror where `flip`.
+
+    Resampling is batched and the same on the CPU and on CUDA. torchvision's RoIAlign with an
+    adaptive grid averages ⌈crop/size⌉² bilinear samples over each output pixel's footprint: an
+    area filter, bilinear when the crop grows, and close to torchvision's antialiased (triangle)
+    resize for shrink factors below ~1.75. Beyond that a box passes too much of the band above
+    the new Nyquist, so those crops are cut at 2·size (area) and halved with the antialiased
+    triangle filter, which lands within a few percent of torchvision's antialiased resize.
 
     Args:
-        images: (B, 3, S, S) float in [0, 1].
-        boxes: (B, 4) from `sample_boxes`.
+        images: (B, 3, H, W) float in [0, 1]; image i fills [:, :h_i, :w_i] of the canvas.
+        boxes: (B, 4) from `sample_boxes`, in units of each image's width and height.
         flip: (B,) bool.
+        sizes: (B, 2) (h_i, w_i); None = every image fills the canvas.
     """
-    x0, y0, w, h = boxes.unbind(1)
-    sx = torch.where(flip, -w, w)
-    theta = torch.zeros(images.shape[0], 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = 2 * (x0 + w / 2) - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * (y0 + h / 2) - 1
-    grid = F.affine_grid(theta, [images.shape[0], 3, size, size], align_corners=False)
-    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    b, _, hgt, wid = images.shape
+    if sizes is None:
+        hw = images.new_tensor([hgt, wid]).expand(b, 2)
+    else:
+        hw = sizes.to(images.device, images.dtype)
+    x0, y0, w, h = boxes.to(images.dtype).unbind(1)
+    h_img, w_img = hw.unbind(1)
+    rois = torch.stack(
+        [
+            torch.arange(b, device=images.device, dtype=images.dtype),
+            x0 * w_img,
+            y0 * h_img,
+            (x0 + w) * w_img,
+            (y0 + h) * h_img,
+        ],
+        dim=1,
+    )  # (B, 5): batch index, x1, y1, x2, y2 in pixels (pixel i spans [i, i + 1))
+    out = roi_align(images, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    fine = roi_align(images, rois, (2 * size, 2 * size), 1.0, sampling_ratio=-1, aligned=True)
+    fine = F.interpolate(fine, size=(size, size), mode="bilinear", antialias=True)
+    shrink = torch.maximum(w * w_img, h * h_img) / size  # (B,) crop side / output side
+    out = torch.where((shrink >= 1.75).view(-1, 1, 1, 1), fine, out)
+    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
     return out.clamp_(0, 1)
 
 
@@ -136,41 +169,104 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return table.gather(0, idx).squeeze(0)
 
 
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of each image by shift (B,) turns, as torchvision's adjust_hue."""
+    hsv = _rgb_to_hsv(x)
+    hsv = torch.stack([(hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+    return _hsv_to_rgb(hsv)
+
+
+def jitter_with(
+    x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, hue_any: bool = True
+) -> torch.Tensor:
+    """ColorJitter with given parameters: brightness, contrast, saturation factors and hue shift.
+
+    Args:
+        x: (B, 3, H, W) in [0, 1].
+        factors: (B, 4); a factor of 1 (0 for hue) leaves that op out.
+        order: (B, 4) int on the CPU, each row a permutation of 0–3 (the op at each stage).
+        hue_any: False skips the HSV round trip (every hue shift is 0).
+    """
+    bri, con, sat, hue = (factors[:, j].to(x.dtype) for j in range(4))
+    zero = x.new_zeros(())
+    for stage in range(4):
+        op = order[:, stage].to(x.device)
+        # Brightness, contrast and saturation are each a blend f·x + (1 − f)·other (other = 0,
+        # the gray mean, the gray image): one blend per stage with the op picked per image.
+        gray = _gray(x)
+        other = torch.where(
+            (op == 0).view(-1, 1, 1, 1),
+            zero,
+            torch.where((op == 1).view(-1, 1, 1, 1), gray.mean((1, 2, 3), keepdim=True), gray),
+        )
+        f = torch.where(op == 0, bri, torch.where(op == 1, con, torch.where(op == 2, sat, 1.0)))
+        x = torch.where((op == 3).view(-1, 1, 1, 1), x, _blend(x, other, f))
+        if hue_any:
+            # The images whose hue turn is at this stage: the order lives on the host, so this
+            # selection needs no device sync, and each image's HSV round trip happens once.
+            idx = torch.nonzero(order[:, stage] == 3).flatten()
+            if idx.numel():
+                idx = idx.to(x.device)
+                x = x.index_copy(0, idx, adjust_hue(x.index_select(0, idx), hue[idx]))
+    return x
+
+
+def jitter_orders(b: int, g: torch.Generator) -> torch.Tensor:
+    """(B, 4) CPU int: one random permutation of the four jitter ops per image.
+
+    Host-side control flow, so drawn on the CPU from a seed derived from the generator's: a CUDA
+    generator never forces a device→host sync.
+    """
+    cpu = torch.Generator().manual_seed((g.initial_seed() + 0x9E3779B9) % 2**63)
+    return torch.rand(b, 4, generator=cpu).argsort(1)
+
+
 def color_jitter(
     x: torch.Tensor,
     strength: tuple[float, float, float, float],
     p: float,
     g: torch.Generator,
 ) -> torch.Tensor:
-    """torchvision's ColorJitter with per-sample factors, applied to a random subset (prob p)."""
+    """torchvision's ColorJitter per image (own factors and own op order) on a subset (prob p)."""
     b, dev = x.shape[0], x.device
     bri, con, sat, hue = strength
     apply = _bernoulli(b, p, g, dev)
-    out = x
-    # The op order is host-side control flow: draw it on the CPU from the generator's seed so a
-    # CUDA generator never forces a device→host sync.
-    order = torch.randperm(4, generator=torch.Generator().manual_seed(g.initial_seed()))
-    for op in order.tolist():
-        if op == 0 and bri > 0:
-            out = (out * _uniform(b, 1 - bri, 1 + bri, g, dev).view(-1, 1, 1, 1)).clamp(0, 1)
-        elif op == 1 and con > 0:
-            mean = _gray(out).mean((1, 2, 3), keepdim=True)
-            out = _blend(out, mean, _uniform(b, 1 - con, 1 + con, g, dev))
-        elif op == 2 and sat > 0:
-            out = _blend(out, _gray(out), _uniform(b, 1 - sat, 1 + sat, g, dev))
-        elif op == 3 and hue > 0:
-            hsv = _rgb_to_hsv(out)
-            shift = _uniform(b, -hue, hue, g, dev).view(-1, 1, 1)
-            hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
-            out = _hsv_to_rgb(hsv)
+    factors = torch.stack(
+        [
+            _uniform(b, 1 - bri, 1 + bri, g, dev),
+            _uniform(b, 1 - con, 1 + con, g, dev),
+            _uniform(b, 1 - sat, 1 + sat, g, dev),
+            _uniform(b, -hue, hue, g, dev),
+        ],
+        1,
+    )
+    identity = factors.new_tensor([1.0, 1.0, 1.0, 0.0])
+    off = torch.tensor([bri <= 0, con <= 0, sat <= 0, hue <= 0], device=dev)
+    factors = torch.where(off, identity, factors)
+    out = jitter_with(x, factors, jitter_orders(b, g), hue_any=hue > 0)
     return torch.where(apply.view(-1, 1, 1, 1), out, x)
+
+
+def blur_with(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Gaussian blur of each image with its σ (B,), kernel 2·radius + 1, reflect padding, as
+    torchvision's gaussian_blur; one grouped separable conv for the batch."""
+    b, c, hgt, wid = x.shape
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B, K)
+    k = k.repeat_interleave(c, 0)  # (B·C, K): one kernel per channel of each sample
+    y = x.reshape(1, b * c, hgt, wid)
+    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, k[:, None, :, None], groups=b * c)
+    return y.view(b, c, hgt, wid)
 
 
 def gaussian_blur(
     x: torch.Tensor, p: float, sigma: tuple[float, float], g: torch.Generator
 ) -> torch.Tensor:
-    """Per-sample Gaussian blur (σ uniform in range) on a random subset, as one grouped conv."""
-    b, c, hgt, wid = x.shape
+    """Per-sample Gaussian blur (σ uniform in range) on a random subset."""
+    b, _, hgt, wid = x.shape
     dev = x.device
     apply = _bernoulli(b, p, g, dev)
     sig = _uniform(b, sigma[0], sigma[1], g, dev)
@@ -179,15 +275,12 @@ def gaussian_blur(
     radius = min(math.ceil(3 * sigma[1]), (min(hgt, wid) - 1) // 2)
     if radius < 1:
         return x
-    offsets = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
-    k = torch.exp(-(offsets[None] ** 2) / (2 * sig[:, None].to(x.dtype) ** 2))
-    k = k / k.sum(1, keepdim=True)  # (B, K)
-    k = k.repeat_interleave(c, 0)  # (B·C, K): one kernel per channel of each sample
-    y = x.reshape(1, b * c, hgt, wid)
-    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k[:, None, None, :], groups=b * c)
-    y = F.conv2d(y, k[:, None, :, None], groups=b * c)
-    return torch.where(apply.view(-1, 1, 1, 1), y.view(b, c, hgt, wid), x)
+    return torch.where(apply.view(-1, 1, 1, 1), blur_with(x, sig, radius), x)
+
+
+def solarize(x: torch.Tensor, apply: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """torchvision's solarize on the images where `apply` (B,)."""
+    return torch.where(apply.view(-1, 1, 1, 1) & (x >= threshold), 1 - x, x)
 
 
 def _photometric(
@@ -199,8 +292,7 @@ def _photometric(
     x = torch.where(gray, _gray(x).expand_as(x), x)
     x = gaussian_blur(x, blur_p, cfg.blur_sigma, g)
     if solarize_p > 0:
-        sol = _bernoulli(b, solarize_p, g, dev).view(-1, 1, 1, 1)
-        x = torch.where(sol & (x >= 0.5), 1 - x, x)
+        x = solarize(x, _bernoulli(b, solarize_p, g, dev))
     mean = x.new_tensor(cfg.mean).view(1, 3, 1, 1)
     std = x.new_tensor(cfg.std).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -221,14 +313,20 @@ class MultiCropAugment:
         return 2 + self.cfg.local_number
 
     def __call__(
-        self, images: torch.Tensor, aspect: torch.Tensor, g: torch.Generator
+        self,
+        images: torch.Tensor,
+        aspect: torch.Tensor,
+        g: torch.Generator,
+        sizes: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Make all views of a batch.
 
         Args:
-            images: (B, 3, S, S) uint8 or float in [0, 1], on the device that should do the work.
+            images: (B, 3, H, W) uint8 or float in [0, 1] canvas, on the device that should do
+                the work.
             aspect: (B,) original width / height.
             g: generator on the same device.
+            sizes: (B, 2) each image's (h, w) on the canvas; None = all fill it.
         Returns:
             [global 1 (B,3,G,G), global 2 (B,3,G,G), locals (N·B,3,L,L) in view-major order] —
             the locals are one tensor because they all go through the model together.
@@ -240,7 +338,7 @@ class MultiCropAugment:
         views = []
         for blur_p, sol_p in ((cfg.blur_p[0], 0.0), (cfg.blur_p[1], cfg.solarize_p)):
             boxes = sample_boxes(aspect, cfg.global_scale, g)
-            crop = crop_resize(x, boxes, cfg.global_size, _bernoulli(b, 0.5, g, dev))
+            crop = crop_resize(x, boxes, cfg.global_size, _bernoulli(b, 0.5, g, dev), sizes)
             views.append(_photometric(crop, cfg, blur_p, sol_p, g))
         if cfg.local_number:
             locals_ = [
@@ -249,6 +347,7 @@ class MultiCropAugment:
                     sample_boxes(aspect, cfg.local_scale, g),
                     cfg.local_size,
                     _bernoulli(b, 0.5, g, dev),
+                    sizes,
                 )
                 for _ in range(cfg.local_number)
             ]

@@ -45,8 +45,11 @@ class MultiCropNet(nn.Module):
     """Backbone + head over a list of crop batches; same-resolution crops share a forward.
 
     Returns the head outputs of all views concatenated in input order, and the backbone CLS
-    features of the first group (the global views, used by KoLeo).
+    features of the first `n_first` views (the global views, used by KoLeo) — sliced by view, not
+    by resolution group, which would hold every view when local and global crops share a size.
     """
+
+    n_first = 2
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -60,5 +63,6 @@ class MultiCropNet(nn.Module):
                 groups[-1].append(c)
             else:
                 groups.append([c])
-        feats = [self.backbone(torch.cat(g)) for g in groups]  # each (n·B, D)
-        return self.head(torch.cat(feats)), feats[0]
+        feats = torch.cat([self.backbone(torch.cat(g)) for g in groups])  # (V·B, D)
+        n_first = sum(c.shape[0] for c in crops[: self.n_first])
+        return self.head(feats), feats[:n_first]

@@ -1,219 +1,220 @@
-"""Training configuration: small dataclasses loaded from a YAML preset plus `key=value` overrides.
+"""Training configuration: pydantic models loaded from a YAML preset plus `key=value` overrides.
 
-The resolved config is written into every run directory so a run can be reproduced exactly.
+One configuration system with core/settings.py: typed fields, validated once when the config is
+built, unknown keys refused with the nearest valid key named. The resolved config is written into
+every run directory so a run can be reproduced exactly.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
     """A preset or an override names an unknown key or holds a value of the wrong type."""
 
 
-@dataclass
-class ModelConfig:
+# Names from the reference implementation's flags that this config spells differently: a user
+# passing one gets an error that says which key does the job instead of a silent no-op.
+RENAMED = {
+    "loss.teacher_temp": "loss.final_teacher_temp (the teacher temperature after its warm-up "
+    "from loss.warmup_teacher_temp over loss.warmup_teacher_temp_epochs)",
+    "optim.lr": "optim.base_lr",
+    "optim.batch_size_per_gpu": "data.batch_size",
+    "data.batch_size_per_gpu": "data.batch_size",
+    "crops.local_crops_number": "crops.local_number",
+    "crops.global_crops_scale": "crops.global_scale",
+    "crops.local_crops_scale": "crops.local_scale",
+    "model.drop_path": "model.drop_path_rate",
+}
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors; assignments are validated too, so a config never holds a bad value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class ModelConfig(_Section):
     arch: str = "vit_small_patch16_224"  # any timm ViT name
-    patch_size: int = 16
-    img_size: int = 224  # global crop size; local crops go through the same model
-    drop_path_rate: float = 0.1
+    patch_size: int = Field(16, ge=1)
+    img_size: int = Field(224, ge=1)  # global crop size; local crops go through the same model
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
     # Extra timm kwargs, e.g. {embed_dim: 96, depth: 4, num_heads: 3} for a tiny model.
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class HeadConfig:
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    nlayers: int = 3
+class HeadConfig(_Section):
+    out_dim: int = Field(65536, ge=1)
+    hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    nlayers: int = Field(3, ge=1)
     norm_last_layer: bool = True
 
 
-@dataclass
-class CropConfig:
-    global_size: int = 224
+class CropConfig(_Section):
+    global_size: int = Field(224, ge=1)
     global_scale: tuple[float, float] = (0.4, 1.0)
-    local_number: int = 10
-    local_size: int = 96
+    local_number: int = Field(10, ge=0)
+    local_size: int = Field(96, ge=1)
     local_scale: tuple[float, float] = (0.05, 0.4)
-    # Images are decoded and resized to this square before cropping; their aspect ratio is kept
-    # aside so crops come out undistorted. 0 means global_size × 8/7.
-    load_size: int = 0
+    # 0 (the default): crops are cut from the image at full resolution, as the reference does;
+    # images whose long side exceeds max_side are first shrunk to it (antialiased). > 0: the
+    # legacy squashed path, every image resized to one load_size² square first (its aspect ratio
+    # kept aside so crops come out undistorted) — cheaper to decode, blurrier views.
+    load_size: int = Field(0, ge=0)
+    max_side: int = Field(512, ge=0)  # 0 = no bound
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, locals
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels of the crop, as the reference
-    solarize_p: float = 0.2  # global 2 only
+    solarize_p: float = Field(0.2, ge=0, le=1)  # global 2 only
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     train: str = ""  # folder or tar/tar.gz of images (sub-folders are ignored for training)
     knn_train: str = ""  # labelled memory for the k-NN eval (class folders); empty = no eval
     knn_val: str = ""  # labelled queries for the k-NN eval
     # Hold out the last N images of each class (needs class folders): they are left out of
     # training and become the k-NN queries, the rest of the labelled images the k-NN memory.
-    holdout_per_class: int = 0
-    batch_size: int = 64  # per process
-    num_workers: int = 4
+    holdout_per_class: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1)  # per process
+    num_workers: int = Field(4, ge=0)
     # Where JPEGs are decoded: "device" = workers only read files and the batch is decoded on
     # the training device (nvJPEG on CUDA); "cpu" = workers decode; "auto" = device on CUDA.
-    decode: str = "auto"
+    decode: Literal["auto", "cpu", "device"] = "auto"
     cache_dir: str = "var/cache"  # where compressed tars are unpacked once
 
 
-@dataclass
-class OptimConfig:
-    epochs: int = 100
-    base_lr: float = 0.0005  # scaled by global_batch / 256
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
+class OptimConfig(_Section):
+    epochs: int = Field(100, ge=1)
+    base_lr: float = Field(0.0005, ge=0)  # scaled by global_batch / 256
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: int = Field(10, ge=0)
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0
-    freeze_last_layer_epochs: int = 1
+    freeze_last_layer_epochs: int = Field(1, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-@dataclass
-class LossConfig:
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    final_teacher_temp: float = 0.07
-    warmup_teacher_temp_epochs: int = 30
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996
-    centering: str = "center"  # "center" (DINO) or "sinkhorn" (DINOv2)
-    sinkhorn_iters: int = 3
-    koleo_weight: float = 0.0  # DINOv2 KoLeo regulariser on the student's global CLS
+class LossConfig(_Section):
+    student_temp: float = Field(0.1, gt=0)
+    # The teacher temperature warms up linearly from warmup_teacher_temp to final_teacher_temp.
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    final_teacher_temp: float = Field(0.07, gt=0)
+    warmup_teacher_temp_epochs: int = Field(30, ge=0)
+    center_momentum: float = Field(0.9, ge=0, le=1)
+    momentum_teacher: float = Field(0.996, ge=0, le=1)
+    centering: Literal["center", "sinkhorn"] = "center"  # DINO's EMA centre or DINOv2's SK
+    sinkhorn_iters: int = Field(3, ge=1)
+    koleo_weight: float = Field(0.0, ge=0)  # DINOv2 KoLeo regulariser on the student's global CLS
 
 
-@dataclass
-class EvalConfig:
-    every_epochs: int = 10
-    k: int = 20
-    temperature: float = 0.07
-    crop_pct: float = 0.875  # resize shorter side to img_size / crop_pct, then centre crop
-    batch_size: int = 256
+class EvalConfig(_Section):
+    every_epochs: int = Field(10, ge=1)
+    k: int = Field(20, ge=1)
+    temperature: float = Field(0.07, gt=0)
+    crop_pct: float = Field(0.875, gt=0, le=1)  # resize shorter side to img_size / crop_pct
+    batch_size: int = Field(256, ge=1)
     at_start: bool = True  # also evaluate the untrained model, for the before/after figure
+    # Upper bound on one evaluation's wall time. Every rank extracts its slice of the labelled
+    # images; a rank that reaches the bound stops extracting and the others are told so at the
+    # next (cheap) agreement, so no rank ever waits in a collective for longer than one batch.
+    # The result is then computed on the images every rank finished, and logged as partial.
+    max_seconds: float = Field(300.0, gt=0)
 
 
-@dataclass
-class RunConfig:
+class RunConfig(_Section):
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     compile: bool = False
     # Where multi-crop runs: "auto" = the training device; "cpu" = the plain path (crops made on
     # the CPU, then copied), kept as the baseline of bench/train_throughput.py.
-    augment_device: str = "auto"
-    save_every_epochs: int = 10
-    save_every_steps: int = 0  # 0 = only at epoch boundaries and the end
-    max_steps: int = 0  # stop early (the schedules still span the whole run); 0 = no limit
-    log_every_steps: int = 20
+    augment_device: Literal["auto", "cpu"] = "auto"
+    save_every_epochs: int = Field(10, ge=0)
+    save_every_steps: int = Field(0, ge=0)  # 0 = only at epoch boundaries and the end
+    max_steps: int = Field(0, ge=0)  # stop early (the schedules still span the whole run)
+    log_every_steps: int = Field(20, ge=1)
     tensorboard: bool = True
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default
 
 
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    crops: CropConfig = field(default_factory=CropConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+class TrainConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    crops: CropConfig = Field(default_factory=CropConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def digest(self) -> str:
-        """Short hash of the resolved config, for provenance."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         if self.crops.global_size % self.model.patch_size or (
             self.crops.local_number and self.crops.local_size % self.model.patch_size
         ):
-            raise ConfigError("crop sizes must be multiples of model.patch_size")
-        if self.data.decode not in ("auto", "cpu", "device"):
-            raise ConfigError("data.decode must be auto, cpu or device")
-        if self.loss.centering not in ("center", "sinkhorn"):
-            raise ConfigError("loss.centering must be 'center' or 'sinkhorn'")
-        if self.run.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError("run.precision must be auto, bf16 or fp32")
-        if self.run.augment_device not in ("auto", "cpu"):
-            raise ConfigError("run.augment_device must be auto or cpu")
-        if self.run.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError("run.device must be auto, cpu or cuda")
-        if self.optim.epochs < 1 or self.data.batch_size < 1:
-            raise ConfigError("optim.epochs and data.batch_size must be positive")
-        if not 0 < self.eval.crop_pct <= 1:
-            raise ConfigError("eval.crop_pct must be in (0, 1]")
+            raise ValueError("crop sizes must be multiples of model.patch_size")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def digest(self) -> str:
+        """Short hash of the resolved config, for provenance."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Turn a YAML or command-line value into the type a field declares."""
-    origin = getattr(hint, "__origin__", None)
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if hint in (int, float, str):
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return hint(value)
-        if origin is tuple:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            args = hint.__args__
-            items = list(value)
-            if len(items) != len(args):
-                raise ValueError(f"expected {len(args)} values")
-            return tuple(_coerce(v, a, key) for v, a in zip(items, args, strict=True))
-        if origin is dict:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, dict):
-                raise ValueError("expected a mapping")
-            return dict(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: cannot read {value!r} as {hint}: {exc}") from exc
-    return value
+def _section_fields(key: str) -> list[str]:
+    """The valid keys beside `key` (a dotted path), for 'did you mean'."""
+    model: type[BaseModel] = TrainConfig
+    for part in key.split(".")[:-1]:
+        field = model.model_fields.get(part)
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    prefix = key.rpartition(".")[0]
+    return [f"{prefix}.{name}" if prefix else name for name in model.model_fields]
 
 
-def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
-    hints = get_type_hints(type(section))
-    for name, value in values.items():
-        key = f"{prefix}{name}"
-        if name not in hints:
-            raise ConfigError(f"unknown config key: {key}")
-        current = getattr(section, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key} must be a mapping")
-            _apply(current, value, f"{key}.")
+def _explain(exc: ValidationError) -> ConfigError:
+    """One line per problem, each naming the dotted key (and, for an unknown key, the right one)."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            if key in RENAMED:
+                hint = f"; use {RENAMED[key]}"
+            else:
+                near = difflib.get_close_matches(key, _section_fields(key), n=1, cutoff=0.6)
+                hint = f"; did you mean {near[0]}?" if near else ""
+            lines.append(f"unknown config key: {key}{hint}")
+        elif key:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         else:
-            setattr(section, name, _coerce(value, hints[name], key))
+            lines.append(err["msg"].removeprefix("Value error, "))
+    return ConfigError("; ".join(lines))
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for name, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(name), dict) and name != "kwargs":
+            _merge(base[name], value)
+        else:
+            base[name] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -222,13 +223,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Args:
         path: YAML preset (see configs/); None keeps the reference defaults.
         overrides: strings like `optim.epochs=5` or `crops.global_scale=[0.3,1]`.
+    Raises:
+        ConfigError: naming every bad key (with the nearest valid key for a typo) or value.
     """
-    cfg = TrainConfig()
+    data: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        _apply(cfg, data, "")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -239,12 +241,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
-        _apply(cfg, nested, "")
-    cfg.validate()
-    return cfg
+        _merge(data, nested)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc) from None
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
     """Write the resolved config as YAML (tuples become lists, which load back the same)."""
-    data = json.loads(json.dumps(cfg.to_dict()))
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,7 +1,9 @@
 """Training data: image folders or tar archives, decoded by CPU workers, in a resumable order.
 
-Workers only decode and resize to one square `load_size` (keeping the aspect ratio aside); every
-augmentation happens later, batched, on the training device (see augment.py).
+Workers only decode: at full resolution (the long side bounded by `max_side`), or, on the legacy
+squashed path (`load_size` > 0), resized to one square with the aspect ratio kept aside. A batch
+is one canvas of the largest image's size with each image's size beside it; every augmentation
+happens later, batched, on the training device (see augment.py).
 """
 
 from __future__ import annotations
@@ -93,6 +95,30 @@ def list_images(root: Path) -> ImageList:
     return ImageList(root, files, labels, classes)
 
 
+def bounded_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) shrunk so the long side is at most max_side (0 = no bound)."""
+    long = max(width, height)
+    if not max_side or long <= max_side:
+        return width, height
+    scale = max_side / long
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def decode_full(data: bytes | Path, max_side: int) -> np.ndarray:
+    """Decode an image at its own size, the long side shrunk to max_side (antialiased) if larger.
+
+    Returns (3, H, W) uint8, EXIF orientation applied.
+    """
+    with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
+        if max_side:
+            img.draft("RGB", (max_side, max_side))  # JPEG: DCT-scale huge images, still ≥ max_side
+        rgb = to_rgb(img)
+    size = bounded_size(rgb.width, rgb.height, max_side)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
 def decode_square(data: bytes | Path, load_size: int) -> tuple[np.ndarray, float]:
     """Decode an image and resize it to load_size² (antialiased bicubic), with its aspect ratio."""
     with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
@@ -104,31 +130,65 @@ def decode_square(data: bytes | Path, load_size: int) -> tuple[np.ndarray, float
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy(), aspect
 
 
-class TrainImages(Dataset):
-    """Decoded training images: (uint8 (3, S, S), aspect, ok). Unreadable files give ok=False."""
+def decode(data: bytes | Path, load_size: int, max_side: int) -> tuple[np.ndarray, float]:
+    """(3, H, W) uint8 and the original aspect ratio: squashed to load_size² when load_size > 0,
+    else at full resolution (long side ≤ max_side)."""
+    if load_size:
+        return decode_square(data, load_size)
+    arr = decode_full(data, max_side)
+    return arr, arr.shape[2] / arr.shape[1]
 
-    def __init__(self, images: ImageList, load_size: int) -> None:
+
+class TrainImages(Dataset):
+    """Decoded training images: (uint8 (3, H, W), aspect, ok). Unreadable files give ok=False.
+
+    Args:
+        load_size: > 0 squashes every image to load_size² (legacy path); 0 keeps full resolution.
+        max_side: bound on the long side at full resolution (0 = none).
+    """
+
+    def __init__(self, images: ImageList, load_size: int, max_side: int = 0) -> None:
         self.images = images
-        self.load_size = load_size
+        self.load_size, self.max_side = load_size, max_side
 
     def __len__(self) -> int:
         return len(self.images.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, float, bool]:
         try:
-            arr, aspect = decode_square(self.images.files[i], self.load_size)
+            arr, aspect = decode(self.images.files[i], self.load_size, self.max_side)
             return torch.from_numpy(arr), aspect, True
         except _DECODE_ERRORS as exc:
             log.debug("skipping %s: %s", self.images.files[i], exc)
-            s = self.load_size
+            s = self.load_size or 1
             return torch.zeros(3, s, s, dtype=torch.uint8), 1.0, False
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, 3, S, S) uint8
-    aspect: torch.Tensor  # (B,)
+    images: torch.Tensor  # (B, 3, H, W) uint8 canvas; image i fills [:, :h_i, :w_i]
+    aspect: torch.Tensor  # (B,) original width / height
+    sizes: torch.Tensor  # (B, 2) int (h_i, w_i)
     failed: int  # unreadable images replaced in this batch
+
+
+def pad_stack(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, h, w) images → one (B, 3, H, W) canvas and the (B, 2) sizes (h, w).
+
+    The margin repeats each image's last row and column, so resampling near an edge sees the
+    edge (as border clamping would), never the margin's fill.
+    """
+    sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.long)
+    hh, ww = (int(v) for v in sizes.max(0).values)
+    if all(im.shape[1:] == (hh, ww) for im in images):
+        return torch.stack(images), sizes
+    out = images[0].new_empty(len(images), 3, hh, ww)
+    for i, im in enumerate(images):
+        h, w = im.shape[1:]
+        out[i, :, :h, :w] = im
+        out[i, :, :h, w:] = im[:, :, w - 1 : w]
+        out[i, :, h:, :] = out[i, :, h - 1 : h, :]
+    return out, sizes
 
 
 class UnreadableBatch(RuntimeError):
@@ -144,9 +204,11 @@ def collate(items: list[tuple[torch.Tensor, float, bool]]) -> Batch:
     if not good:
         raise UnreadableBatch("a whole batch of images could not be decoded; is the data readable?")
     pick = [i if items[i][2] else good[n % len(good)] for n, i in enumerate(range(len(items)))]
+    images, sizes = pad_stack([items[i][0] for i in pick])
     return Batch(
-        images=torch.stack([items[i][0] for i in pick]),
+        images=images,
         aspect=torch.tensor([items[i][1] for i in pick], dtype=torch.float32),
+        sizes=sizes,
         failed=len(items) - len(good),
     )
 

@@ -53,9 +53,17 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.mlp(x)  # (B, bottleneck)
-        x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x)  # (B, out_dim)
+        return self.prototypes(self.mlp(x))  # (B, bottleneck) → (B, out_dim)
+
+    def prototypes(self, z: torch.Tensor) -> torch.Tensor:
+        """L2-normalise the bottleneck and score it against the prototypes, always in fp32.
+
+        Under bf16 autocast an 8-bit mantissa on logits later divided by τt = 0.04 is visible noise
+        in the teacher's targets (worse with free prototype norms), so autocast is off here.
+        """
+        with torch.autocast(z.device.type, enabled=False):
+            z = F.normalize(z.float(), dim=-1, p=2)
+            return self.last_layer(z)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen during the first epoch(s)."""

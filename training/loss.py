@@ -34,11 +34,15 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iters: int = 3) -> torch
     q = torch.exp(logits - shift).t()  # (K, B)
     n_samples = q.shape[1] * _world_size()
     n_protos = q.shape[0]
+    # A prototype whose logits all sit ~88 nats (fp32) below the global maximum underflows to
+    # an all-zero row, and 0/0 would turn the whole batch into NaN: such a row stays zero and
+    # the others share its mass. Same for a sample's column.
+    tiny = torch.finfo(q.dtype).tiny
     q /= _all_reduce(q.sum())
     for _ in range(n_iters):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
         q /= n_protos
-        q /= q.sum(dim=0, keepdim=True)
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
         q /= n_samples
     q *= n_samples
     return q.t()

@@ -127,17 +127,21 @@ class DINO(nn.Module):
             p.grad = None
 
     @torch.no_grad()
-    def clip_gradients(self, clip: float) -> None:
+    def clip_gradients(self, clip: float) -> torch.Tensor:
         """The reference's per-parameter clipping: each grad's norm is capped at `clip`.
 
         Done with foreach ops and no host sync (clip_coef ≤ 1 via clamp, not an if).
+        Returns:
+            a device bool, False when any gradient is non-finite (for the trainer's NaN guard).
         """
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
-        if not grads or clip <= 0:
-            return
+        if not grads:
+            return torch.ones((), dtype=torch.bool)
         norms = torch._foreach_norm(grads)
-        coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
-        torch._foreach_mul_(grads, coefs)
+        if clip > 0:
+            coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
+            torch._foreach_mul_(grads, coefs)
+        return torch.isfinite(torch.stack(norms)).all()
 
     def teacher_backbone(self) -> nn.Module:
         """The backbone that gets exported and evaluated (the paper evaluates the teacher)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -28,10 +29,10 @@ from training.data import (
     split_holdout,
 )
 from training.device_decode import EncodedImages, collate_encoded, decode_batch
-from training.distributed import DistInfo, barrier, init_distributed, shutdown
+from training.distributed import DistInfo, init_distributed, shutdown
 from training.knn import KnnEvaluator
 from training.meta_arch import DINO
-from training.metrics import MetricsLog, plot_curves
+from training.metrics import MetricsLog, TrainingDiverged, plot_curves
 from training.schedules import Schedules, build_schedules
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,17 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return None
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 4099 + rank) % (2**63)
+AUGMENT, MODEL = 0, 1  # random streams of a step: crops and photometry; drop path
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int = AUGMENT) -> int:
+    """The seed of one random stream of one step on one rank.
+
+    Mixed through a SeedSequence so the streams are unrelated: seeding the drop-path RNG and the
+    augmentation generator with one number would draw the same uniforms for both on the CPU.
+    """
+    state = np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) % (2**63)
 
 
 def build_data(cfg: TrainConfig) -> tuple[ImageList, KnnEvaluator | None]:
@@ -112,7 +122,6 @@ class Trainer:
             save_config(cfg, run_dir / "config.yaml")
 
         images, self.evaluator = build_data(cfg)
-        load_size = cfg.crops.load_size or round(cfg.crops.global_size * 8 / 7)
         self.sampler = ResumableSampler(
             len(images.files),
             cfg.data.batch_size,
@@ -120,11 +129,14 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
         )
-        self.load_size = load_size
+        # load_size 0: full resolution (long side ≤ max_side); > 0: the legacy squashed square.
+        self.load_size, self.max_side = cfg.crops.load_size, cfg.crops.max_side
         decode = cfg.data.decode
         self.device_decode = decode == "device" or (decode == "auto" and self.device.type == "cuda")
         self.loader = DataLoader(
-            (EncodedImages if self.device_decode else TrainImages)(images, load_size),
+            (EncodedImages if self.device_decode else TrainImages)(
+                images, self.load_size, self.max_side
+            ),
             batch_size=cfg.data.batch_size,
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
@@ -157,6 +169,8 @@ class Trainer:
             run_dir, cfg.run.tensorboard and self.dist.is_main, cfg.head.out_dim
         )
         self.failed_images = 0
+        # False once any step had a non-finite loss or gradient; checked before every save.
+        self.finite = torch.ones((), dtype=torch.bool, device=self.device)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -170,6 +184,14 @@ class Trainer:
         }
 
     def save(self, extra_name: str | None = None) -> None:
+        """Write last.pt (and a named copy); refuses to write weights a non-finite step touched."""
+        # The one host sync of the NaN guard: a flag accumulated on the device every step.
+        if not bool(self.finite):
+            raise TrainingDiverged(
+                f"a non-finite loss or gradient occurred before step {self.step}: training "
+                "diverged. Lower optim.base_lr, raise optim.warmup_epochs or check the data; "
+                "the last checkpoint is from before it."
+            )
         if not self.dist.is_main:
             return
         path = self.run_dir / LAST
@@ -193,18 +215,21 @@ class Trainer:
             if group.get("apply_wd"):
                 group["weight_decay"] = float(self.sched.weight_decay[it])
 
-    def train_step(self, images: torch.Tensor, aspect: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(
+        self, images: torch.Tensor, aspect: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One optimisation step on a decoded batch (canvas, aspect ratios, sizes; see Batch)."""
         it, cfg = self.step, self.cfg
         self._set_hyperparams(it)
-        seed = step_seed(cfg.run.seed, it, self.dist.rank)
-        torch.manual_seed(seed)  # drop path
+        torch.manual_seed(step_seed(cfg.run.seed, it, self.dist.rank, MODEL))  # drop path
         aug_dev = torch.device("cpu") if cfg.run.augment_device == "cpu" else self.device
-        g = torch.Generator(device=aug_dev).manual_seed(seed)
-        crops = self.augment(images.to(aug_dev, non_blocking=True), aspect.to(aug_dev), g)
+        g = torch.Generator(device=aug_dev).manual_seed(step_seed(cfg.run.seed, it, self.dist.rank))
+        crops = self.augment(images.to(aug_dev, non_blocking=True), aspect.to(aug_dev), g, sizes)
         crops = [c.to(self.device, non_blocking=True) for c in crops]
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model.forward_backward(crops, float(self.sched.teacher_temp[it]), self.amp)
-        self.model.clip_gradients(cfg.optim.clip_grad)
+        grads_finite = self.model.clip_gradients(cfg.optim.clip_grad)
+        self.finite &= grads_finite & torch.isfinite(out["loss"])
         if it < self.sched.freeze_last_layer_iters:
             self.model.cancel_last_layer_grads()
         self.optimizer.step()
@@ -213,22 +238,20 @@ class Trainer:
         return out
 
     def evaluate(self) -> float | None:
+        """k-NN top-1 of the teacher; every rank extracts its share (see training/knn.py)."""
         if self.evaluator is None:
             return None
-        acc = None
-        if self.dist.is_main:
-            e = self.cfg.eval
-            acc = self.evaluator(
-                self.model.teacher_backbone(),
-                self.device,
-                e.k,
-                e.temperature,
-                e.batch_size,
-                self.cfg.data.num_workers,
-                self.amp,
-            )
-        barrier()
-        return acc
+        e = self.cfg.eval
+        return self.evaluator(
+            self.model.teacher_backbone(),
+            self.device,
+            e.k,
+            e.temperature,
+            e.batch_size,
+            self.cfg.data.num_workers,
+            self.amp,
+            e.max_seconds,
+        )
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -239,7 +262,9 @@ class Trainer:
         if knn_start is not None:
             log.info("k-NN top-1 at initialisation: %.2f%%", knn_start)
         knn_end, knn_step = knn_start, 0
-        losses: list[float] = []
+        # Every step's loss in one preallocated device tensor: no per-step host sync, and not
+        # one tensor object per step for the whole run.
+        losses = torch.zeros(max(stop - self.step, 0), device=self.device)
         imgs_per_step = cfg.data.batch_size * self.dist.world_size
         bar = tqdm(
             total=stop * imgs_per_step,
@@ -260,8 +285,8 @@ class Trainer:
                 n_epoch = n_window = 0
                 for batch in self.loader:
                     if self.device_decode:
-                        batch = decode_batch(batch, self.load_size, self.device)
-                    out = self.train_step(batch.images, batch.aspect)
+                        batch = decode_batch(batch, self.load_size, self.device, self.max_side)
+                    out = self.train_step(batch.images, batch.aspect, batch.sizes)
                     self.failed_images += batch.failed
                     for k, v in out.items():  # sums stay on the device: no sync per step
                         epoch_sums[k] = epoch_sums.get(k, 0) + v
@@ -278,7 +303,7 @@ class Trainer:
                         )
                         bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=epoch)
                         window, n_window = {}, 0
-                    losses.append(out["loss"])
+                    losses[self.step - 1 - start_step] = out["loss"]
                     if cfg.run.save_every_steps and self.step % cfg.run.save_every_steps == 0:
                         self.save()
                     if self.step >= stop:
@@ -335,7 +360,7 @@ class Trainer:
             wall_s=wall,
             images_per_s=(self.step - start_step) * imgs_per_step / max(wall, 1e-9),
             failed_images=self.failed_images,
-            losses=[float(v) for v in losses],
+            losses=losses[: self.step - start_step].tolist(),
         )
         if self.dist.is_main:
             plot_curves(self.run_dir)

@@ -19,6 +19,8 @@ if __name__ == "__main__":
             "teacher": trainer.model.teacher.state_dict(),
             "steps": result.steps,
             "world_size": trainer.dist.world_size,
+            "knn_start": result.knn_start,
+            "knn_end": result.knn_end,
         },
         Path(run_dir) / f"rank{trainer.dist.rank}.pt",
     )

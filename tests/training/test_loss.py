@@ -96,3 +96,14 @@ def test_koleo_prefers_spread_points():
     spread = torch.eye(4)
     bunched = torch.tensor([[1.0, 0, 0, 0], [0.99, 0.01, 0, 0], [0, 1.0, 0, 0], [0, 0.99, 0.01, 0]])
     assert koleo_loss(spread) < koleo_loss(bunched)
+
+
+def test_sinkhorn_survives_a_prototype_row_underflowing():
+    # One prototype's logits sit far below the rest: exp underflows to an all-zero row, and
+    # before the guard 0/0 turned the whole assignment into NaN.
+    logits = torch.randn(8, 16) * 0.1
+    logits[:, 3] = -10.0
+    q = sinkhorn_knopp(logits, temp=0.04)
+    assert torch.isfinite(q).all()
+    assert torch.allclose(q.sum(1), torch.ones(8), atol=1e-5)
+    assert q[:, 3].abs().max() == 0

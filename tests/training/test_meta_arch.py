@@ -82,3 +82,29 @@ def test_per_parameter_gradient_clipping(micro_config):
     model.clip_gradients(3.0)
     for p in model.student.parameters():
         assert p.grad.norm() <= 3.0 + 1e-4
+
+
+def test_koleo_gets_the_global_views_when_locals_share_their_size(micro_config):
+    # local_size == global_size puts every view in one resolution group; KoLeo must still see
+    # only the 2 global views (2B rows), not all V·B.
+    cfg = micro_config("crops.local_size=32")
+    model = DINO(cfg)
+    b = 3
+    crops = [torch.randn(b, 3, 32, 32) for _ in range(2)] + [torch.randn(2 * b, 3, 32, 32)]
+    out, cls = model.student(crops)
+    assert out.shape[0] == 4 * b and cls.shape[0] == 2 * b
+    feats = model.student.backbone(torch.cat(crops[:2]))
+    assert torch.allclose(cls, feats, atol=1e-5)
+
+
+def test_prototypes_are_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    head = DINOHead(48, out_dim=512, hidden_dim=64, bottleneck_dim=32, norm_last_layer=False)
+    z = torch.randn(16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head.prototypes(z)
+        full = head(torch.randn(16, 48))
+    assert logits.dtype == full.dtype == torch.float32
+    w = head.last_layer.weight  # the weight-normalised prototypes, fp32
+    reference = torch.nn.functional.normalize(z, dim=-1) @ w.t()
+    assert torch.allclose(logits, reference, atol=1e-6)

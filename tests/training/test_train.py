@@ -79,3 +79,55 @@ def test_last_layer_frozen_during_first_epoch(micro_config, tmp_path):
                         DINO(cfg).student.head.mlp.parameters(), strict=True)
     )  # fmt: skip
     assert mlp_moved
+
+
+def test_no_checkpoint_is_written_after_a_non_finite_gradient(micro_config, tmp_path, monkeypatch):
+    # Step 3's gradients turn NaN while its loss stays finite, so its weights are NaN. Metrics
+    # are only checked every 100 steps; the checkpoint at step 3 must still be refused.
+    real = DINO.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            next(p for p in self.student.parameters() if p.grad is not None).grad.fill_(math.nan)
+        return out
+
+    monkeypatch.setattr(DINO, "forward_backward", poisoned)
+    cfg = micro_config("optim.epochs=1", "run.log_every_steps=100", "run.save_every_steps=2")
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        Trainer(cfg, tmp_path).fit()
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["student"].values())
+
+
+def test_fit_keeps_no_tensor_per_step(micro_config, tmp_path, monkeypatch):
+    import weakref
+
+    real = DINO.forward_backward
+    refs: list[weakref.ref] = []
+    alive: list[int] = []  # during the run: how many earlier steps' loss tensors still exist
+
+    def tracked(self, *args, **kwargs):
+        alive.append(sum(r() is not None for r in refs))
+        out = real(self, *args, **kwargs)
+        refs.append(weakref.ref(out["loss"]))
+        return out
+
+    monkeypatch.setattr(DINO, "forward_backward", tracked)
+    result = Trainer(micro_config("optim.epochs=1", "run.log_every_steps=100"), tmp_path).fit()
+    assert len(result.losses) == len(refs) == 15
+    assert all(isinstance(v, float) and math.isfinite(v) for v in result.losses)
+    assert max(alive) <= 1, alive  # not one live tensor per step
+
+
+def test_drop_path_and_augmentation_draw_from_distinct_streams():
+    from training.train import AUGMENT, MODEL, step_seed
+
+    seeds = {step_seed(0, s, r, k) for s in range(50) for r in range(4) for k in (AUGMENT, MODEL)}
+    assert len(seeds) == 400  # every (step, rank, stream) its own seed
+    a = torch.Generator().manual_seed(step_seed(0, 7, 0, AUGMENT))
+    m = torch.Generator().manual_seed(step_seed(0, 7, 0, MODEL))
+    assert not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=m))
