@@ -25,10 +25,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
         overrides.insert(0, f"data.train={args.data}")
-    config = args.config
-    if args.resume and (run_dir / "config.yaml").exists():
+    config, own = args.config, args.resume and (run_dir / "config.yaml").exists()
+    if own:
         config = run_dir / "config.yaml"  # the run's own resolved config; overrides still apply
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, run=own)
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data or data.train=…")
     result = train(cfg, run_dir, resume=args.resume)

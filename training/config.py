@@ -10,11 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -217,12 +220,29 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[name] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+# Keys that earlier versions wrote into every run's config.yaml and that no longer exist: a
+# run folder of theirs still exports and resumes (the keys were never read).
+WRITTEN_BEFORE = ("loss.teacher_temp",)
+
+
+def _drop_written_before(data: dict[str, Any]) -> None:
+    for key in WRITTEN_BEFORE:
+        section, _, name = key.rpartition(".")
+        node = data.get(section)
+        if isinstance(node, dict) and node.pop(name, None) is not None:
+            log.info("ignoring %s from a run written by an earlier version (it was never read)",
+                     key)  # fmt: skip
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, run: bool = False
+) -> TrainConfig:
     """Build a config from defaults, then a YAML preset, then `a.b=value` overrides.
 
     Args:
         path: YAML preset (see configs/); None keeps the reference defaults.
         overrides: strings like `optim.epochs=5` or `crops.global_scale=[0.3,1]`.
+        run: `path` is a run's own config.yaml, perhaps written by an earlier version.
     Raises:
         ConfigError: naming every bad key (with the nearest valid key for a typo) or value.
     """
@@ -231,6 +251,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
+        if run:
+            _drop_written_before(data)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:

@@ -161,7 +161,7 @@ def export_run(
         activate: switch CURRENT to the new version (see write_package).
     """
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", run=True)
     ckpt = checkpoint.load(run_dir / ckpt_name)
     prefix = "backbone."
     weights = {k[len(prefix) :]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}

@@ -67,3 +67,12 @@ def test_sections_validate_on_construction_and_assignment():
     cfg = CropConfig()
     with pytest.raises(ValueError, match="local_number"):
         cfg.local_number = -1
+
+
+def test_a_run_written_by_an_earlier_version_still_loads(tmp_path):
+    # Earlier versions wrote loss.teacher_temp (never read) into every run's config.yaml.
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("loss:\n  teacher_temp: 0.04\n  final_teacher_temp: 0.06\n")
+    with pytest.raises(ConfigError, match=r"loss\.final_teacher_temp"):
+        load_config(cfg)  # as a preset: the user's own key, refused with the right one
+    assert load_config(cfg, run=True).loss.final_teacher_temp == 0.06
