@@ -120,6 +120,10 @@ class RefreshSettings(BaseModel):
     # A refresh fails (nothing served changes) when more of a collection's images than this
     # cannot be read again: flipping would silently shrink the collection.
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
+    # Writes to collections go on while a collection is re-embedded; then up to this many
+    # catch-up passes bring the new collection in line (without blocking writes), and a last
+    # one runs with writes refused (409 + Retry-After) until the aliases have flipped.
+    catch_up_passes: int = Field(3, ge=0, le=100)
 
 
 class Settings(BaseSettings):
@@ -143,6 +147,11 @@ class Settings(BaseSettings):
     # when it is set; /admin/* always needs DINOSERVE_ADMIN_API_KEY. See api/auth.py.
     api_key: str | None = None
     admin_api_key: str | None = None
+    # Writes to collections over HTTP (POST/PATCH/DELETE /collections/…) need this key or the
+    # admin key whenever any key is set; it grants reads too.
+    write_api_key: str | None = None
+    # Images uploaded to collections, content-addressed (shared by replicas: a volume in deploy/).
+    blob_dir: Path = Path("var/blobs")
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
@@ -151,7 +160,7 @@ class Settings(BaseSettings):
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
 
-    @field_validator("api_key", "admin_api_key")
+    @field_validator("api_key", "admin_api_key", "write_api_key")
     @classmethod
     def _empty_key_is_unset(cls, value: str | None) -> str | None:
         # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core import store
+from core.blobs import is_blob
 from core.images import ImageRejected, decode_image
 from core.store import Store
 from core.uris import TAR_SCHEME, reader, split_tar
@@ -306,12 +307,15 @@ class Indexer:
         return self.embedder.embed(np.stack(batch.arrays))
 
     def _prune(self, physical: str, items: list[Item], shard: tuple[int, int]) -> int:
-        """Delete points of this shard whose source URI is no longer in the source."""
+        """Delete points of this shard whose source URI is no longer in the source; never an
+        image uploaded over HTTP (`blob://`): no source lists it."""
         wanted = {store.point_id(it.uri) for it in items}
         gone = [
             p.id
             for p in self.db.iter_points(physical, ["uri"])
-            if p.id not in wanted and in_shard(str(p.payload.get("uri", "")), shard)
+            if p.id not in wanted
+            and not is_blob(uri := str(p.payload.get("uri", "")))
+            and in_shard(uri, shard)
         ]
         self.db.delete_points(physical, gone)
         return len(gone)

@@ -3,9 +3,9 @@
 from fastapi import APIRouter, Depends
 
 from api.params import single_valued
-from api.routes import admin, attention, classify, embed, health, images, page, search
+from api.routes import admin, attention, classify, collections, embed, health, images, page, search
 
 # Every route: a query parameter given twice is refused (api.params.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
-for module in (embed, classify, search, attention, images, health, page, admin):
+for module in (embed, classify, search, attention, images, collections, health, page, admin):
     router.include_router(module.router)

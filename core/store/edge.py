@@ -325,6 +325,10 @@ class EdgeStore(Store):
     def _count(self, physical: str, match: Match) -> int:
         return self._shard(physical).count(qe.CountRequest(exact=True, filter=_filter(match)))
 
+    def _facet(self, physical: str, key: str, limit: int) -> dict[str, int]:
+        response = self._shard(physical).facet(qe.FacetRequest(key, limit=limit, exact=True))
+        return {str(h.value): int(h.count) for h in response.hits}
+
     def _delete(self, physical: str, ids: list[str]) -> None:
         self._check_space()
         self._shard(physical).update(qe.UpdateOperation.delete_points(list(ids)))
@@ -397,6 +401,8 @@ def _filter(match: Match) -> qe.Filter | None:
         must_not.append(qe.IsEmptyCondition("label"))
     if match.exclude is not None:
         must_not.append(qe.HasIdCondition({match.exclude}))
+    if match.uri is not None:
+        must.append(qe.FieldCondition(key="uri", match=qe.MatchValue(match.uri)))
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)

@@ -1,0 +1,251 @@
+"""Writes to collections over HTTP (api/routes/collections.py): adding uploaded images, labels,
+deletions, and the gate that keeps them from being lost across a refresh.
+
+A write goes to the physical collection the alias points to, and only when that holds the
+served model version's embeddings. A refresh re-embeds while writes go on, catches up with them
+in further passes (core.switchover.catch_up), then closes the gate: new writes answer 409 with
+Retry-After, the refresh waits for those in flight, runs a last catch-up pass, flips the aliases
+and swaps the served model, and opens the gate again. So every write that was answered 200 is
+in the collection that is served afterwards.
+
+Uploaded bytes are kept content-addressed (core.blobs); a point names them as `blob://<sha256>`.
+A blob is removed with the last point, in any collection, that names it: moved aside, the
+points counted again, put back if one appeared meanwhile; and an add writes its blob again
+after its upsert if a removal took it. No lock is needed, so replicas sharing the blob volume
+and a Qdrant server never lose a blob a point names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from api.errors import ApiError
+from core import store
+from core.blobs import Blobs, blob_uri, is_blob, sha_of
+from core.store import Match, Store, UnknownCollection
+
+SWITCH_RETRY_S = 1  # the gate is closed for one catch-up pass and a flip: seconds, not minutes
+
+
+class WriteGate:
+    """Writes run inside `entry()`; a refresh holds `closed()` for its last pass and flip.
+
+    Counted on the event loop only (no lock needed)."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @asynccontextmanager
+    async def entry(self) -> AsyncIterator[None]:
+        """One write. Raises ApiError 409 `collection_switching` while the gate is closed."""
+        if self.is_closed:
+            raise ApiError(
+                409,
+                "collection_switching",
+                "the collections are switching to another model version; retry in a moment",
+                {"Retry-After": str(SWITCH_RETRY_S)},
+            )
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    @asynccontextmanager
+    async def closed(self) -> AsyncIterator[None]:
+        """Refuse new writes and wait until none is in flight; open again on exit."""
+        self.is_closed = True
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self.is_closed = False
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """One uploaded image: its bytes, optional label and the client's own name for it."""
+
+    data: bytes
+    label: str | None = None
+    source_uri: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def point_id(self) -> str:
+        # The client's name when given (re-sending it replaces the point, whatever the bytes),
+        # else the content: the same bytes twice are one point.
+        return store.point_id(self.source_uri or blob_uri(self.sha256))
+
+
+def payload_of(img: NewImage, sha: str, size: tuple[int, int], version: str) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return {
+        "uri": blob_uri(sha),
+        "label": img.label,
+        "source_uri": img.source_uri,
+        "sha256": sha,
+        "width": size[0],
+        "height": size[1],
+        "model_version": version,
+        "indexed_at": now,
+    }
+
+
+class Writer:
+    """The store side of the writes (blocking: run in a worker thread)."""
+
+    def __init__(self, db: Store, blobs: Blobs) -> None:
+        self.db, self.blobs = db, blobs
+
+    def target(self, name: str, version: str) -> str:
+        """The physical collection writes to `name` go to under model `version`.
+
+        Raises:
+            UnknownCollection: no such collection (→ 404).
+            ApiError: 409 when it holds another version's embeddings.
+        """
+        physical = self.db.resolve_alias(name)
+        if physical is None:
+            self.db.resolve(name)  # raises UnknownCollection listing the collections
+            raise UnknownCollection(f"no collection named {name!r}")
+        if physical != store.physical_name(name, version):
+            held = store.version_of(physical) or "unknown"
+            raise ApiError(
+                409,
+                "model_version_mismatch",
+                f"collection {name!r} holds embeddings of model version {held}, this service "
+                f"runs {version}: refresh it (POST /admin/refresh) before writing to it",
+            )
+        return physical
+
+    def unchanged(self, physical: str, images: list[NewImage]) -> set[str]:
+        """Ids of the images whose point already holds the same bytes (no need to embed)."""
+        there = self.db.existing_hashes(physical, [i.point_id for i in images])
+        return {i.point_id for i in images if there.get(i.point_id) == i.sha256}
+
+    def add(
+        self,
+        physical: str,
+        fresh: list[tuple[NewImage, tuple[int, int]]],
+        vectors: np.ndarray,
+        same: list[NewImage],
+        version: str,
+    ) -> None:
+        """Store the blobs and write the points: `fresh` with their vectors, `same` (same bytes
+        as their point already has) by updating the label and client name only."""
+        everything = [img for img, _ in fresh] + same
+        for img in everything:
+            self.blobs.ensure(img.sha256, img.data)
+        ids = [img.point_id for img in everything]
+        before = {
+            p.id: str(p.payload.get("uri", "")) for p in self.db.retrieve(physical, ids, ["uri"])
+        }
+        payloads = [payload_of(img, img.sha256, size, version) for img, size in fresh]
+        self.db.upsert(physical, [img.point_id for img, _ in fresh], vectors, payloads)
+        for img in same:
+            user = {"label": img.label, "source_uri": img.source_uri}
+            self.db.set_payload(physical, [img.point_id], user)
+        for img in everything:  # a concurrent delete may have removed the blob meanwhile
+            self.blobs.ensure(img.sha256, img.data)
+        now = {img.point_id: blob_uri(img.sha256) for img in everything}
+        for pid, uri in before.items():  # a client name re-sent with other bytes
+            if uri != now[pid] and is_blob(uri):
+                self.release(uri)
+
+    def relabel(self, physical: str, pid: str, label: str | None) -> dict[str, Any]:
+        """Set or remove (None) a point's label; returns its payload after."""
+        if self.db.point(physical, pid, ["uri"]) is None:
+            raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
+        self.db.set_payload(physical, [pid], {"label": label})
+        point = self.db.point(physical, pid)
+        if point is None:  # deleted meanwhile
+            raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
+        return point.payload
+
+    def delete(self, physical: str, pid: str) -> bool:
+        """Delete a point, and its uploaded bytes when no point uses them any more. Returns
+        whether the bytes were removed.
+
+        Raises:
+            ApiError: 404 for a point that is not there.
+        """
+        point = self.db.point(physical, pid, ["uri"])
+        if point is None:
+            raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
+        self.db.delete_points(physical, [pid])
+        uri = str(point.payload.get("uri", ""))
+        return is_blob(uri) and self.release(uri)
+
+    def _used(self, uri: str) -> bool:
+        # Every physical collection: an older version's, kept for rollback, needs them too.
+        return any(self.db.count(c, Match(uri=uri)) for c in self.db.collections())
+
+    def release(self, uri: str) -> bool:
+        """Remove the blob of `uri` if no point names it; True if removed."""
+        sha = sha_of(uri)
+        if self._used(uri):
+            return False
+        hidden = self.blobs.hide(sha)
+        if hidden is None:
+            return False
+        if self._used(uri):  # an add wrote a point meanwhile
+            self.blobs.restore(sha, hidden)
+            return False
+        hidden.unlink(missing_ok=True)
+        return True
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Points, labelled points and label counts of a logical collection."""
+        physical = self.db.resolve_alias(name)
+        if physical is None:
+            self.db.resolve(name)
+            raise UnknownCollection(f"no collection named {name!r}")
+        return {
+            "name": name,
+            "physical_collection": physical,
+            "model_version": store.version_of(physical),
+            "points": self.db.count(physical),
+            "labelled": self.db.count(physical, Match(labelled_only=True)),
+            "labels": self.db.facet(physical, "label"),
+        }
+
+    def all_info(self) -> list[dict[str, Any]]:
+        return [self.info(name) for name in sorted(self.db.aliases())]
+
+    def create(self, name: str, version: str, dim: int) -> tuple[dict[str, Any], bool]:
+        """An empty collection for `version` (and its alias); (info, created).
+
+        Raises:
+            ApiError: 409 when it exists with another version's embeddings.
+        """
+        expected = store.physical_name(name, version)
+        physical = self.db.resolve_alias(name)
+        if physical is not None and physical != expected:
+            raise ApiError(
+                409,
+                "collection_exists",
+                f"collection {name!r} exists with model version {store.version_of(physical)}",
+            )
+        created = physical is None
+        if created:
+            self.db.ensure_collection(name, version, dim)
+            self.db.point_alias(name, expected)
+        return self.info(name), created

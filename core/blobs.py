@@ -1,0 +1,93 @@
+"""Uploaded images, kept content-addressed: `<blob_dir>/<sha256[:2]>/<sha256>`.
+
+Points made by `POST /collections/{name}/images` carry the URI `blob://<sha256>`, which
+core.uris reads back from here, so thumbnails and a refresh's re-embedding treat an upload like
+any indexed file. The directory may be shared by several replicas (deploy/): every write is a
+whole-file rename, and a blob is removed only when no point of any collection names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import Path
+
+SCHEME = "blob://"
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def blob_uri(sha: str) -> str:
+    return f"{SCHEME}{sha}"
+
+
+def is_blob(uri: str) -> bool:
+    return uri.startswith(SCHEME)
+
+
+def sha_of(uri: str) -> str:
+    """The sha256 named by a `blob://` URI.
+
+    Raises:
+        OSError: not a well-formed blob URI (read as "cannot be read").
+    """
+    sha = uri[len(SCHEME) :]
+    if not is_blob(uri) or not _SHA.fullmatch(sha):
+        raise OSError(f"{uri!r} is not a blob URI (blob://<sha256 in hex>)")
+    return sha
+
+
+class Blobs:
+    """The blob directory (DINOSERVE_BLOB_DIR)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, sha: str) -> Path:
+        if not _SHA.fullmatch(sha):  # never a path outside the directory
+            raise ValueError(f"not a sha256: {sha!r}")
+        return self.root / sha[:2] / sha
+
+    def put(self, data: bytes) -> str:
+        """Store `data` (once: the same bytes are one file) and return its sha256."""
+        sha = hashlib.sha256(data).hexdigest()
+        self.ensure(sha, data)
+        return sha
+
+    def ensure(self, sha: str, data: bytes) -> None:
+        """Write the blob unless it is there (written whole or not at all)."""
+        final = self.path(sha)
+        if final.is_file():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{sha}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read(self, sha: str) -> bytes:
+        """The bytes of a blob. Raises OSError when it is gone."""
+        return self.path(sha).read_bytes()
+
+    def exists(self, sha: str) -> bool:
+        return self.path(sha).is_file()
+
+    def hide(self, sha: str) -> Path | None:
+        """Move a blob aside (its removal's first step); None when it was not there."""
+        src = self.path(sha)
+        trash = src.with_name(f".{sha}.{uuid.uuid4().hex[:8]}.gone")
+        try:
+            os.rename(src, trash)
+        except FileNotFoundError:
+            return None
+        return trash
+
+    def restore(self, sha: str, hidden: Path) -> None:
+        """Undo `hide` (a point came to use the blob meanwhile)."""
+        os.replace(hidden, self.path(sha))
