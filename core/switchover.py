@@ -125,7 +125,7 @@ def prepare(
         report = refresh.reembed(
             q, source, physical, EngineEmbedder(engine, meta), settings.max_pixels, r.batch,
             r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
-            settings.blob_dir,
+            blob_dir=settings.blob_dir,
         )  # fmt: skip
         status.update(alias, report)
         log.info(
@@ -167,7 +167,7 @@ def catch_up(
         q.ensure_collection(alias, p.meta.version, p.engine.dim)
         report = refresh.reembed(
             q, source, physical, EngineEmbedder(p.engine, p.meta), settings.max_pixels, r.batch,
-            r.workers, None, should_stop, settings.blob_dir, optimize=False,
+            r.workers, None, should_stop, blob_dir=settings.blob_dir, optimize=False,
         )  # fmt: skip
         n = refresh.changes(report)
         if n:

@@ -263,7 +263,10 @@ class EdgeStore(Store):
                 else:
                     new[alias] = physical
             write_atomic(self.path / ALIASES, json.dumps({"aliases": new}, indent=1).encode())
-            self._aliases_cache = new
+            # In place: copies made by `with_policy` share this dict (and the lock), so the
+            # service's request store sees a flip its refresh worker made.
+            self._aliases_cache.clear()
+            self._aliases_cache.update(new)
 
     def _check_space(self, needed: int = 0) -> None:
         """Refuse a write while the disk is (nearly) full: Edge writes through memory maps, and
