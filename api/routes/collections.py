@@ -90,8 +90,11 @@ class CollectionInfo(BaseModel):
 
 
 class CollectionList(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"collections": [INFO_EXAMPLE]}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"default": "pets", "collections": [INFO_EXAMPLE]}]}
+    )
 
+    default: str = Field(description="the collection requests use when they name none")
     collections: list[CollectionInfo]
 
 
@@ -198,7 +201,8 @@ IdArg = Annotated[str, Path(description="point id (as in search results) or its 
 async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     """Every logical collection: its physical collection and model version, points, labelled
     points, and labels with their counts."""
-    return {"collections": await rt.vectors.run(_writer(rt).all_info)}
+    collections = await rt.vectors.run(_writer(rt).all_info)
+    return {"default": rt.settings.collection, "collections": collections}
 
 
 @router.get("/{name}", summary="Describe a collection", response_model=CollectionInfo)
