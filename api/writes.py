@@ -141,6 +141,11 @@ class Writer:
         there = self.db.existing_hashes(physical, [i.point_id for i in images])
         return {i.point_id for i in images if there.get(i.point_id) == i.sha256}
 
+    def keep_bytes(self, images: list[NewImage]) -> None:
+        """Write the blobs (before the points that name them; while the engine embeds)."""
+        for img in images:
+            self.blobs.ensure(img.sha256, img.data)
+
     def add(
         self,
         physical: str,
@@ -149,11 +154,10 @@ class Writer:
         same: list[NewImage],
         version: str,
     ) -> None:
-        """Store the blobs and write the points: `fresh` with their vectors, `same` (same bytes
-        as their point already has) by updating the label and client name only."""
+        """Write the points (their blobs written by `keep_bytes` first): `fresh` with their
+        vectors, `same` (same bytes as their point already has) by updating the label and
+        client name only."""
         everything = [img for img, _ in fresh] + same
-        for img in everything:
-            self.blobs.ensure(img.sha256, img.data)
         ids = [img.point_id for img in everything]
         before = {
             p.id: str(p.payload.get("uri", "")) for p in self.db.retrieve(physical, ids, ["uri"])

@@ -73,6 +73,7 @@ def store_alone(images: list[bytes], dim: int, n: int) -> dict:
             img = NewImage(images[i], f"c{i % 10}")
             t = time.perf_counter()
             writer.unchanged(physical, [img])
+            writer.keep_bytes([img])
             writer.add(physical, [(img, (64, 64))], vecs[i : i + 1], [], "v")
             lat.append(time.perf_counter() - t)
         elapsed = time.perf_counter() - t0

@@ -8,6 +8,7 @@ page's cookie: another site's form must not be able to write).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import numpy as np
@@ -259,8 +260,8 @@ def _images(upload: Upload, params: AddParams) -> list[NewImage]:
     return [NewImage(d, lab, u) for d, lab, u in zip(upload.images, labels, uris, strict=True)]
 
 
-async def _embed(sv: Serving, images: list[NewImage]) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Decode (sizes kept, each full image dropped after its crop) and embed."""
+async def _decode(sv: Serving, images: list[NewImage]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Decode and preprocess in a thread (sizes kept, each full image dropped after its crop)."""
 
     def work() -> tuple[list[tuple[int, int]], np.ndarray]:
         sizes, crops = [], []
@@ -270,8 +271,7 @@ async def _embed(sv: Serving, images: list[NewImage]) -> tuple[list[tuple[int, i
         return sizes, np.stack(crops)
 
     async with sv.decode_slots:
-        sizes, batch = await run_in_threadpool(work)
-    return sizes, await sv.embedder.submit(batch)
+        return await run_in_threadpool(work)
 
 
 @router.post(
@@ -303,14 +303,23 @@ async def add_images(
     writer = _writer(rt)
     async with rt.writes.entry():
         sv = rt.serving  # taken inside the gate: no swap happens before this write ends
-        physical = await rt.vectors.run(lambda: writer.target(name, sv.version))
-        same_ids = await rt.vectors.run(lambda: writer.unchanged(physical, list(by_id.values())))
+
+        def look() -> tuple[str, set[str]]:
+            physical = writer.target(name, sv.version)
+            return physical, writer.unchanged(physical, list(by_id.values()))
+
+        physical, same_ids = await rt.vectors.run(look)
         fresh = [img for pid, img in by_id.items() if pid not in same_ids]
         same = [img for pid, img in by_id.items() if pid in same_ids]
-        if fresh:
-            sizes, vectors = await _embed(sv, fresh)
-        else:
-            sizes, vectors = [], None
+        sizes, batch = await _decode(sv, fresh) if fresh else ([], None)
+        # Every image decoded: its bytes go to disk (an fsync each) while the engine embeds.
+        kept = asyncio.ensure_future(
+            rt.vectors.run(lambda: writer.keep_bytes(list(by_id.values())))
+        )
+        try:
+            vectors = await sv.embedder.submit(batch) if fresh else None
+        finally:
+            await kept
         pairs = list(zip(fresh, sizes, strict=True))
         await rt.vectors.run(lambda: writer.add(physical, pairs, vectors, same, sv.version))
     return {

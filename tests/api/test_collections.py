@@ -225,6 +225,7 @@ def test_limits_and_hostile_bodies(make_client, tmp_path):
     error(c.patch(patch, content=b'{"label": "' + b"a" * 200_000 + b'"}',
                   headers={"content-type": "application/json"}), 413)  # fmt: skip
     assert info(c)["points"] == 120  # nothing was written
+    assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]  # no bytes kept
 
 
 def test_writes_need_the_write_or_admin_key(make_client, tmp_path):
