@@ -45,7 +45,7 @@ class Runtime:
     @property
     def blobs(self) -> Blobs:
         """Uploaded images (DINOSERVE_BLOB_DIR)."""
-        return Blobs(self.settings.blob_dir)
+        return Blobs(self.settings.blob_dir, self.settings.blob_fsync)
 
     @property
     def store(self) -> store.Store:

@@ -30,7 +30,7 @@ import numpy as np
 from api.errors import ApiError
 from core import store
 from core.blobs import Blobs, blob_uri, is_blob, sha_of
-from core.store import Match, Store, UnknownCollection
+from core.store import Match, Point, Store, StoreError, UnknownCollection
 
 SWITCH_RETRY_S = 1  # the gate is closed for one catch-up pass and a flip: seconds, not minutes
 
@@ -136,10 +136,12 @@ class Writer:
             )
         return physical
 
-    def unchanged(self, physical: str, images: list[NewImage]) -> set[str]:
-        """Ids of the images whose point already holds the same bytes (no need to embed)."""
-        there = self.db.existing_hashes(physical, [i.point_id for i in images])
-        return {i.point_id for i in images if there.get(i.point_id) == i.sha256}
+    def unchanged(self, physical: str, images: list[NewImage]) -> dict[str, Point]:
+        """The points that already hold an image's bytes, with their vectors: not re-embedded."""
+        sha = {i.point_id: i.sha256 for i in images}
+        fields = ["sha256", "width", "height"]
+        found = self.db.retrieve(physical, list(sha), fields, vectors=True)
+        return {p.id: p for p in found if p.payload.get("sha256") == sha[p.id] and p.vector}
 
     def keep_bytes(self, images: list[NewImage]) -> None:
         """Write the blobs (before the points that name them; while the engine embeds)."""
@@ -150,23 +152,27 @@ class Writer:
         self,
         physical: str,
         fresh: list[tuple[NewImage, tuple[int, int]]],
-        vectors: np.ndarray,
-        same: list[NewImage],
+        vectors: np.ndarray | None,
+        same: list[tuple[NewImage, Point]],
         version: str,
     ) -> None:
-        """Write the points (their blobs written by `keep_bytes` first): `fresh` with their
-        vectors, `same` (same bytes as their point already has) by updating the label and
-        client name only."""
-        everything = [img for img, _ in fresh] + same
+        """Write the points (their blobs written by `keep_bytes` first): `fresh` with their new
+        vectors, `same` (their point already holds these bytes) with the stored vector. One
+        upsert replaces each point whole, so a concurrent delete never leaves half a write."""
+        everything = [img for img, _ in fresh] + [img for img, _ in same]
         ids = [img.point_id for img in everything]
         before = {
             p.id: str(p.payload.get("uri", "")) for p in self.db.retrieve(physical, ids, ["uri"])
         }
         payloads = [payload_of(img, img.sha256, size, version) for img, size in fresh]
-        self.db.upsert(physical, [img.point_id for img, _ in fresh], vectors, payloads)
-        for img in same:
-            user = {"label": img.label, "source_uri": img.source_uri}
-            self.db.set_payload(physical, [img.point_id], user)
+        payloads += [
+            payload_of(img, img.sha256, (p.payload.get("width", 0), p.payload.get("height", 0)),
+                       version)
+            for img, p in same
+        ]  # fmt: skip
+        rows = [] if vectors is None else list(np.asarray(vectors, np.float32))
+        rows += [np.asarray(p.vector, np.float32) for _, p in same]
+        self.db.upsert(physical, ids, np.stack(rows), payloads)
         for img in everything:  # a concurrent delete may have removed the blob meanwhile
             self.blobs.ensure(img.sha256, img.data)
         now = {img.point_id: blob_uri(img.sha256) for img in everything}
@@ -178,7 +184,11 @@ class Writer:
         """Set or remove (None) a point's label; returns its payload after."""
         if self.db.point(physical, pid, ["uri"]) is None:
             raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
-        self.db.set_payload(physical, [pid], {"label": label})
+        try:
+            self.db.set_payload(physical, [pid], {"label": label})
+        except StoreError:
+            if self.db.point(physical, pid, ["uri"]) is not None:
+                raise  # not the race below: the store failed
         point = self.db.point(physical, pid)
         if point is None:  # deleted meanwhile
             raise ApiError(404, "unknown_image", f"no image {pid} in the collection")

@@ -8,11 +8,13 @@ clients (httpx, closed loops), `POST /collections/bench/images?label=…` with o
 request, every one a new image (a distinct PNG: an add of bytes already there is not
 re-embedded and would measure nothing). The baseline, in the same run against the same service,
 is `POST /embed` of one such image: the same HTTP, decoding and engine path without the store.
-Rounds alternate between the two; a cell's req/s is the median. adds ÷ embeds near 1 means the
-store (upsert, blob write, id lookup) is not the bottleneck, the engine is.
+Adds run against two services side by side, DINOSERVE_BLOB_FSYNC on (the default: each upload's
+bytes are flushed to disk before its point is written) and off. Rounds alternate between the
+cells; a cell's req/s is the median. adds ÷ embeds near 1 means the store side (id lookup, blob
+write, upsert) is not the bottleneck, the engine is.
 
-Also times the store side alone in this process (blob write + id lookup + one-point upsert into
-an Edge shard, one thread): how far it is from limiting the adds.
+Also times the store side alone in this process (one thread, no engine), with and without the
+fsync: what limits the adds when it is not the engine.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.api_load import closed_loops, free_port, prepare_service, start_server, summarize  # noqa: E402
 from bench.train_knn_cpu import cpu_model  # noqa: E402
+
+MODES = ("fsync", "no-fsync")  # DINOSERVE_BLOB_FSYNC true / false
 
 
 def distinct_pngs(n: int, size: int = 64, seed: int = 0) -> list[bytes]:
@@ -53,8 +58,9 @@ def distinct_pngs(n: int, size: int = 64, seed: int = 0) -> list[bytes]:
     return out
 
 
-def store_alone(images: list[bytes], dim: int, n: int) -> dict:
-    """Points/s of the store side of an add (api/writes.py Writer.add), one thread, no engine."""
+def store_alone(images: list[bytes], dim: int, n: int, fsync: bool) -> dict:
+    """Points/s of the store side of an add (api/writes.py: id lookup, blob write, upsert), one
+    thread, no engine."""
     from api.writes import NewImage, Writer
     from core.blobs import Blobs
     from core.store import Layout
@@ -64,7 +70,7 @@ def store_alone(images: list[bytes], dim: int, n: int) -> dict:
     db = EdgeStore(work / "q", Layout())
     try:
         physical = db.ensure_collection("c", "v", dim)
-        writer = Writer(db, Blobs(work / "blobs"))
+        writer = Writer(db, Blobs(work / "blobs", fsync))
         rng = np.random.default_rng(0)
         vecs = rng.standard_normal((n, dim)).astype(np.float32)
         lat = []
@@ -112,41 +118,56 @@ def measure(
     from core.package import read_meta
 
     dim = read_meta(Path(env["DINOSERVE_MODEL"])).embed_dim
-    alone = store_alone(images, dim, min(500, args.pool))
+    n_alone = min(300, args.pool)
+    alone = {mode: store_alone(images, dim, n_alone, mode == "fsync") for mode in MODES}
     print(json.dumps({"store_alone": alone}), flush=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(env, port, work / "server.log")
+    # One service per DINOSERVE_BLOB_FSYNC value, side by side (each its own store copy: the
+    # embedded store admits one process); rounds alternate between the cells.
+    urls, procs = {}, []
     sent = 0
-
-    def add(c):
-        nonlocal sent
-        sent += 1
-        files = {"image": ("x.png", next(fresh), "image/png")}
-        return c.post("/collections/bench/images", params={"label": f"c{sent % 10}"}, files=files)
-
-    def embed(c):
-        return c.post("/embed", files={"images": ("x.png", next(fresh), "image/png")})
-
-    rows = []
     try:
-        for send in (embed, add):  # warm-up
+        for mode in MODES:
+            port = free_port()
+            store = f"{env['DINOSERVE_QDRANT_PATH']}-{mode}"
+            subprocess.run(["cp", "-a", "--sparse=always", env["DINOSERVE_QDRANT_PATH"], store],
+                           check=True)  # fmt: skip
+            mode_env = env | {"DINOSERVE_QDRANT_PATH": store,
+                              "DINOSERVE_BLOB_DIR": str(work / f"blobs-{mode}"),
+                              "DINOSERVE_BLOB_FSYNC": str(mode == "fsync").lower()}  # fmt: skip
+            procs.append(start_server(mode_env, port, work / f"server-{mode}.log"))
+            urls[mode] = f"http://127.0.0.1:{port}"
+
+        def add(c):
+            nonlocal sent
+            sent += 1
+            files = {"image": ("x.png", next(fresh), "image/png")}
+            params = {"label": f"c{sent % 10}"}
+            return c.post("/collections/bench/images", params=params, files=files)
+
+        def embed(c):
+            return c.post("/embed", files={"images": ("x.png", next(fresh), "image/png")})
+
+        cells = {"embed": (urls["fsync"], embed), "add": (urls["fsync"], add),
+                 "add_no_fsync": (urls["no-fsync"], add)}  # fmt: skip
+        rows = []
+        for url, send in cells.values():  # warm-up
             asyncio.run(closed_loops(url, send, 4, min(2.0, args.seconds)))
         for clients in [int(c) for c in args.clients.split(",")]:
-            runs: dict[str, list[dict]] = {"embed": [], "add": []}
+            runs: dict[str, list[dict]] = {name: [] for name in cells}
             for _ in range(args.rounds):
-                for name, send in (("embed", embed), ("add", add)):
+                for name, (url, send) in cells.items():
                     seconds = args.seconds / args.rounds
                     runs[name].append(asyncio.run(closed_loops(url, send, clients, seconds)))
-            cells = {name: summarize(r) for name, r in runs.items()}
-            row = {"clients": clients, "add": cells["add"], "embed": cells["embed"],
-                   "add_vs_embed": round(cells["add"]["req_per_s"] / cells["embed"]["req_per_s"], 2)
-                   if cells["embed"]["req_per_s"] else None}  # fmt: skip
+            row: dict = {"clients": clients} | {n: summarize(r) for n, r in runs.items()}
+            base = row["embed"]["req_per_s"]
+            for name in ("add", "add_no_fsync"):
+                row[f"{name}_vs_embed"] = round(row[name]["req_per_s"] / base, 2) if base else None
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
@@ -159,16 +180,21 @@ def measure(
         "rows": rows,
     }
     print(json.dumps(report))
-    print(f"store alone: {alone['points_per_s']} adds/s (p50 {alone['p50_ms']} ms, "
-          f"p99 {alone['p99_ms']} ms), one thread, no engine")  # fmt: skip
-    print("| clients | adds/s | p50 ms | p99 ms | errors | /embed req/s | p50 ms | p99 ms "
-          "| adds ÷ embeds |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, a in alone.items():
+        print(f"store side alone ({mode}): {a['points_per_s']} adds/s, p50 {a['p50_ms']} ms, "
+              f"p99 {a['p99_ms']} ms (one thread, no engine)")  # fmt: skip
+    print("| clients | /embed req/s (p50/p99 ms) | adds/s, fsync (p50/p99 ms) | ÷ embed "
+          "| adds/s, no fsync (p50/p99 ms) | ÷ embed | errors |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        a, e = r["add"], r["embed"]
-        cells = [r["clients"], a["req_per_s"], a["p50_ms"], a["p99_ms"], a["errors"],
-                 e["req_per_s"], e["p50_ms"], e["p99_ms"], r["add_vs_embed"]]  # fmt: skip
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+        e, a, n = r["embed"], r["add"], r["add_no_fsync"]
+        cells_md = [
+            r["clients"], f"{e['req_per_s']} ({e['p50_ms']}/{e['p99_ms']})",
+            f"{a['req_per_s']} ({a['p50_ms']}/{a['p99_ms']})", r["add_vs_embed"],
+            f"{n['req_per_s']} ({n['p50_ms']}/{n['p99_ms']})", r["add_no_fsync_vs_embed"],
+            e["errors"] + a["errors"] + n["errors"],
+        ]  # fmt: skip
+        print("| " + " | ".join(str(c) for c in cells_md) + " |")
     return report
 
 

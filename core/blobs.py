@@ -39,10 +39,16 @@ def sha_of(uri: str) -> str:
 
 
 class Blobs:
-    """The blob directory (DINOSERVE_BLOB_DIR)."""
+    """The blob directory.
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    Args:
+        root: DINOSERVE_BLOB_DIR.
+        fsync: DINOSERVE_BLOB_FSYNC: each blob reaches the disk before its point is written
+            (else when the OS writes it back, as the vector store's own log does).
+    """
+
+    def __init__(self, root: Path | str, fsync: bool = True) -> None:
+        self.root, self.fsync = Path(root), fsync
 
     def path(self, sha: str) -> Path:
         if not _SHA.fullmatch(sha):  # never a path outside the directory
@@ -65,8 +71,9 @@ class Blobs:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     write_api_key: str | None = None
     # Images uploaded to collections, content-addressed (shared by replicas: a volume in deploy/).
     blob_dir: Path = Path("var/blobs")
+    # fsync each uploaded image before its point is written: an add survives a power cut with
+    # its bytes. Costs a disk flush per add (p50 7.6 ms on the shared disk of bench/RESULTS.md,
+    # 4× the tiny model's engine time); false leaves it to the OS's write-back (an Edge upsert,
+    # 0.7 ms there, does not flush per write either), and a crash may lose the last seconds of
+    # uploads' bytes.
+    blob_fsync: bool = True
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)

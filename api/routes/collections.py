@@ -28,6 +28,7 @@ from api.vectors import query_id
 from api.writes import NewImage, Writer
 from core import store
 from core.engines import preprocess_batch
+from core.store import Point
 
 Label = Annotated[
     str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
@@ -304,13 +305,13 @@ async def add_images(
     async with rt.writes.entry():
         sv = rt.serving  # taken inside the gate: no swap happens before this write ends
 
-        def look() -> tuple[str, set[str]]:
+        def look() -> tuple[str, dict[str, Point]]:
             physical = writer.target(name, sv.version)
             return physical, writer.unchanged(physical, list(by_id.values()))
 
-        physical, same_ids = await rt.vectors.run(look)
-        fresh = [img for pid, img in by_id.items() if pid not in same_ids]
-        same = [img for pid, img in by_id.items() if pid in same_ids]
+        physical, stored = await rt.vectors.run(look)
+        fresh = [img for pid, img in by_id.items() if pid not in stored]
+        same = [(img, stored[pid]) for pid, img in by_id.items() if pid in stored]
         sizes, batch = await _decode(sv, fresh) if fresh else ([], None)
         # Every image decoded: its bytes go to disk (an fsync each) while the engine embeds.
         kept = asyncio.ensure_future(
@@ -333,7 +334,7 @@ async def add_images(
                 "sha256": i.sha256,
                 "label": i.label,
                 "source_uri": i.source_uri,
-                "unchanged": i.point_id in same_ids,
+                "unchanged": i.point_id in stored,
             }
             for i in images
         ],
