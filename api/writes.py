@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -84,11 +85,11 @@ class NewImage:
     label: str | None = None
     source_uri: str | None = None
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @cached_property
     def point_id(self) -> str:
         # The client's name when given (re-sending it replaces the point, whatever the bytes),
         # else the content: the same bytes twice are one point.

@@ -9,6 +9,7 @@ page's cookie: another site's form must not be able to write).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -261,15 +262,30 @@ def _images(upload: Upload, params: AddParams) -> list[NewImage]:
     return [NewImage(d, lab, u) for d, lab, u in zip(upload.images, labels, uris, strict=True)]
 
 
-async def _decode(sv: Serving, images: list[NewImage]) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Decode and preprocess in a thread (sizes kept, each full image dropped after its crop)."""
+@dataclass
+class _Plan:
+    """An add before the engine: where it goes, what is new and what is stored already."""
 
-    def work() -> tuple[list[tuple[int, int]], np.ndarray]:
+    physical: str
+    stored: dict[str, Point]  # id → the point that already holds these bytes
+    fresh: list[NewImage]  # to embed
+    sizes: list[tuple[int, int]]  # of `fresh`
+    batch: np.ndarray | None  # `fresh` preprocessed
+
+
+async def _plan(sv: Serving, writer: Writer, name: str, images: list[NewImage]) -> _Plan:
+    """Resolve the collection, look up the ids, decode and preprocess what is new: one trip to
+    a worker thread (each full image dropped once its crop is made)."""
+
+    def work() -> _Plan:
+        physical = writer.target(name, sv.version)
+        stored = writer.unchanged(physical, images)
+        fresh = [img for img in images if img.point_id not in stored]
         sizes, crops = [], []
-        for img in decode_each([i.data for i in images], sv.max_pixels):
+        for img in decode_each([i.data for i in fresh], sv.max_pixels):
             sizes.append(img.size)
             crops.append(preprocess_batch(sv.meta, [img])[0])
-        return sizes, np.stack(crops)
+        return _Plan(physical, stored, fresh, sizes, np.stack(crops) if crops else None)
 
     async with sv.decode_slots:
         return await run_in_threadpool(work)
@@ -304,24 +320,18 @@ async def add_images(
     writer = _writer(rt)
     async with rt.writes.entry():
         sv = rt.serving  # taken inside the gate: no swap happens before this write ends
-
-        def look() -> tuple[str, dict[str, Point]]:
-            physical = writer.target(name, sv.version)
-            return physical, writer.unchanged(physical, list(by_id.values()))
-
-        physical, stored = await rt.vectors.run(look)
-        fresh = [img for pid, img in by_id.items() if pid not in stored]
+        plan = await _plan(sv, writer, name, list(by_id.values()))
+        physical, stored = plan.physical, plan.stored
         same = [(img, stored[pid]) for pid, img in by_id.items() if pid in stored]
-        sizes, batch = await _decode(sv, fresh) if fresh else ([], None)
         # Every image decoded: its bytes go to disk (an fsync each) while the engine embeds.
         kept = asyncio.ensure_future(
             rt.vectors.run(lambda: writer.keep_bytes(list(by_id.values())))
         )
         try:
-            vectors = await sv.embedder.submit(batch) if fresh else None
+            vectors = await sv.embedder.submit(plan.batch) if plan.fresh else None
         finally:
             await kept
-        pairs = list(zip(fresh, sizes, strict=True))
+        pairs = list(zip(plan.fresh, plan.sizes, strict=True))
         await rt.vectors.run(lambda: writer.add(physical, pairs, vectors, same, sv.version))
     return {
         "collection": name,
