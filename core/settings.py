@@ -99,7 +99,8 @@ class CorsSettings(BaseModel):
     listed."""
 
     allow_origins: list[str] = Field(default_factory=list)  # ["*"] for any origin
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    # PATCH and DELETE: a labelling tool elsewhere relabels and removes images in collections.
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PATCH", "DELETE"])
     allow_headers: list[str] = Field(
         default_factory=lambda: ["Authorization", "X-API-Key", "Content-Type"]
     )

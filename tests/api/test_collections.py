@@ -307,3 +307,15 @@ def test_the_write_gate_refuses_while_closed_and_waits_for_writes_in_flight():
         return events
 
     assert asyncio.run(scenario()) == ["write started", "write done", "switching", "write after"]
+
+
+def test_a_labelling_tool_on_another_origin_may_patch_and_delete(make_client, tmp_path):
+    c = make_client(blob_dir=tmp_path / "blobs", cors={"allow_origins": ["https://tool.example"]})
+    for method in ("PATCH", "DELETE"):
+        pre = c.options(
+            "/collections/shapes/images/x",
+            headers={"Origin": "https://tool.example", "Access-Control-Request-Method": method,
+                     "Access-Control-Request-Headers": "x-api-key,content-type"},
+        )  # fmt: skip
+        assert pre.status_code == 200, pre.text
+        assert method in pre.headers["access-control-allow-methods"]
