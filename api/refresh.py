@@ -158,7 +158,7 @@ class Refresher:
         try:
             return await asyncio.to_thread(
                 versions.gc, self.q, self.name_dir(), self.rt.serving.version,
-                self.rt.settings.refresh.keep_versions,
+                self.rt.settings.refresh.keep_versions, self.rt.blobs,
             )  # fmt: skip
         finally:
             self.busy = False

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from api.errors import ApiError
-from core import store
-from core.blobs import Blobs, blob_uri, is_blob, sha_of
+from core import blobs, store
+from core.blobs import Blobs, blob_uri, is_blob
 from core.store import Match, Point, Store, StoreError, UnknownCollection
 
 SWITCH_RETRY_S = 1  # the gate is closed for one catch-up pass and a flip: seconds, not minutes
@@ -209,23 +209,9 @@ class Writer:
         uri = str(point.payload.get("uri", ""))
         return is_blob(uri) and self.release(uri)
 
-    def _used(self, uri: str) -> bool:
-        # Every physical collection: an older version's, kept for rollback, needs them too.
-        return any(self.db.count(c, Match(uri=uri)) for c in self.db.collections())
-
     def release(self, uri: str) -> bool:
-        """Remove the blob of `uri` if no point names it; True if removed."""
-        sha = sha_of(uri)
-        if self._used(uri):
-            return False
-        hidden = self.blobs.hide(sha)
-        if hidden is None:
-            return False
-        if self._used(uri):  # an add wrote a point meanwhile
-            self.blobs.restore(sha, hidden)
-            return False
-        hidden.unlink(missing_ok=True)
-        return True
+        """Remove the blob of `uri` if no point names it (core.blobs.release); True if so."""
+        return blobs.release(self.db, self.blobs, uri)
 
     def info(self, name: str) -> dict[str, Any]:
         """Points, labelled points and label counts of a logical collection."""

@@ -3,7 +3,9 @@
 Points made by `POST /collections/{name}/images` carry the URI `blob://<sha256>`, which
 core.uris reads back from here, so thumbnails and a refresh's re-embedding treat an upload like
 any indexed file. The directory may be shared by several replicas (deploy/): every write is a
-whole-file rename, and a blob is removed only when no point of any collection names it.
+whole-file rename, and a blob is removed only when no point of any collection names it:
+moved aside, the points counted again, put back if one appeared meanwhile (an add, for its
+part, writes its blob again after its upsert if a removal took it), so no lock is needed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import re
 import uuid
 from pathlib import Path
+
+from core.store import Match, Store
 
 SCHEME = "blob://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -98,3 +102,43 @@ class Blobs:
     def restore(self, sha: str, hidden: Path) -> None:
         """Undo `hide` (a point came to use the blob meanwhile)."""
         os.replace(hidden, self.path(sha))
+
+
+def in_use(db: Store, uri: str) -> bool:
+    """Whether a point of any physical collection names `uri` (an older version's, kept for
+    rollback, counts too)."""
+    return any(db.count(c, Match(uri=uri)) for c in db.collections())
+
+
+def release(db: Store, blobs: Blobs, uri: str) -> bool:
+    """Remove the blob of `uri` if no point names it; True if removed."""
+    sha = sha_of(uri)
+    if in_use(db, uri):
+        return False
+    hidden = blobs.hide(sha)
+    if hidden is None:
+        return False
+    if in_use(db, uri):  # an add wrote a point meanwhile
+        blobs.restore(sha, hidden)
+        return False
+    hidden.unlink(missing_ok=True)
+    return True
+
+
+def sweep(db: Store, blobs: Blobs) -> int:
+    """Remove every blob no point names any more (after `models gc` dropped the last
+    collections that used some); returns how many."""
+    if not blobs.root.is_dir():
+        return 0
+    used = {
+        uri
+        for c in db.collections()
+        for p in db.iter_points(c, ["uri"])
+        if is_blob(uri := str(p.payload.get("uri", "")))
+    }
+    removed = 0
+    for path in sorted(blobs.root.glob("??/*")):
+        uri = blob_uri(path.name)
+        if _SHA.fullmatch(path.name) and uri not in used and release(db, blobs, uri):
+            removed += 1
+    return removed

@@ -46,3 +46,27 @@ def test_blob_uris_read_back_and_never_leave_the_directory(tmp_path):
         reader(blob_uri("0" * 64), tmp_path / "b")()
     with pytest.raises(ValueError):
         blobs.path("../x")
+
+
+def test_release_and_sweep_keep_every_blob_a_point_names(tmp_path):
+    import numpy as np
+
+    from core.blobs import release, sweep
+    from core.store import point_id
+    from tests.stores import edge_store
+
+    db = edge_store(tmp_path / "q")
+    blobs = Blobs(tmp_path / "b")
+    try:
+        a, b, c = (blobs.put(x) for x in (b"a", b"b", b"c"))
+        for name, version, sha in (("one", "v1", a), ("one", "v2", b), ("two", "v1", b)):
+            physical = db.ensure_collection(name, version, 4)
+            db.upsert(physical, [point_id(sha)], np.ones((1, 4)), [{"uri": blob_uri(sha)}])
+        assert not release(db, blobs, blob_uri(b)) and blobs.exists(b)  # two points name it
+        assert sweep(db, blobs) == 1 and not blobs.exists(c)  # c: no point
+        db.delete_collections(["one__v2"])
+        assert sweep(db, blobs) == 0 and blobs.exists(b)  # two__v1 still names b
+        db.delete_collections(["two__v1"])
+        assert sweep(db, blobs) == 1 and not blobs.exists(b) and blobs.exists(a)
+    finally:
+        db.close()
