@@ -231,6 +231,11 @@ async function addImage(event) {
   }
 }
 
+// The vote follows a relabel or a delete at once: classify the chosen image again.
+function revote() {
+  if (state.file) classify().catch((err) => showError(err.message));
+}
+
 // Neighbour cards get a label field (Enter saves) and a delete button.
 function editable(card) {
   if (card.querySelector(".edit")) return;
@@ -248,6 +253,7 @@ function editable(card) {
       if (shown) shown.textContent = label ?? "—";
       card.classList.add("saved");
       loadCollections();
+      revote();
     } catch (err) { showError(`Label not saved: ${err.message}`); }
   });
   remove.addEventListener("click", async () => {
@@ -255,6 +261,7 @@ function editable(card) {
       await writeCall(imagesUrl(id), { method: "DELETE" });
       document.querySelectorAll(`.card[data-id="${CSS.escape(id)}"]`).forEach((c) => c.remove());
       loadCollections();
+      revote();
     } catch (err) { showError(`Not deleted: ${err.message}`); }
   });
   card.append(el("div", { class: "edit" }, input, remove));

@@ -46,7 +46,11 @@ def test_add_relabel_and_delete_from_the_page(server, browser, tmp_path):  # noq
     browser.get(server + "/")
 
     def panel(name: str = "shapes") -> str:
-        return browser.find_element(By.CSS_SELECTOR, f'#collections li[data-name="{name}"]').text
+        # Read in one script call: the panel is re-rendered after every write.
+        return browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+            f'#collections li[data-name="{name}"]',
+        )
 
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#collections li[data-name="shapes"]'))
     assert "120 images · 120 labelled" in panel()
@@ -76,8 +80,15 @@ def test_add_relabel_and_delete_from_the_page(server, browser, tmp_path):  # noq
     field = card.find_element(By.CSS_SELECTOR, ".edit input")
     field.clear()
     field.send_keys("okapi", Keys.ENTER)
-    wait.until(lambda d: "saved" in card.get_attribute("class"))
     wait.until(lambda d: "okapi 1" in panel() and "zebra" not in panel())
+    # The vote is taken again: the relabelled image (similarity 1) now wins it.
+    wait.until(lambda d: d.find_element(By.ID, "predicted-label").text == "okapi")
+
+    def card_of(pid: str):
+        found = browser.find_elements(By.CSS_SELECTOR, f'#neighbors .card[data-id="{pid}"]')
+        return found[0] if found and found[0].find_elements(By.CSS_SELECTOR, ".edit") else None
+
+    card = wait.until(lambda d: card_of(pid))
     assert card.find_element(By.CSS_SELECTOR, ".cap b").text == "okapi"
     _shot(browser, tmp_path, "relabelled")
 
