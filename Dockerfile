@@ -64,7 +64,7 @@ FROM base AS runtime
 COPY --from=build /opt/venv /opt/venv
 # A fixed non-root uid: Kubernetes' runAsUser and volume ownership refer to it.
 RUN useradd --create-home --uid 10001 --user-group dinoserve \
-    && mkdir -p /data/models /data/state /data/runs \
+    && mkdir -p /data/models /data/state /data/runs /data/blobs \
     && chown -R dinoserve:dinoserve /data
 # Model registry, embedded Qdrant + index reports, and training runs live outside the image: an
 # immutable image serves whatever package the models volume holds (CURRENT), and the state
@@ -72,8 +72,9 @@ RUN useradd --create-home --uid 10001 --user-group dinoserve \
 ENV DINOSERVE_MODELS_DIR=/data/models \
     DINOSERVE_QDRANT_PATH=/data/state/qdrant \
     DINOSERVE_INDEX_DIR=/data/state/index \
+    DINOSERVE_BLOB_DIR=/data/blobs \
     DINOSERVE_SERVE__HOST=0.0.0.0
-VOLUME ["/data/models", "/data/state", "/data/runs"]
+VOLUME ["/data/models", "/data/state", "/data/runs", "/data/blobs"]
 # The training presets, so `--config configs/<preset>.yaml` works as in the README.
 WORKDIR /opt/dinoserve
 COPY configs ./configs

@@ -3,9 +3,10 @@
 With `DINOSERVE_API_KEY` set, every route needs a key except the probes (`/healthz`, `/readyz`:
 orchestrators call them without secrets) and the shells of the web page (`/`, `/static/*`) and
 of the API docs (`/docs`, `/docs-assets/*`): nothing but the pages' own code, which asks for the
-key when a call answers 401. The admin key (`DINOSERVE_ADMIN_API_KEY`) grants normal access
-too; `/admin/*` always needs the admin key itself (api.routes.admin). Without DINOSERVE_API_KEY
-the service is open, as before.
+key when a call answers 401. The admin key (`DINOSERVE_ADMIN_API_KEY`) and the write key
+(`DINOSERVE_WRITE_API_KEY`) grant normal access too; `/admin/*` always needs the admin key itself
+(api.routes.admin), and writes to collections the write or the admin key
+(api.routes.collections). Without DINOSERVE_API_KEY the service is open, as before.
 
 A key is presented as `Authorization: Bearer <key>`, `X-API-Key: <key>` or the cookie
 `dinoserve_key` (set by the page, SameSite=Strict, so that `<img src="/images/…">` works and
@@ -74,10 +75,17 @@ class ApiKeyMiddleware:
         app: the wrapped application.
         api_key: DINOSERVE_API_KEY (None: the middleware lets everything through).
         admin_api_key: DINOSERVE_ADMIN_API_KEY, also accepted here.
+        write_api_key: DINOSERVE_WRITE_API_KEY, also accepted here.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str | None, admin_api_key: str | None) -> None:
-        self.app, self.keys = app, (api_key, admin_api_key)
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        admin_api_key: str | None,
+        write_api_key: str | None = None,
+    ) -> None:
+        self.app, self.keys = app, (api_key, admin_api_key, write_api_key)
         self.enabled = bool(api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

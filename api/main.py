@@ -48,7 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added is the outermost: CORS answers preflights and decorates every response
     # (401s too); metrics count refused requests; the key check runs before any route.
     app.add_middleware(
-        ApiKeyMiddleware, api_key=settings.api_key, admin_api_key=settings.admin_api_key
+        ApiKeyMiddleware,
+        api_key=settings.api_key,
+        admin_api_key=settings.admin_api_key,
+        write_api_key=settings.write_api_key,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     cors = settings.cors

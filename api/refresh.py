@@ -83,7 +83,8 @@ class Refresher:
                 switchover.prepare, self.q, self.rt.settings, name_dir, served, target, st,
                 created, self._stop.is_set,
             )  # fmt: skip
-            await self._switch(name_dir, p)
+            st.phase = "catching_up"
+            await self._catch_up_and_switch(name_dir, p, created)
             st.end()
             log.info("refresh %s done: serving %s (%s)", st.job, target, st.collections)
         except Exception as exc:  # any failure: report it, keep serving the old version
@@ -97,6 +98,17 @@ class Refresher:
             st.end(reason)
         finally:
             self.busy = False
+
+    async def _catch_up_and_switch(self, name_dir: Path, p: Prepared, created: list[str]) -> None:
+        """Bring the targets in line with the writes made while they were built, then switch
+        with writes held off (api/writes.py): no write answered 200 is lost."""
+        settings, stop = self.rt.settings, self._stop.is_set
+        for _ in range(settings.refresh.catch_up_passes):  # writes go on meanwhile
+            if not await asyncio.to_thread(switchover.catch_up, self.q, settings, p, created, stop):
+                break
+        async with self.rt.writes.closed():
+            await asyncio.to_thread(switchover.catch_up, self.q, settings, p, created, stop)
+            await self._switch(name_dir, p)
 
     async def _switch(self, name_dir: Path, p: Prepared) -> None:
         rt = self.rt
@@ -127,7 +139,8 @@ class Refresher:
             p = await asyncio.to_thread(
                 switchover.prepare_rollback, self.q, self.rt.settings, name_dir, served
             )
-            await self._switch(name_dir, p)
+            # The previous version's collections lack what was written since the refresh.
+            await self._catch_up_and_switch(name_dir, p, [])
         finally:
             self.busy = False
         log.info("rolled back from %s to %s", served, p.meta.version)
@@ -145,7 +158,7 @@ class Refresher:
         try:
             return await asyncio.to_thread(
                 versions.gc, self.q, self.name_dir(), self.rt.serving.version,
-                self.rt.settings.refresh.keep_versions,
+                self.rt.settings.refresh.keep_versions, self.rt.blobs,
             )  # fmt: skip
         finally:
             self.busy = False

@@ -18,7 +18,9 @@ from api.metrics import Metrics
 from api.refresh import Refresher
 from api.serving import Serving
 from api.vectors import Vectors
+from api.writes import WriteGate
 from core import package, store
+from core.blobs import Blobs
 from core.engines import load_engine
 from core.settings import Settings
 
@@ -37,6 +39,12 @@ class Runtime:
     executor: ThreadPoolExecutor
     admin: Any = None  # api.refresh.Refresher
     indexing: Any = None  # api.index_jobs.IndexJobs
+    writes: WriteGate = dataclasses.field(default_factory=WriteGate)  # collection writes
+
+    @property
+    def blobs(self) -> Blobs:
+        """Uploaded images (DINOSERVE_BLOB_DIR)."""
+        return Blobs(self.settings.blob_dir, self.settings.blob_fsync)
 
     @property
     def store(self) -> store.Store:

@@ -53,6 +53,9 @@ class Upload:
 
     images: list[bytes]
     fields: dict[str, str] = field(default_factory=dict)
+    # Per-image values of the names an endpoint takes as lists (`labels`, `uris` of POST
+    # /collections/{name}/images): repeated form fields or JSON arrays; "" / null = none.
+    lists: dict[str, list[str | None]] = field(default_factory=dict)
 
 
 def _too_large(what: str, max_bytes: int) -> ApiError:
@@ -85,21 +88,24 @@ async def read_body(request: Request, max_image_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_upload(request: Request, max_bytes: int, max_images: int) -> Upload:
+async def read_upload(
+    request: Request, max_bytes: int, max_images: int, lists: tuple[str, ...] = ()
+) -> Upload:
     """Images (multipart `images`/`image` files, or JSON base64) and scalar fields of a request.
 
     Args:
         request: the incoming request.
         max_bytes: most image bytes per request (DINOSERVE_MAX_UPLOAD_BYTES).
         max_images: most images per request (DINOSERVE_MAX_BATCH_IMAGES).
+        lists: names taken as one value per image (see `Upload.lists`).
     Raises:
         ApiError: 413 too large or too many, 415 another content type, 422 no or bad images.
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        upload = await _multipart(request, max_bytes, max_images)
+        upload = await _multipart(request, max_bytes, max_images, lists)
     elif ctype == "application/json" or ctype.endswith("+json"):
-        upload = _json(await read_body(request, max_bytes))
+        upload = _json(await read_body(request, max_bytes), lists)
     else:
         raise ApiError(
             415,
@@ -128,7 +134,9 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def _multipart(request: Request, max_bytes: int, max_images: int) -> Upload:
+async def _multipart(
+    request: Request, max_bytes: int, max_images: int, lists: tuple[str, ...] = ()
+) -> Upload:
     body = await read_body(request, max_bytes)
     parser = MultiPartParser(
         request.headers, _once(body), max_files=max_images + 1, max_fields=64, max_part_size=_SLACK
@@ -155,6 +163,8 @@ async def _multipart(request: Request, max_bytes: int, max_images: int) -> Uploa
                     )
                 n = len(upload.images) + 1
                 upload.images.append(Part(await value.read(), value.filename or f"{name} #{n}"))
+            elif name in lists:
+                upload.lists.setdefault(name, []).append(value or None)
             elif name in upload.fields:
                 raise ApiError(422, "invalid_parameter", f"field {name[:64]!r} given twice")
             else:
@@ -175,7 +185,7 @@ def _b64(value: Any, where: str) -> bytes:
         raise ApiError(422, "invalid_base64", f"{where} is not valid base64: {exc}") from exc
 
 
-def _json(body: bytes) -> Upload:
+def _json(body: bytes, lists: tuple[str, ...] = ()) -> Upload:
     try:
         doc = json.loads(body)
     except RecursionError as exc:  # [[[[…]]]] deeper than the parser's stack
@@ -194,15 +204,20 @@ def _json(body: bytes) -> Upload:
         raise ApiError(422, "invalid_json", "'images' must be a list of base64 strings")
     if "image" in doc:
         images.append(Part(_b64(doc["image"], "image"), "image"))
-    fields = {}
+    fields, per_image = {}, {}
     for k, v in doc.items():
         if k in IMAGE_FIELDS:
+            continue
+        if k in lists:
+            if not isinstance(v, list) or not all(x is None or isinstance(x, str) for x in v):
+                raise ApiError(422, "invalid_parameter", f"{k!r} must be a list of strings")
+            per_image[k] = [x or None for x in v]
             continue
         if not isinstance(v, str | int | float | bool):
             raise ApiError(422, "invalid_parameter", f"{k[:64]!r} must be a string or a number")
         # JSON numbers and booleans are validated like query strings (pydantic's lax mode)
         fields[k] = str(v).lower() if isinstance(v, bool) else str(v)
-    return Upload(images, fields)
+    return Upload(images, fields, per_image)
 
 
 def single(upload: Upload) -> bytes:

@@ -5,6 +5,11 @@ embeds it with the new model and writes it, same id and payload (new `model_vers
 `indexed_at`, and the `sha256`/size of the bytes read now), into `<name>__<new>`. Points already
 there with the same sha256 are skipped, so a refresh that was killed resumes where it stopped.
 Only when every collection is complete do the aliases move, all in one Qdrant call.
+
+The same pass, run again, is the catch-up after writes over HTTP (api/routes/collections.py)
+changed the source meanwhile: new or replaced images are embedded, changed labels (any payload
+that is not derived from the bytes) copied, and points deleted from the source deleted from the
+target; what already matches costs one read.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +30,9 @@ from core.store import Point, Store
 from core.uris import reader
 
 MAX_REPORTED = 100  # failures listed in a report (all are counted)
+# Payload a re-embedding writes anew from the bytes and the model; the rest is the user's
+# (label, uri, external ids, manifest columns) and is copied as it is.
+DERIVED = frozenset({"sha256", "width", "height", "model_version", "indexed_at"})
 
 
 class EmbedderLike(Protocol):
@@ -49,16 +58,18 @@ class ReembedReport:
     done: int = 0  # points handled: written, already there, or failed
     written: int = 0
     unchanged: int = 0  # already in the target with the same sha256 (a resumed refresh)
+    synced: int = 0  # same bytes, other label (or user payload): payload copied
+    deleted: int = 0  # in the target but no longer in the source
     failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)  # first MAX_REPORTED
 
 
 def _load(
-    uri: str, embedder: EmbedderLike, max_pixels: int
+    uri: str, embedder: EmbedderLike, max_pixels: int, blob_dir: Path | None = None
 ) -> tuple[np.ndarray, dict[str, Any]] | dict[str, str]:
     """(preprocessed image, payload update) or a failure record."""
     try:
-        data = reader(uri)()
+        data = reader(uri, blob_dir)()
         img = decode_image(data, max_pixels)
     except OSError as exc:
         return {"uri": uri, "reason": "unreadable", "message": str(exc)}
@@ -78,6 +89,8 @@ def reembed(
     workers: int = 2,
     progress: Callable[[ReembedReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    blob_dir: Path | None = None,
+    optimize: bool = True,
 ) -> ReembedReport:
     """Fill physical collection `target` (which must exist) with every point of `source`,
     embedded by `embedder`.
@@ -92,21 +105,42 @@ def reembed(
         workers: threads reading and decoding images.
         progress: called after every batch with the running report.
         should_stop: polled between batches; True raises Stopped.
+        blob_dir: where `blob://` URIs (uploaded images) are read.
+        optimize: build the target's index at the end (a catch-up pass that changed little
+            leaves that to the search's exact scan of the few new points).
     Images whose source is gone or no longer decodes are counted, reported and left out.
+    Points of `target` that are not in `source` are deleted.
     """
     report = ReembedReport(source, target, total=q.count(source))
     offset: Any = None
+    seen: set[str] = set()
     with ThreadPoolExecutor(workers, thread_name_prefix="reembed") as pool:
         while True:
             if should_stop is not None and should_stop():
                 raise Stopped(f"stopped while re-embedding {source}")
             records, offset = q.scroll(source, None, offset, batch)
-            _one_batch(q, records, target, embedder, max_pixels, pool, report)
+            seen.update(r.id for r in records)
+            _one_batch(q, records, target, embedder, max_pixels, pool, report, blob_dir)
             if progress is not None:
                 progress(report)
             if offset is None:
-                q.optimize(target)
-                return report
+                break
+    gone = [p.id for p in q.iter_points(target, ["sha256"]) if p.id not in seen]
+    q.delete_points(target, gone)
+    report.deleted = len(gone)
+    if optimize:
+        q.optimize(target)
+    return report
+
+
+def changes(report: ReembedReport) -> int:
+    """Points a pass wrote, re-labelled or deleted (0: the target matched the source)."""
+    return report.written + report.synced + report.deleted
+
+
+def _user(payload: dict[str, Any]) -> dict[str, Any]:
+    # A null is no value (a removed label is stored as null): equal to a missing key.
+    return {k: v for k, v in payload.items() if k not in DERIVED and v is not None}
 
 
 def _one_batch(
@@ -117,12 +151,23 @@ def _one_batch(
     max_pixels: int,
     pool: ThreadPoolExecutor,
     report: ReembedReport,
+    blob_dir: Path | None = None,
 ) -> None:
-    there = q.existing_hashes(target, [r.id for r in records])
-    todo = [r for r in records if there.get(r.id) != r.payload.get("sha256", "")]
-    report.unchanged += len(records) - len(todo)
-    loaded = list(pool.map(lambda r: _load(str(r.payload.get("uri", "")), embedder, max_pixels),
-                           todo))  # fmt: skip
+    there = {p.id: p.payload for p in q.retrieve(target, [r.id for r in records])}
+    todo = []
+    for r in records:
+        old = there.get(r.id)
+        if old is None or old.get("sha256") != r.payload.get("sha256", ""):
+            todo.append(r)
+            continue
+        report.unchanged += 1
+        mine, theirs = _user(r.payload), _user(old)
+        if mine != theirs:  # relabelled (or label removed: null, which filters read as none)
+            q.set_payload(target, [r.id], {**{k: None for k in theirs}, **mine})
+            report.synced += 1
+    loaded = list(pool.map(
+        lambda r: _load(str(r.payload.get("uri", "")), embedder, max_pixels, blob_dir), todo
+    ))  # fmt: skip
     ok = [(r, x) for r, x in zip(todo, loaded, strict=True) if isinstance(x, tuple)]
     for x in loaded:
         if isinstance(x, dict):

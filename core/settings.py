@@ -133,7 +133,8 @@ class CorsSettings(BaseModel):
     listed."""
 
     allow_origins: list[str] = Field(default_factory=list)  # ["*"] for any origin
-    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    # PATCH and DELETE: a labelling tool elsewhere relabels and removes images in collections.
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PATCH", "DELETE"])
     allow_headers: list[str] = Field(
         default_factory=lambda: ["Authorization", "X-API-Key", "Content-Type"]
     )
@@ -154,6 +155,10 @@ class RefreshSettings(BaseModel):
     # A refresh fails (nothing served changes) when more of a collection's images than this
     # cannot be read again: flipping would silently shrink the collection.
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
+    # Writes to collections go on while a collection is re-embedded; then up to this many
+    # catch-up passes bring the new collection in line (without blocking writes), and a last
+    # one runs with writes refused (409 + Retry-After) until the aliases have flipped.
+    catch_up_passes: int = Field(3, ge=0, le=100)
 
 
 class Settings(BaseSettings):
@@ -177,6 +182,17 @@ class Settings(BaseSettings):
     # when it is set; /admin/* always needs DINOSERVE_ADMIN_API_KEY. See api/auth.py.
     api_key: str | None = None
     admin_api_key: str | None = None
+    # Writes to collections over HTTP (POST/PATCH/DELETE /collections/…) need this key or the
+    # admin key whenever any key is set; it grants reads too.
+    write_api_key: str | None = None
+    # Images uploaded to collections, content-addressed (shared by replicas: a volume in deploy/).
+    blob_dir: Path = Path("var/blobs")
+    # fsync each uploaded image before its point is written: an add survives a power cut with
+    # its bytes. Costs a disk flush per add (p50 7.6 ms on the shared disk of bench/RESULTS.md,
+    # 4× the tiny model's engine time); false leaves it to the OS's write-back (an Edge upsert,
+    # 0.7 ms there, does not flush per write either), and a crash may lose the last seconds of
+    # uploads' bytes.
+    blob_fsync: bool = True
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
@@ -203,7 +219,7 @@ class Settings(BaseSettings):
                 self.model = known[0]
         return self
 
-    @field_validator("api_key", "admin_api_key")
+    @field_validator("api_key", "admin_api_key", "write_api_key")
     @classmethod
     def _empty_key_is_unset(cls, value: str | None) -> str | None:
         # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the

@@ -89,6 +89,7 @@ class Prepared:
     meta: package.PackageMeta
     targets: dict[str, str]  # alias → new physical collection
     sources: dict[str, str]  # alias → the physical collection it points to now
+    served: str | None = None  # the version switched away from
 
 
 def prepare(
@@ -124,6 +125,7 @@ def prepare(
         report = refresh.reembed(
             q, source, physical, EngineEmbedder(engine, meta), settings.max_pixels, r.batch,
             r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
+            blob_dir=settings.blob_dir,
         )  # fmt: skip
         status.update(alias, report)
         log.info(
@@ -137,7 +139,43 @@ def prepare(
             )
         targets[alias] = physical
     status.phase = "switching"
-    return Prepared(engine, meta, targets, sources)
+    return Prepared(engine, meta, targets, sources, served)
+
+
+def catch_up(
+    q: Store,
+    settings: Settings,
+    p: Prepared,
+    created: list[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """One more pass of every served collection into its target, for what writes over HTTP
+    changed since the last pass: new and replaced images embedded, labels copied, deletions
+    applied. A collection created meanwhile (POST /collections/{name}) joins `p`. Returns the
+    number of points changed (0: every target matches its source).
+
+    Args:
+        p: the prepared switch; `p.sources` are re-read (the aliases still point there).
+        created: receives the physical collections this call creates (for `abort`).
+    """
+    sources = q.collections_of_version(p.served) if p.served else dict(p.sources)
+    r, total = settings.refresh, 0
+    for alias, source in sorted(sources.items()):
+        physical = store.physical_name(alias, p.meta.version)
+        if not q.exists(physical) and created is not None:
+            created.append(physical)
+        q.ensure_collection(alias, p.meta.version, p.engine.dim)
+        report = refresh.reembed(
+            q, source, physical, EngineEmbedder(p.engine, p.meta), settings.max_pixels, r.batch,
+            r.workers, None, should_stop, blob_dir=settings.blob_dir, optimize=False,
+        )  # fmt: skip
+        n = refresh.changes(report)
+        if n:
+            log.info("caught up %s → %s: %d written, %d relabelled, %d deleted", source,
+                     physical, report.written, report.synced, report.deleted)  # fmt: skip
+        total += n
+        p.sources[alias], p.targets[alias] = source, physical
+    return total
 
 
 def commit(q: Store, name_dir: Path, p: Prepared) -> None:
@@ -170,4 +208,4 @@ def prepare_rollback(q: Store, settings: Settings, name_dir: Path, served: str) 
         raise VersionError(f"cannot roll back to {target}: {', '.join(missing)} no longer exist")
     package_dir = name_dir / target
     engine = load_engine(package_dir, settings.engine, settings.inference)
-    return Prepared(engine, package.read_meta(package_dir), targets, sources)
+    return Prepared(engine, package.read_meta(package_dir), targets, sources, served)

@@ -1,4 +1,5 @@
-"""Source URIs of indexed images: a file path, or `tar://<archive>#<member>` for a tar member.
+"""Source URIs of indexed images: a file path, `tar://<archive>#<member>` for a tar member, or
+`blob://<sha256>` for an image uploaded over HTTP (kept in DINOSERVE_BLOB_DIR, core.blobs).
 
 The indexer writes them into the payload; the API reads an indexed image back through the same
 function, so both agree on what a URI means.
@@ -10,6 +11,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from core.blobs import Blobs, is_blob, sha_of
+
 TAR_SCHEME = "tar://"
 
 
@@ -19,14 +22,24 @@ def split_tar(uri: str) -> tuple[str, str]:
     return archive, member
 
 
-def reader(uri: str) -> Callable[[], bytes]:
-    """A function reading the bytes behind a URI (a file path or tar://archive#member).
+def reader(uri: str, blob_dir: Path | None = None) -> Callable[[], bytes]:
+    """A function reading the bytes behind a URI (a file path, tar://archive#member or
+    blob://sha256).
 
     Args:
-        uri: a payload `uri` as the indexer writes it.
+        uri: a payload `uri` as the indexer or the upload route writes it.
+        blob_dir: DINOSERVE_BLOB_DIR, where `blob://` URIs are read (None: they are not).
     Raises (when called):
-        OSError: the file or member is missing or unreadable.
+        OSError: the file, member or blob is missing or unreadable.
     """
+    if is_blob(uri):
+
+        def read_blob() -> bytes:
+            if blob_dir is None:
+                raise OSError(f"{uri}: no blob directory to read uploaded images from")
+            return Blobs(blob_dir).read(sha_of(uri))
+
+        return read_blob
     if uri.startswith(TAR_SCHEME):
         archive, member = split_tar(uri)
 

@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from core import package
+from core import blobs, package
+from core.blobs import Blobs
 from core.store import Store
 
 
@@ -103,9 +104,12 @@ def describe(q: Store | None, name_dir: Path, served: str | None) -> dict[str, A
     return {"model": name_dir.name, "current": current, "served": served, "versions": rows}
 
 
-def gc(q: Store | None, name_dir: Path, served: str, keep: int) -> dict[str, list[str]]:
+def gc(
+    q: Store | None, name_dir: Path, served: str, keep: int, blob_store: Blobs | None = None
+) -> dict[str, Any]:
     """Delete the versions `gc_candidates` names: their packages and physical collections
-    (collections only when `q` is given; never one an alias points to)."""
+    (collections only when `q` is given; never one an alias points to), and then the uploaded
+    images (`blob_store`) that no remaining point names."""
     victims = gc_candidates(name_dir, served, keep)
     dropped: list[str] = []
     if q is not None and victims:
@@ -113,4 +117,5 @@ def gc(q: Store | None, name_dir: Path, served: str, keep: int) -> dict[str, lis
         dropped = q.delete_collections([n for v in victims for n in by_version.get(v, [])])
     for v in victims:
         shutil.rmtree(name_dir / v)
-    return {"deleted_versions": victims, "deleted_collections": dropped}
+    swept = blobs.sweep(q, blob_store) if q is not None and blob_store and dropped else 0
+    return {"deleted_versions": victims, "deleted_collections": dropped, "deleted_blobs": swept}

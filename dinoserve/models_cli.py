@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from core import package, store, switchover, versions
+from core.blobs import Blobs
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
         name_dir = versions.registry_dir(settings.models_dir, settings.model)
         served = package.current_version(name_dir)
         with open_store(settings) as q:
-            out = versions.gc(q, name_dir, served, settings.refresh.keep_versions)
+            blob_store = Blobs(settings.blob_dir, settings.blob_fsync)
+            out = versions.gc(q, name_dir, served, settings.refresh.keep_versions, blob_store)
     print(f"deleted versions: {out['deleted_versions'] or 'none'}; "
-          f"collections: {out['deleted_collections'] or 'none'}")  # fmt: skip
+          f"collections: {out['deleted_collections'] or 'none'}; "
+          f"uploaded images no longer used: {out.get('deleted_blobs', 0)}")  # fmt: skip
     return 0
 
 

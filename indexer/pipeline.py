@@ -26,10 +26,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from core import store
+from core.blobs import is_blob
 from core.images import ImageRejected, decode_image
 from core.store import Store
 from core.uris import TAR_SCHEME, reader, split_tar
-from indexer.sources import Item, in_shard
+from indexer.sources import RESERVED, Item, in_shard
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class _Prepared:
 
 
 def _stream_bytes(
-    items: list[Item], pool: ThreadPoolExecutor, window: int
+    items: list[Item], pool: ThreadPoolExecutor, window: int, blob_dir: Path | None = None
 ) -> Iterator[tuple[Item, bytes | Exception]]:
     """Bytes of each item; tar members are streamed in one pass of each archive, files read by
     the pool `window` at a time (never the whole source in memory)."""
@@ -113,7 +114,7 @@ def _stream_bytes(
 
     def read(it: Item) -> bytes | Exception:
         try:
-            return reader(it.uri)()
+            return reader(it.uri, blob_dir)()
         except OSError as exc:
             return exc
 
@@ -158,6 +159,8 @@ class Indexer:
         batch: images per engine batch and per upsert.
         workers: decode threads.
         limits: per-image byte and pixel limits.
+        blob_dir: DINOSERVE_BLOB_DIR: images uploaded over HTTP are read from there when a run
+            carries them into a new model version's collection.
     """
 
     def __init__(
@@ -168,8 +171,9 @@ class Indexer:
         batch: int = 32,
         workers: int = 4,
         limits: Limits | None = None,
+        blob_dir: Path | None = None,
     ) -> None:
-        self.db, self.embedder = db, embedder
+        self.db, self.embedder, self.blob_dir = db, embedder, blob_dir
         self.collection = store.check_name(collection)
         self.batch, self.workers = max(1, batch), max(1, workers)
         self.limits = limits or Limits()
@@ -196,12 +200,15 @@ class Indexer:
         physical = self.db.ensure_collection(
             self.collection, self.embedder.model_version, self.embedder.dim
         )
-        if self.db.resolve_alias(self.collection) is None:
+        served = self.db.resolve_alias(self.collection)
+        if served is None:
             try:
                 self.db.point_alias(self.collection, physical)
             except store.StoreError:  # another shard worker created it first
                 if self.db.resolve_alias(self.collection) is None:
                     raise
+        elif served != physical:
+            mine += self._uploads(served, mine, shard)
         report = IndexReport(self.collection, physical, total=len(mine))
         failures: list[dict] = []
         bar = tqdm(total=len(mine), unit="img", disable=not progress, desc=f"index {physical}")
@@ -254,7 +261,7 @@ class Indexer:
     ) -> None:
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-                stream = _stream_bytes(items, pool, window=2 * self.batch)
+                stream = _stream_bytes(items, pool, 2 * self.batch, self.blob_dir)
                 while not stop.is_set():
                     chunk = [x for _, x in zip(range(self.batch), stream, strict=False)]
                     if not chunk:
@@ -268,7 +275,7 @@ class Indexer:
         self, chunk: list[tuple[Item, bytes | Exception]], physical: str, pool: ThreadPoolExecutor
     ) -> _Prepared:
         result = _Prepared(size=len(chunk))
-        ids = [store.point_id(it.uri) for it, _ in chunk]
+        ids = [it.point_id for it, _ in chunk]
         existing = self.db.existing_hashes(physical, ids)
         todo = []
         for pid, (it, data) in zip(ids, chunk, strict=True):
@@ -313,13 +320,35 @@ class Indexer:
             return np.zeros((0, self.embedder.dim), np.float32)
         return self.embedder.embed(self.embedder.stack(batch.arrays))
 
+    def _uploads(self, served: str, items: list[Item], shard: tuple[int, int]) -> list[Item]:
+        """The images uploaded over HTTP into `served` (the collection the alias points to,
+        of another model version), as items that keep their ids, labels and payload: a run
+        that builds this version's collection re-embeds them from the blob store, as it does
+        every file of the source."""
+        have = {it.point_id for it in items}
+        return [
+            Item(
+                uri,
+                p.payload.get("label"),
+                {k: v for k, v in p.payload.items() if k not in RESERVED},
+                p.id,
+            )
+            for p in self.db.iter_points(served)
+            if is_blob(uri := str(p.payload.get("uri", "")))
+            and p.id not in have
+            and in_shard(uri, shard)
+        ]
+
     def _prune(self, physical: str, items: list[Item], shard: tuple[int, int]) -> int:
-        """Delete points of this shard whose source URI is no longer in the source."""
-        wanted = {store.point_id(it.uri) for it in items}
+        """Delete points of this shard whose source URI is no longer in the source; never an
+        image uploaded over HTTP (`blob://`): no source lists it."""
+        wanted = {it.point_id for it in items}
         gone = [
             p.id
             for p in self.db.iter_points(physical, ["uri"])
-            if p.id not in wanted and in_shard(str(p.payload.get("uri", "")), shard)
+            if p.id not in wanted
+            and not is_blob(uri := str(p.payload.get("uri", "")))
+            and in_shard(uri, shard)
         ]
         self.db.delete_points(physical, gone)
         return len(gone)

@@ -89,6 +89,7 @@ def run_index(
         batch=req.batch or settings.indexer.batch,
         workers=req.workers or settings.indexer.workers,
         limits=Limits(settings.max_pixels, settings.indexer.max_image_bytes),
+        blob_dir=settings.blob_dir,
     )
     suffix = f".shard{spec[0]}of{spec[1]}" if spec[1] > 1 else ""
     fail_path = (

@@ -30,6 +30,11 @@ class Item:
     uri: str
     label: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None  # the point id, when not the UUIDv5 of `uri` (an uploaded image's)
+
+    @property
+    def point_id(self) -> str:
+        return self.id or str(uuid.uuid5(uuid.NAMESPACE_URL, self.uri))
 
 
 def is_image_name(name: str) -> bool:

@@ -3,9 +3,20 @@
 from fastapi import APIRouter, Depends
 
 from api.params import single_valued
-from api.routes import admin, attention, classify, docs, embed, health, images, page, search
+from api.routes import (
+    admin,
+    attention,
+    classify,
+    collections,
+    docs,
+    embed,
+    health,
+    images,
+    page,
+    search,
+)
 
 # Every route: a query parameter given twice is refused (api.params.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
-for module in (embed, classify, search, attention, images, health, page, docs, admin):
+for module in (embed, classify, search, attention, images, collections, health, page, docs, admin):
     router.include_router(module.router)

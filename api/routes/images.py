@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from pathlib import Path as PathLike
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -21,14 +22,14 @@ from core.uris import reader
 router = APIRouter(tags=["images"])
 
 
-def thumbnail(uri: str, max_pixels: int, side: int) -> bytes:
+def thumbnail(uri: str, max_pixels: int, side: int, blob_dir: PathLike | None = None) -> bytes:
     """The image behind `uri` as a JPEG whose longer side is at most `side` pixels.
 
     Raises:
         ApiError: 404 when the source is gone or no longer a readable image.
     """
     try:
-        img = decode_image(reader(uri)(), max_pixels)
+        img = decode_image(reader(uri, blob_dir)(), max_pixels)  # blob://: uploaded images
     except (OSError, ImageRejected) as exc:
         raise ApiError(
             404, "image_unavailable", f"the indexed image can no longer be read: {exc}"
@@ -73,5 +74,7 @@ async def image(
     headers = {"ETag": etag, "Cache-Control": "private, max-age=300"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    data = await run_in_threadpool(thumbnail, uri, rt.settings.max_pixels, side)
+    data = await run_in_threadpool(
+        thumbnail, uri, rt.settings.max_pixels, side, rt.settings.blob_dir
+    )
     return Response(data, media_type="image/jpeg", headers=headers)

@@ -203,3 +203,137 @@ function wire() {
 }
 
 document.addEventListener("DOMContentLoaded", wire);
+
+// --- collections: add the image with a label, fix or delete a neighbour, counts -------------
+// Writes need the write (or admin) key in a header whenever the service has keys: never the
+// read key's cookie (another site's form could send that). Asked once, kept for this tab.
+const collections = { default: null };
+
+function targetCollection() {
+  return $("#collection").value.trim() || collections.default;
+}
+
+async function writeCall(path, options = {}, retried = false) {
+  const key = sessionStorage.getItem("dinoserve_write_key");
+  const headers = new Headers(options.headers || {});
+  if (key) headers.set("X-API-Key", key);
+  const res = await fetch(path, { ...options, headers });
+  if ((res.status === 401 || res.status === 403) && !retried) {
+    const asked = window.prompt(res.status === 401 ? "Changing a collection needs the write key:"
+      : "This key may not write; the write key:");
+    if (asked) {
+      sessionStorage.setItem("dinoserve_write_key", asked);
+      return writeCall(path, options, true);
+    }
+  }
+  if (!res.ok) {
+    let message = `${res.status} ${res.statusText}`;
+    try {
+      const body = await res.json();
+      if (body && body.error) message = `${body.error.message} (${body.error.code})`;
+    } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return res;
+}
+
+function imagesUrl(id = "") {
+  const base = `/collections/${encodeURIComponent(targetCollection())}/images`;
+  return id ? `${base}/${encodeURIComponent(id)}` : base;
+}
+
+async function loadCollections() {
+  const list = $("#collections");
+  try {
+    const body = await (await call("/collections")).json();
+    collections.default = body.default;
+    const current = targetCollection();
+    list.replaceChildren(...body.collections.map((c) => {
+      const tags = el("div", { class: "tags" }, ...Object.entries(c.labels).slice(0, 12)
+        .map(([name, n]) => el("span", { class: "tag" }, `${name} ${n}`)));
+      const item = el("li", { class: `coll${c.name === current ? " current" : ""}`, "data-name": c.name,
+        title: `${c.physical_collection}` },
+        el("b", {}, c.name), " ",
+        el("span", { class: "counts" }, `${c.points} images · ${c.labelled} labelled · ${c.model_version}`),
+        tags);
+      item.addEventListener("click", () => {
+        $("#collection").value = c.name === body.default ? "" : c.name;
+        $("#collection").dispatchEvent(new Event("change"));
+        loadCollections();
+      });
+      return item;
+    }));
+    if (!body.collections.length) list.replaceChildren(el("li", { class: "empty" }, "No collections yet."));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "empty" }, `Collections unavailable: ${err.message}`));
+  }
+}
+
+async function addImage(event) {
+  event.preventDefault();
+  if (!state.file) return;
+  const status = $("#add-status");
+  const label = $("#add-label").value.trim();
+  const data = new FormData();
+  data.append("images", state.file, state.file.name || "upload");
+  if (label) data.append("label", label);
+  try {
+    const body = await (await writeCall(imagesUrl(), { method: "POST", body: data })).json();
+    const unchanged = body.images[0].unchanged ? " (already there)" : "";
+    status.textContent = `Added to ${body.collection}${label ? ` as “${label}”` : ""}${unchanged}.`;
+    await loadCollections();
+    await analyse(state.file); // the prediction and neighbours now include it
+  } catch (err) {
+    status.textContent = "";
+    showError(`Not added: ${err.message}`);
+  }
+}
+
+// The vote follows a relabel or a delete at once: classify the chosen image again.
+function revote() {
+  if (state.file) classify().catch((err) => showError(err.message));
+}
+
+// Neighbour cards get a label field (Enter saves) and a delete button.
+function editable(card) {
+  if (card.querySelector(".edit")) return;
+  const id = card.getAttribute("data-id");
+  const shown = card.querySelector(".cap b");
+  const input = el("input", { value: shown && shown.textContent !== "—" ? shown.textContent : "",
+    placeholder: "no label", "aria-label": "label" });
+  const remove = el("button", { type: "button", title: "delete from the collection" }, "✕");
+  input.addEventListener("keydown", async (e) => {
+    if (e.key !== "Enter") return;
+    const label = input.value.trim() || null;
+    try {
+      await writeCall(imagesUrl(id), { method: "PATCH", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ label }) });
+      if (shown) shown.textContent = label ?? "—";
+      card.classList.add("saved");
+      loadCollections();
+      revote();
+    } catch (err) { showError(`Label not saved: ${err.message}`); }
+  });
+  remove.addEventListener("click", async () => {
+    try {
+      await writeCall(imagesUrl(id), { method: "DELETE" });
+      document.querySelectorAll(`.card[data-id="${CSS.escape(id)}"]`).forEach((c) => c.remove());
+      loadCollections();
+      revote();
+    } catch (err) { showError(`Not deleted: ${err.message}`); }
+  });
+  card.append(el("div", { class: "edit" }, input, remove));
+}
+
+function wireCollections() {
+  $("#add-form").addEventListener("submit", addImage);
+  $("#file").addEventListener("change", () => { $("#add-button").disabled = !$("#file").files[0]; });
+  $("#drop").addEventListener("drop", () => { $("#add-button").disabled = false; });
+  $("#collection").addEventListener("change", loadCollections);
+  const grids = ["#neighbors", "#similar"].map((s) => $(s));
+  const observer = new MutationObserver(() => grids.forEach((g) => g.querySelectorAll(".card").forEach(editable)));
+  grids.forEach((g) => observer.observe(g, { childList: true }));
+  loadCollections();
+}
+
+document.addEventListener("DOMContentLoaded", wireCollections);

@@ -98,6 +98,10 @@ class Store(ABC):
     @abstractmethod
     def _count(self, physical: str, match: Match) -> int: ...
     @abstractmethod
+    def _facet(self, physical: str, key: str, limit: int) -> dict[str, int]:
+        """Value → number of points, for the most frequent `limit` values of a keyword field."""
+
+    @abstractmethod
     def _delete(self, physical: str, ids: list[str]) -> None: ...
     @abstractmethod
     def _set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None: ...
@@ -335,6 +339,15 @@ class Store(ABC):
 
     def count(self, physical: str, match: Match | None = None) -> int:
         return self.call(lambda: self._count(physical, match or Match()))
+
+    def facet(self, physical: str, key: str = "label", limit: int = 1000) -> dict[str, int]:
+        """Exact counts of the `limit` most frequent values of an indexed keyword field (the
+        labels of a collection), most frequent first."""
+        counts = self.call(lambda: self._facet(physical, key, limit))
+        # Edge keeps a value whose last point was relabelled, with count 0: not a label.
+        return dict(
+            sorted(((v, n) for v, n in counts.items() if n > 0), key=lambda kv: (-kv[1], kv[0]))
+        )
 
     def delete_points(self, physical: str, ids: list[str]) -> None:
         if ids:

@@ -263,7 +263,10 @@ class EdgeStore(Store):
                 else:
                     new[alias] = physical
             write_atomic(self.path / ALIASES, json.dumps({"aliases": new}, indent=1).encode())
-            self._aliases_cache = new
+            # In place: copies made by `with_policy` share this dict (and the lock), so the
+            # service's request store sees a flip its refresh worker made.
+            self._aliases_cache.clear()
+            self._aliases_cache.update(new)
 
     def _check_space(self, needed: int = 0) -> None:
         """Refuse a write while the disk is (nearly) full: Edge writes through memory maps, and
@@ -324,6 +327,10 @@ class EdgeStore(Store):
 
     def _count(self, physical: str, match: Match) -> int:
         return self._shard(physical).count(qe.CountRequest(exact=True, filter=_filter(match)))
+
+    def _facet(self, physical: str, key: str, limit: int) -> dict[str, int]:
+        response = self._shard(physical).facet(qe.FacetRequest(key, limit=limit, exact=True))
+        return {str(h.value): int(h.count) for h in response.hits}
 
     def _delete(self, physical: str, ids: list[str]) -> None:
         self._check_space()
@@ -397,6 +404,8 @@ def _filter(match: Match) -> qe.Filter | None:
         must_not.append(qe.IsEmptyCondition("label"))
     if match.exclude is not None:
         must_not.append(qe.HasIdCondition({match.exclude}))
+    if match.uri is not None:
+        must.append(qe.FieldCondition(key="uri", match=qe.MatchValue(match.uri)))
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)

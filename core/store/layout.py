@@ -78,11 +78,13 @@ class Match:
         label: only points with this label.
         labelled_only: only points that have a label (the k-NN vote's memory).
         exclude: a point id to leave out (the query itself).
+        uri: only points whose payload `uri` is this (who uses an uploaded image's bytes).
     """
 
     label: str | None = None
     labelled_only: bool = False
     exclude: str | None = None
+    uri: str | None = None
 
 
 @dataclass(frozen=True)

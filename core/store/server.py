@@ -141,6 +141,10 @@ class ServerStore(Store):
     def _count(self, physical: str, match: Match) -> int:
         return self.client.count(physical, count_filter=_filter(match), exact=True).count
 
+    def _facet(self, physical: str, key: str, limit: int) -> dict[str, int]:
+        response = self.client.facet(physical, key, limit=limit, exact=True)
+        return {str(h.value): int(h.count) for h in response.hits}
+
     def _delete(self, physical: str, ids: list[str]) -> None:
         self.client.delete(physical, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
 
@@ -195,6 +199,8 @@ def _filter(match: Match) -> qm.Filter | None:
         must_not.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key="label")))
     if match.exclude is not None:
         must_not.append(qm.HasIdCondition(has_id=[match.exclude]))
+    if match.uri is not None:
+        must.append(qm.FieldCondition(key="uri", match=qm.MatchValue(value=match.uri)))
     if not must and not must_not:
         return None
     return qm.Filter(must=must or None, must_not=must_not or None)

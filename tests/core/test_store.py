@@ -65,6 +65,12 @@ def test_filters_count_and_payload_updates(tmp_path, make):
     assert db.point(physical, point_id("img0"), ["label"]).payload == {"label": "new"}
     db.delete_points(physical, [point_id("img0")])
     assert db.point(physical, point_id("img0")) is None and db.count(physical) == 59
+    # Label counts (a facet) and the uri filter of the HTTP writes.
+    assert db.facet(physical) == {"c0": 10, "c1": 10, "c2": 10}
+    db.set_payload(physical, [point_id(f"img{i}") for i in (3, 9, 15)], {"label": "c1"})
+    db.set_payload(physical, [point_id(f"img{i}") for i in range(1, 60, 2)], {"label": None})
+    assert db.facet(physical) == {} and db.count(physical, Match(labelled_only=True)) == 0
+    assert db.count(physical, Match(uri="img7")) == 1 and db.count(physical, Match(uri="x")) == 0
     db.close()
 
 
@@ -224,3 +230,17 @@ def test_dimension_mismatch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="holds 12-d vectors"):
         db.ensure_collection("photos", "v1", DIM + 1)
     db.close()
+
+
+def test_a_flip_through_a_copy_with_another_policy_is_seen_by_the_original(tmp_path):
+    from core.store import REQUEST
+
+    db = edge_store(tmp_path / "q")
+    try:
+        db.ensure_collection("c", "v1", 4)
+        db.ensure_collection("c", "v2", 4)
+        db.point_alias("c", "c__v1")
+        db.with_policy(REQUEST).flip({"c": "c__v2"})  # the refresh worker's copy
+        assert db.resolve_alias("c") == "c__v2"
+    finally:
+        db.close()

@@ -426,3 +426,34 @@ def test_api_drains_within_the_kill_deadline(monkeypatch):
     assert pre_stop[0] == "sleep"
     drain = int(pre_stop[1]) + settings.serve.graceful_shutdown_s
     assert drain < pod["terminationGracePeriodSeconds"]
+
+
+# --- uploaded images (DINOSERVE_BLOB_DIR) ----------------------------------------------------
+
+
+def test_the_blob_dir_is_a_shared_volume_wherever_the_api_writes_it(monkeypatch):
+    """Every API replica writes uploads there and every replica (thumbnails, refresh) and the
+    indexer read them: a volume that outlives the pods, shared by all (ReadWriteMany)."""
+    cm = configmaps()
+    claims = {d["metadata"]["name"]: d for d in k8s_kind("PersistentVolumeClaim")}
+    checked = []
+    for doc in k8s_kind("Deployment") + k8s_kind("Job"):
+        pod = doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in containers(doc):
+            if not is_dinoserve(c["image"]) or "train" in c["name"]:
+                continue
+            blob_dir = str(_validate(env_of(c, cm), monkeypatch).blob_dir)
+            mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == blob_dir), None)
+            assert mount is not None, f"{c['name']} does not mount {blob_dir}"
+            claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+            assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
+            if doc["kind"] == "Deployment":
+                assert not mount.get("readOnly"), "the API writes uploads"
+            checked.append(doc["kind"])
+    assert {"Deployment", "Job"} <= set(checked)
+    for name, service in compose()["services"].items():
+        if is_dinoserve(service.get("image", "")):
+            blob_dir = str(_validate(service.get("environment") or {}, monkeypatch).blob_dir)
+            mounts = [v for v in service.get("volumes", []) if v.split(":")[1] == blob_dir]
+            assert mounts and mounts[0].split(":")[0] in compose()["volumes"], name
