@@ -3,6 +3,7 @@ its worker thread, the micro-batchers, the Qdrant client and the metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
