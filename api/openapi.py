@@ -28,6 +28,7 @@ DESCRIPTIONS = {
     415: "not multipart/form-data or application/json",
     422: "a bad parameter, body or image",
     503: "Qdrant unreachable, or shutting down (with Retry-After)",
+    507: "the disk under the embedded store is full (DINOSERVE_QDRANT__MIN_FREE_MB): reads go on",
 }
 AUTH = (401, 403)
 UPLOAD = (413, 415, 422)

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import key_matches, presented_key
 from api.deps import RuntimeDep
 from api.errors import ApiError
+from api.openapi import AUTH, UPLOAD, errors
 from api.params import Params
 from api.runtime import Runtime
 from api.serving import Serving
@@ -106,6 +107,13 @@ class AddParams(Params):
     uri: SourceUri | None = Field(
         None, description="your name for the one image sent (its point id derives from it)"
     )
+
+
+class AddBody(AddParams):
+    """What the body of an add may carry beside the images (for its OpenAPI description)."""
+
+    labels: list[Label | None] | None = Field(None, description="one label per image, in order")
+    uris: list[SourceUri] | None = Field(None, description="one name per image, in order")
 
 
 class Added(BaseModel):
@@ -201,7 +209,9 @@ NameArg = Annotated[
     Path(
         description="logical collection name (letters, digits, '-', '_'; no '__')",
         examples=["pets"],
-        pattern=store.NAME_RE.pattern,  # documents it; _name checks the rest
+        # store.NAME_RE without `__` (it separates the model version), spelt without a
+        # lookahead so that generators of the schema can follow it
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_[A-Za-z0-9-])*_?$",
         max_length=63,
     ),
 ]
@@ -216,7 +226,8 @@ IdArg = Annotated[
 ]
 
 
-@router.get("", summary="List the collections", response_model=CollectionList)
+@router.get("", summary="List the collections", response_model=CollectionList,
+            responses=errors(*AUTH, 503))  # fmt: skip
 async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     """Every logical collection: its physical collection and model version, points, labelled
     points, and labels with their counts."""
@@ -224,7 +235,8 @@ async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     return {"default": rt.settings.collection, "collections": collections}
 
 
-@router.get("/{name}", summary="Describe a collection", response_model=CollectionInfo)
+@router.get("/{name}", summary="Describe a collection", response_model=CollectionInfo,
+            responses=errors(*AUTH, 404, 422, 503))  # fmt: skip
 async def get_collection(rt: RuntimeDep, name: NameArg) -> dict[str, Any]:
     """404 for an unknown collection."""
     name = _name(name)
@@ -237,8 +249,8 @@ async def get_collection(rt: RuntimeDep, name: NameArg) -> dict[str, Any]:
     response_model=CollectionInfo,
     status_code=201,
     responses={
+        **errors(*AUTH, 409, 422, 503, 507),
         200: {"description": "it exists already, for the served model"},
-        409: {"description": "it exists with another model version"},
     },
     dependencies=[WriteDep],
 )
@@ -311,7 +323,8 @@ async def _plan(sv: Serving, writer: Writer, name: str, images: list[NewImage]) 
     "/{name}/images",
     summary="Add images (with labels) to a collection",
     response_model=AddResponse,
-    openapi_extra=body_doc(many=True),
+    openapi_extra=body_doc(AddBody, many=True),
+    responses=errors(*AUTH, 404, 409, *UPLOAD, 503, 507),
     dependencies=[WriteDep],
 )
 async def add_images(
@@ -380,6 +393,7 @@ async def _patch_body(request: Request) -> LabelPatch:
     "/{name}/images/{image_id:path}",
     summary="Set or remove an image's label",
     response_model=ImageInfo,
+    responses=errors(*AUTH, 404, 409, 422, 503, 507),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -415,6 +429,7 @@ async def relabel(
     "/{name}/images/{image_id:path}",
     summary="Delete an image from a collection",
     response_model=Deleted,
+    responses=errors(*AUTH, 404, 409, 422, 503, 507),
     dependencies=[WriteDep],
 )
 async def delete_image(rt: RuntimeDep, name: NameArg, image_id: IdArg) -> dict[str, Any]:

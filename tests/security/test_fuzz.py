@@ -20,6 +20,7 @@ schemathesis_hooks.py does.) Both leave out the admin POSTs, which change the se
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,11 @@ def api_schema(micro_package, indexed_store, tmp_path_factory) -> Iterator:
     asgi.shutdown_lifespans()
 
 
+ADD = ("POST", "/collections/{name}/images")
+PER_IMAGE = re.compile(r"give either (label or labels|uri or uris)|\d+ (label|uri)s for \d+ images|"
+                       r"uri names one image")  # fmt: skip
+
+
 @pytest.mark.parametrize(("method", "path", "mode"), OPERATIONS)
 def test_no_server_errors(api_schema, method: str, path: str, mode: GenerationMode) -> None:
     operation = api_schema[path][method]
@@ -79,6 +85,16 @@ def test_no_server_errors(api_schema, method: str, path: str, mode: GenerationMo
     def run(case) -> None:
         response = case.call(headers={"X-API-Key": ADMIN})
         assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
+        if (
+            (method, path) == ADD
+            and mode == GenerationMode.POSITIVE
+            and response.status_code == 422
+        ):
+            # The one rule JSON Schema cannot state: per-image lists (`labels`, `uris`) hold one
+            # entry per image, and `uri` names one image. Only that refusal passes here.
+            message = response.json()["error"]["message"]
+            assert PER_IMAGE.search(message), (case.as_curl_command(), message)
+            return
         case.validate_response(response)  # every check of `schemathesis run --checks all`
         if response.status_code >= 400:
             body = response.json()
