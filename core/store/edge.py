@@ -309,7 +309,7 @@ class EdgeStore(Store):
             query=qe.Query.Nearest(vector),
             filter=_filter(match),
             with_payload=list(fields),
-            params=qe.SearchParams(hnsw_ef=self.layout.hnsw_ef, quantization=quant),
+            params=qe.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant),
         )
         return [_point(r) for r in shard.query(request)]
 

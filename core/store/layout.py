@@ -97,6 +97,7 @@ class Layout:
         quantize_above: from this many points on, vectors move to disk with an int8 copy in RAM
             (scalar quantisation, results rescored with the full vectors); below, all in RAM.
         hnsw_ef: search breadth of the HNSW graph (recall vs latency).
+        filtered_hnsw_ef: the same for searches with a label filter (which cut graph links).
         oversampling: candidates fetched per result from the int8 copy before rescoring.
         min_free_bytes: the embedded store refuses writes below this much free disk space.
     """
@@ -106,5 +107,10 @@ class Layout:
     write_consistency_factor: int = 1
     quantize_above: int = 200_000
     hnsw_ef: int = 128
+    filtered_hnsw_ef: int = 512
     oversampling: float = 2.0
     min_free_bytes: int = 256 * 1024 * 1024
+
+    def ef(self, match: Match) -> int:
+        """The HNSW search breadth for a search with `match`."""
+        return self.filtered_hnsw_ef if match.label is not None else self.hnsw_ef

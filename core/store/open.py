@@ -18,6 +18,7 @@ def layout_from(settings: Settings) -> Layout:
         write_consistency_factor=q.write_consistency_factor,
         quantize_above=q.quantize_above,
         hnsw_ef=q.hnsw_ef,
+        filtered_hnsw_ef=q.filtered_hnsw_ef,
         oversampling=q.oversampling,
         min_free_bytes=q.min_free_mb * 1024 * 1024,
     )

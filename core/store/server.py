@@ -122,7 +122,7 @@ class ServerStore(Store):
             limit=k,
             query_filter=_filter(match),
             with_payload=list(fields),
-            search_params=qm.SearchParams(hnsw_ef=self.layout.hnsw_ef, quantization=quant),
+            search_params=qm.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant),
         )
         return [_point(p) for p in response.points]
 
