@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
+from core import store
 from core.images import ImageRejected
 from core.store import StoreError, StoreFull, UnknownCollection
 
@@ -119,7 +120,14 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_parameter", _validation_message(list(exc.errors())))
+        errors = list(exc.errors())
+        for e in errors:
+            if tuple(e.get("loc", ())) == ("path", "name"):  # a collection name in the path
+                try:
+                    store.check_name(str(e.get("input", "")))
+                except ValueError as bad:
+                    return error_response(422, "invalid_collection", str(bad))
+        return error_response(422, "invalid_parameter", _validation_message(errors))
 
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> JSONResponse:

@@ -327,7 +327,9 @@ function editable(card) {
 
 function wireCollections() {
   $("#add-form").addEventListener("submit", addImage);
-  $("#file").addEventListener("change", () => { $("#add-button").disabled = !$("#file").files[0]; });
+  // After wire()'s listener, which empties the input (to allow the same file again) and has
+  // already handed the file to analyse(): state.file is the chosen image.
+  $("#file").addEventListener("change", () => { $("#add-button").disabled = !state.file; });
   $("#drop").addEventListener("drop", () => { $("#add-button").disabled = false; });
   $("#collection").addEventListener("change", loadCollections);
   const grids = ["#neighbors", "#similar"].map((s) => $(s));
