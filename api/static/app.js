@@ -7,6 +7,17 @@ const state = { file: null, keyPrompt: null };
 // The vote's parameters, sent with every /classify so that the page can say what it shows.
 const K = 20, TEMPERATURE = 0.07;
 
+// A response, or its error in the API's one shape as an Error.
+async function ok(res) {
+  if (res.ok) return res;
+  let message = `${res.status} ${res.statusText}`;
+  try {
+    const body = await res.json();
+    if (body && body.error) message = `${body.error.message} (${body.error.code})`;
+  } catch (_) { /* not JSON */ }
+  throw new Error(message);
+}
+
 function showError(message) {
   const box = $("#error");
   box.textContent = message;
@@ -49,15 +60,7 @@ async function call(path, options = {}, retried = false) {
       ? "This service needs an API key: reload the page or choose an image to enter it."
       : "Wrong API key: it was not kept; choose an image again to enter another.");
   }
-  if (!res.ok) {
-    let message = `${res.status} ${res.statusText}`;
-    try {
-      const body = await res.json();
-      if (body && body.error) message = `${body.error.message} (${body.error.code})`;
-    } catch (_) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return res;
+  return ok(res);
 }
 
 function params(extra = {}) {
@@ -226,15 +229,7 @@ async function writeCall(path, options = {}, retried = false) {
       return writeCall(path, options, true);
     }
   }
-  if (!res.ok) {
-    let message = `${res.status} ${res.statusText}`;
-    try {
-      const body = await res.json();
-      if (body && body.error) message = `${body.error.message} (${body.error.code})`;
-    } catch (_) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return res;
+  return ok(res);
 }
 
 function imagesUrl(id = "") {
