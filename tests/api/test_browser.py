@@ -8,25 +8,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from api.main import create_app
+from tests.servers import free_port, start_uvicorn, stop_uvicorn
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 HAVE_BROWSER = Path(CHROMIUM).exists() and Path(DRIVER).exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port  # imported by other test modules under this name
 
 
 @pytest.fixture
@@ -37,23 +32,11 @@ def start_server(make_settings):
 
     def start(**overrides) -> str:
         port = _free_port()
-        config = uvicorn.Config(create_app(make_settings(**overrides)), host="127.0.0.1",
-                                port=port, log_level="warning")  # fmt: skip
-        srv = uvicorn.Server(config)
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        running.append((srv, thread))
-        deadline = time.monotonic() + 60
-        while not srv.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
+        running.append(start_uvicorn(create_app(make_settings(**overrides)), port))
         return f"http://127.0.0.1:{port}"
 
     yield start
-    for srv, thread in running:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    stop_uvicorn(running, timeout=10)
 
 
 @pytest.fixture

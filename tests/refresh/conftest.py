@@ -25,6 +25,7 @@ from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.api.conftest import ONE_THREAD, embedder_for
 from tests.api.test_browser import _free_port
+from tests.servers import start_uvicorn, stop_uvicorn
 from tests.stores import edge_store
 
 ADMIN_KEY = "refresh-admin-key"
@@ -126,21 +127,13 @@ def start_server() -> Iterator[Callable[[Settings], str]]:
     def start(settings: Settings) -> str:
         port = _free_port()
         serve = settings.serve.model_copy(update={"port": port})
-        app = create_app(settings.model_copy(update={"serve": serve}))
-        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        running.append((srv, thread))
-        deadline = time.monotonic() + 60
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
+        running.append(
+            start_uvicorn(create_app(settings.model_copy(update={"serve": serve})), port)
+        )
         return f"http://127.0.0.1:{port}"
 
     yield start
-    for srv, thread in running:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    stop_uvicorn(running, timeout=30)
 
 
 @pytest.fixture
