@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { file: null, keyPrompt: null };
+// keyAnswers counts answered key prompts; keyEntered and keyRejected describe the last answer.
+const state = { file: null, keyPrompt: null, keyAnswers: 0, keyEntered: false, keyRejected: false };
 // The vote's parameters, sent with every /classify so that the page can say what it shows.
 const K = 20, TEMPERATURE = 0.07;
 
@@ -39,26 +40,39 @@ function askForKey(status) {
   if (!state.keyPrompt) {
     state.keyPrompt = new Promise((resolve) => {
       const key = window.prompt(status === 401 ? "This service needs an API key:" : "Wrong API key; try again:");
-      if (key) setKey(key.trim());
-      resolve(Boolean(key && key.trim()));
+      const entered = Boolean(key && key.trim());
+      if (entered) setKey(key.trim());
+      state.keyAnswers += 1;
+      state.keyEntered = entered;
+      state.keyRejected = false;
+      resolve(entered);
     }).finally(() => setTimeout(() => { state.keyPrompt = null; }, 0));
   }
   return state.keyPrompt;
 }
 
 async function call(path, options = {}, retried = false) {
+  const answers = state.keyAnswers;
   const res = await fetch(path, options);
   const refused = res.status === 401 || res.status === 403;
   if (refused && !path.startsWith("/admin")) {
-    if (!retried && await askForKey(res.status)) {
-      const again = await call(path, options, true);
-      if (path !== "/model") header();  // the key works: the header may show the model now
-      return again;
+    if (!retried) {
+      // A request sent before the prompt was answered comes back refused after it closed (a
+      // slow attention map): it takes that answer instead of asking a second time.
+      const entered = answers !== state.keyAnswers ? state.keyEntered : await askForKey(res.status);
+      if (entered) {
+        const again = await call(path, options, true);
+        if (path !== "/model") header();  // the key works: the header may show the model now
+        return again;
+      }
+    } else {
+      setKey("");  // a wrong key is not kept: the next call asks again
+      state.keyEntered = false;
+      state.keyRejected = res.status === 403;
     }
-    if (retried) setKey("");  // a wrong key is not kept: the next call asks again
-    throw new Error(res.status === 401 || !retried
-      ? "This service needs an API key: reload the page or choose an image to enter it."
-      : "Wrong API key: it was not kept; choose an image again to enter another.");
+    throw new Error(state.keyRejected
+      ? "Wrong API key: it was not kept; choose an image again to enter another."
+      : "This service needs an API key: reload the page or choose an image to enter it.");
   }
   return ok(res);
 }

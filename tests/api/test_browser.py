@@ -210,13 +210,22 @@ def test_api_key_prompts_once_forgets_a_wrong_key_and_recovers(
     assert browser.find_element(By.ID, "model").text != "no model"
     _screenshot(browser, tmp_path, "key-cancelled.png")
 
+    # The attention map comes back refused only after the prompt closed (as a slow one does on
+    # a busy machine): it must take the answer given, not ask a second time.
+    browser.execute_script("""
+        const real = window.fetch;
+        window.fetch = async (url, options) => {
+          const res = await real(url, options);
+          if (String(url).startsWith("/attention")) await new Promise((r) => setTimeout(r, 1500));
+          return res;
+        };""")
     image = sorted((synthetic_dir / "star").glob("*.png"))[0]
     _choose(browser, image)
     prompt = wait.until(ec.alert_is_present())
     prompt.send_keys("wrong-key")
     prompt.accept()
     wait.until(lambda d: "Wrong API key" in d.find_element(By.ID, "error").text)
-    time.sleep(1)
+    time.sleep(2)  # past the delayed attention answer
     assert not ec.alert_is_present()(browser), "asked once for the three requests"
     assert "dinoserve_key" not in browser.execute_script("return document.cookie")
 
