@@ -164,6 +164,18 @@ class RefreshSettings(BaseModel):
     catch_up_passes: int = Field(3, ge=0, le=100)
 
 
+class DiscoverySettings(BaseModel):
+    """Finding structure without labels (`DINOSERVE_DISCOVERY__*`): near-duplicates."""
+
+    # Least cosine similarity of two images that count as near-copies (GET /collections/{name}/
+    # duplicates, `dinoserve duplicates`), chosen on bench/copy_detection.py: see
+    # docs/architecture.md, "Near-duplicates".
+    duplicate_threshold: float = Field(0.9, gt=0, le=1)
+    # Neighbours asked per image: groups form through chains, so larger groups than this are
+    # still found; more costs time (n queries of top-k).
+    duplicate_k: int = Field(10, ge=1, le=100)
+
+
 class Settings(BaseSettings):
     """Service settings; the variable names (DESIGN.md's table) are part of the contract."""
 
@@ -203,6 +215,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -59,6 +59,9 @@ class Store(ABC):
 
     def __init__(self, layout: Layout, policy: RetryPolicy = BATCH) -> None:
         self.layout, self.policy = layout, policy
+        # physical → writes made through this store (shared with `with_policy` copies): lets a
+        # cache of results computed from a collection tell that it changed (core/duplicates.py).
+        self._writes: dict[str, int] = {}
 
     # -- what a backend provides ------------------------------------------------------------
     location: str  # for messages: the path or URL
@@ -91,6 +94,12 @@ class Store(ABC):
     def _search(
         self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
     ) -> list[Point]: ...
+    def _search_many(
+        self, physical: str, vectors: list[list[float]], k: int, match: Match, fields: Sequence[str]
+    ) -> list[list[Point]]:
+        """One search per vector; a backend that can plan them as one batch overrides this."""
+        return [self._search(physical, v, k, match, fields) for v in vectors]
+
     @abstractmethod
     def _scroll(
         self, physical: str, fields: Sequence[str] | None, offset: Any, limit: int, vectors: bool
@@ -148,6 +157,14 @@ class Store(ABC):
             raise
         except Exception as exc:
             raise self._translate(exc) from exc
+
+    def _wrote(self, physical: str) -> None:
+        self._writes[physical] = self._writes.get(physical, 0) + 1
+
+    def writes(self, physical: str) -> int:
+        """How many writes (upserts, deletes, payload changes, drops) this process has made to
+        `physical` since it opened the store: a change means the collection may differ."""
+        return self._writes.get(physical, 0)
 
     # -- collections and aliases ------------------------------------------------------------
     def ping(self) -> None:
@@ -225,7 +242,10 @@ class Store(ABC):
         live = set(self.aliases().values())
         dropped = [n for n in names if n not in live and self.exists(n)]
         for name in dropped:
-            self.call(lambda n=name: self._drop(n))
+            try:
+                self.call(lambda n=name: self._drop(n))
+            finally:
+                self._wrote(name)
         return dropped
 
     def listing(self) -> list[dict[str, Any]]:
@@ -275,7 +295,10 @@ class Store(ABC):
         """Write points (same id → replaced). `vectors` is (N, D) float32."""
         if ids:
             vecs = np.asarray(vectors, dtype=np.float32)
-            self.call(lambda: self._upsert(physical, ids, vecs, payloads))
+            try:
+                self.call(lambda: self._upsert(physical, ids, vecs, payloads))
+            finally:  # a failed write may still have written some of it
+                self._wrote(physical)
 
     def retrieve(
         self,
@@ -310,6 +333,22 @@ class Store(ABC):
         """The k nearest points by cosine similarity, best first."""
         vec = [float(x) for x in vector]
         return self.call(lambda: self._search(physical, vec, k, match or Match(), fields))
+
+    def search_many(
+        self,
+        physical: str,
+        vectors: np.ndarray,
+        k: int,
+        match: Match | None = None,
+        fields: Sequence[str] = (),
+    ) -> list[list[Point]]:
+        """`search` for each row of `vectors` (N, D), as one batched call where the backend has
+        one (Qdrant Edge's `query_batch`, a server's `query_batch_points`): one list of the k
+        nearest points per row, in order."""
+        if len(vectors) == 0:
+            return []
+        rows = np.asarray(vectors, dtype=np.float32).tolist()
+        return self.call(lambda: self._search_many(physical, rows, k, match or Match(), fields))
 
     def scroll(
         self,
@@ -351,12 +390,18 @@ class Store(ABC):
 
     def delete_points(self, physical: str, ids: list[str]) -> None:
         if ids:
-            self.call(lambda: self._delete(physical, ids))
+            try:
+                self.call(lambda: self._delete(physical, ids))
+            finally:
+                self._wrote(physical)
 
     def set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None:
         """Set (merge) payload keys of existing points."""
         if ids:
-            self.call(lambda: self._set_payload(physical, ids, payload))
+            try:
+                self.call(lambda: self._set_payload(physical, ids, payload))
+            finally:
+                self._wrote(physical)
 
     def optimize(self, physical: str) -> None:
         """Build the search index now (and, past `Layout.quantize_above` points, move vectors

@@ -299,19 +299,30 @@ class EdgeStore(Store):
         )
         return [_point(r) for r in records]
 
-    def _search(
-        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
-    ) -> list[Point]:
-        shard = self._shard(physical)
+    def _request(
+        self, vector: list[float], k: int, match: Match, fields: Sequence[str]
+    ) -> qe.QueryRequest:
         quant = qe.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
-        request = qe.QueryRequest(
+        return qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(vector),
             filter=_filter(match),
             with_payload=list(fields),
             params=qe.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant),
         )
-        return [_point(r) for r in shard.query(request)]
+
+    def _search(
+        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
+    ) -> list[Point]:
+        request = self._request(vector, k, match, fields)
+        return [_point(r) for r in self._shard(physical).query(request)]
+
+    def _search_many(
+        self, physical: str, vectors: list[list[float]], k: int, match: Match, fields: Sequence[str]
+    ) -> list[list[Point]]:
+        # One planned batch: its searches share a pass over the segments.
+        batch = qe.QueryBatchRequest([self._request(v, k, match, fields) for v in vectors])
+        return [[_point(r) for r in hits] for hits in self._shard(physical).query_batch(batch)]
 
     def _scroll(
         self, physical: str, fields: Sequence[str] | None, offset: Any, limit: int, vectors: bool

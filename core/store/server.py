@@ -126,6 +126,19 @@ class ServerStore(Store):
         )
         return [_point(p) for p in response.points]
 
+    def _search_many(
+        self, physical: str, vectors: list[list[float]], k: int, match: Match, fields: Sequence[str]
+    ) -> list[list[Point]]:
+        quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
+        params = qm.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant)
+        flt = _filter(match)
+        requests = [
+            qm.QueryRequest(query=v, limit=k, filter=flt, with_payload=list(fields), params=params)
+            for v in vectors
+        ]  # one round trip for the batch
+        responses = self.client.query_batch_points(physical, requests=requests)
+        return [[_point(p) for p in r.points] for r in responses]
+
     def _scroll(
         self, physical: str, fields: Sequence[str] | None, offset: Any, limit: int, vectors: bool
     ) -> tuple[list[Point], Any]:
