@@ -9,6 +9,7 @@ from api.routes import (
     classify,
     collections,
     docs,
+    duplicates,
     embed,
     health,
     images,
@@ -18,5 +19,6 @@ from api.routes import (
 
 # Every route: a query parameter given twice is refused (api.params.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
-for module in (embed, classify, search, attention, images, collections, health, page, docs, admin):
+for module in (embed, classify, search, attention, images, collections, duplicates, health, page,
+               docs, admin):  # fmt: skip
     router.include_router(module.router)
