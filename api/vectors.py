@@ -53,34 +53,7 @@ class Vectors:
         state and threshold, in a worker thread; core.duplicates). A page, not the whole
         result: with worker processes it crosses the engine socket."""
         found = await self.run(lambda: self.duplicate_cache.get(self.db, physical, threshold, k))
-        groups = [
-            {
-                "size": g.size,
-                "min_similarity": round(g.min_similarity, 6),
-                "min_edge": round(g.min_edge, 6),
-                "members": [
-                    {
-                        "id": m.id,
-                        "uri": m.uri,
-                        "label": m.label,
-                        "similarity": round(m.similarity, 6),
-                    }
-                    for m in g.members
-                ],
-            }
-            for g in found.groups[offset : offset + limit]
-        ]
-        return {
-            "threshold": found.threshold,
-            "k": found.k,
-            "points": found.points,
-            "duplicated": found.duplicated,
-            "total_groups": len(found.groups),
-            "offset": offset,
-            "limit": limit,
-            "groups": groups,
-            "seconds": round(found.seconds, 3),
-        }
+        return found.page(offset, limit)
 
     async def run(self, fn: Callable[[], T]) -> T:
         return await run_in_threadpool(fn)

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -54,6 +55,18 @@ class Group:
     def size(self) -> int:
         return len(self.members)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON of a group (the HTTP answer's and the CLI's)."""
+        return {
+            "size": self.size,
+            "min_similarity": round(self.min_similarity, 6),
+            "min_edge": round(self.min_edge, 6),
+            "members": [
+                {"id": m.id, "uri": m.uri, "label": m.label, "similarity": round(m.similarity, 6)}
+                for m in self.members
+            ],
+        }
+
 
 @dataclass(frozen=True)
 class Duplicates:
@@ -70,6 +83,20 @@ class Duplicates:
     def duplicated(self) -> int:
         """Images that belong to some group."""
         return sum(g.size for g in self.groups)
+
+    def page(self, offset: int, limit: int) -> dict[str, Any]:
+        """The JSON of groups `offset` to `offset + limit`, with what they were computed from."""
+        return {
+            "threshold": self.threshold,
+            "k": self.k,
+            "points": self.points,
+            "duplicated": self.duplicated,
+            "total_groups": len(self.groups),
+            "offset": offset,
+            "limit": limit,
+            "seconds": round(self.seconds, 3),
+            "groups": [g.as_dict() for g in self.groups[offset : offset + limit]],
+        }
 
 
 Progress = Callable[[int, int], None]  # (points done, points in all)

@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoserve import collections_cli
 
     collections_cli.add_parsers(sub)  # collections list|delete
+    from dinoserve import duplicates_cli
+
+    duplicates_cli.add_parsers(sub)  # duplicates NAME
     return p
 
 
