@@ -168,8 +168,9 @@ class DiscoverySettings(BaseModel):
     """Finding structure without labels (`DINOSERVE_DISCOVERY__*`): near-duplicates."""
 
     # Least cosine similarity of two images that count as near-copies (GET /collections/{name}/
-    # duplicates, `dinoserve duplicates`), chosen on bench/copy_detection.py: see
-    # docs/architecture.md, "Near-duplicates".
+    # duplicates, `dinoserve duplicates`). Provisional: bench/copy_detection.py picks it once
+    # the shipped backbone exists; the tiny CPU preset separates no copies at any threshold
+    # (docs/architecture.md, "Near-duplicates"; bench/RESULTS.md).
     duplicate_threshold: float = Field(0.9, gt=0, le=1)
     # Neighbours asked per image: groups form through chains, so larger groups than this are
     # still found; more costs time (n queries of top-k).
