@@ -121,8 +121,9 @@ async def duplicates(
     """Images whose embeddings are at least `threshold` similar (cosine) to another's, joined
     into groups (connected components of the k-NN graph, k = DINOSERVE_DISCOVERY__DUPLICATE_K),
     largest first; `offset` and `limit` page through them. The first request for a collection
-    and threshold scans the whole collection (n k-NN queries: about a second per 10k images on
-    two cores); later pages come from that result until the collection changes."""
+    and threshold scans the whole collection (n k-NN queries: 100k images took minutes on two
+    busy cores, bench/RESULTS.md); later pages come from that result until the collection
+    changes."""
     try:
         store.check_name(name)
     except ValueError as exc:
