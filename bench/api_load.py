@@ -1,6 +1,6 @@
 """API throughput under concurrency: micro-batching on vs batch-1 serving, in one run.
 
-    .venv/bin/python bench/api_load.py [--model vits16|tiny] [--variant int8|fp32] [--seconds 8]
+    .venv/bin/python -m bench.api_load [--model vits16|tiny] [--variant int8|fp32] [--seconds 8]
         [--engine onnxruntime|torch] [--device auto|cpu|cuda]
 
 Packages a model (random init: speed only) with the real export path, indexes labelled synthetic
@@ -35,12 +35,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.embed_throughput import median_throughput, random_package
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape, make_synthetic
 
-from bench.embed_throughput import median_throughput, random_package  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape, make_synthetic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def package_model(name: str, variant: str, models: Path) -> Path:
@@ -275,7 +274,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], argv: list[str] | Non
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "command": "python bench/api_load.py "
+        "command": "python -m bench.api_load "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "variant": args.variant,

@@ -1,6 +1,6 @@
 """Writes to a collection over HTTP: single-image adds per second at 1, 8 and 32 clients.
 
-    .venv/bin/python bench/collections_write.py [--model tiny|vits16] [--seconds 12]
+    .venv/bin/python -m bench.collections_write [--model tiny|vits16] [--seconds 12]
 
 Packages a model (random init: speed only), indexes a labelled synthetic collection into an
 embedded Qdrant, starts a real `dinoserve serve` on loopback and drives, with N concurrent
@@ -36,11 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.api_load import closed_loops, free_port, prepare_service, start_server, summarize  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
+from bench.api_load import closed_loops, free_port, prepare_service, start_server, summarize
+from bench.train_knn_cpu import cpu_model
 
 MODES = ("fsync", "no-fsync")  # DINOSERVE_BLOB_FSYNC true / false
 
@@ -172,7 +169,7 @@ def measure(
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "command": "python bench/collections_write.py "
+        "command": "python -m bench.collections_write "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "uploads": sent,

@@ -1,7 +1,7 @@
 """Embedding throughput on the CPU: torch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8,
 at several batch sizes, for ViT-S/16 at 224 px and the tiny preset (random init: speed only).
 
-    .venv/bin/python bench/embed_throughput.py [--models vits16,tiny] [--batches 1,8,32]
+    .venv/bin/python -m bench.embed_throughput [--models vits16,tiny] [--batches 1,8,32]
 
 Each model is packaged with the real export path (`write_package`, with its parity and int8
 checks) into a temporary folder, then timed through the engines' `embed`. Prints a markdown
@@ -33,15 +33,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.train_knn_cpu import cpu_model
+from core.engines import OrtEngine, TorchEngine
+from core.settings import InferenceSettings
+from core.vit import build_vit
+from training.config import load_config
+from training.export import config_meta, write_package
 
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from core.engines import OrtEngine, TorchEngine  # noqa: E402
-from core.settings import InferenceSettings  # noqa: E402
-from core.vit import build_vit  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.export import config_meta, write_package  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ENGINES = ("torch eager fp32", "ORT fp32", "ORT int8")
 
@@ -261,7 +260,7 @@ def main() -> None:
         "rounds": args.rounds,
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "command": shlex.join([".venv/bin/python", "-m", "bench.embed_throughput", *sys.argv[1:]]),
         "rows": rows,
     }
     print(json.dumps(record))

@@ -1,6 +1,6 @@
 """GPU serving and indexing (issue 16), every figure in one run: bench/device/gpu_serve.sh.
 
-    python bench/gpu_serve.py --out DIR [--small] [--phases engine,api,workers,index]
+    python -m bench.gpu_serve --out DIR [--small] [--phases engine,api,workers,index]
 
 Phases, each writing DIR/<phase>.json as soon as it ends (a later failure keeps the earlier ones):
   engine   ViT-S/16 (random init: speed only) through the torch engine, bf16 on CUDA: img/s at
@@ -36,13 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import api_load
+from bench.embed_throughput import flops_per_image, random_package
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape
 
-from bench import api_load  # noqa: E402
-from bench.embed_throughput import flops_per_image, random_package  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _device_name() -> str:
@@ -332,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "device": _device_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "small": small,
-                    "command": " ".join(["python bench/gpu_serve.py", *(argv or sys.argv[1:])]),
+                    "command": " ".join(["python -m bench.gpu_serve", *(argv or sys.argv[1:])]),
                     }  # fmt: skip
     _write(args.out, "meta", report)
     cleanup = [work]  # folders to remove at the end, also after a failure

@@ -1,6 +1,6 @@
 """Soak: a bounded mixed load on loopback — no 5xx, bounded memory, tail latency.
 
-    .venv/bin/python bench/soak.py [--clients 64] [--seconds 60] [--warmup 15] [--model tiny]
+    .venv/bin/python -m bench.soak [--clients 64] [--seconds 60] [--warmup 15] [--model tiny]
 
 Packages a model (random init: the tiny preset by default, so two CPU cores keep up), indexes
 labelled synthetic images into an embedded Qdrant, starts a real `dinoserve serve` (uvicorn) and
@@ -36,12 +36,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.api_load import free_port, prepare_service, start_server  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
+from bench.api_load import free_port, prepare_service, start_server
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape
 
 
 @dataclass
@@ -283,7 +280,7 @@ def soak(args: argparse.Namespace, data: Path, env: dict[str, str], argv: list[s
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "command": "python bench/soak.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.soak " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "variant": args.variant,
         "clients": args.clients,

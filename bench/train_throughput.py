@@ -1,8 +1,8 @@
 """DINO training throughput: the fast path vs the plain path, in one run on one device.
 
-    python bench/train_throughput.py [--images 4096] [--batches 64,128] [--steps 30] [--out DIR]
+    python -m bench.train_throughput [--images 4096] [--batches 64,128] [--steps 30] [--out DIR]
                                      [--budget-s S]
-    python bench/train_throughput.py --smoke      # CPU, tiny model: checks the script runs
+    python -m bench.train_throughput --smoke      # CPU, tiny model: checks the script runs
 
 Generates a folder of 500×375 synthetic JPEG photos, then measures per configuration img/s,
 step ms, peak device memory and MFU (FLOPs of one step counted by torch's FlopCounterMode,
@@ -33,14 +33,13 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.train_knn_cpu import cpu_model
+from training.config import TrainConfig, load_config
+from training.device_decode import decode_batch
+from training.synthetic import draw_shape
+from training.train import Trainer
 
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.device_decode import decode_batch  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
-from training.train import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _photo(args: tuple[Path, int]) -> None:
@@ -174,7 +173,7 @@ def _write(out: Path, argv: list[str] | None, rows: list[dict], skipped: list[st
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
         "torch": torch.__version__,
-        "command": "python bench/train_throughput.py " + shlex.join(argv or sys.argv[1:]),
+        "command": "python -m bench.train_throughput " + shlex.join(argv or sys.argv[1:]),
         "rows": rows,
         "skipped": skipped,
     }

@@ -1,6 +1,6 @@
 """The demo's real photos: a small labelled sample of CIFAR-10 training images for the repo.
 
-    python bench/device/cifar_sample.py ../shared/data/cifar10-train.tar.gz [--out shipped] \
+    python -m bench.device.cifar_sample ../shared/data/cifar10-train.tar.gz [--out shipped] \
         [--per-class 150] [--queries-per-class 5] [--holdout 500] [--max-bytes 1000000]
 
 Writes `<out>/cifar10-sample/<class>/<nnnn>.jpg` (indexed by `make demo`, labels from the folders)
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from training.data import list_images, resolve_source, split_holdout
 
-from training.data import list_images, resolve_source, split_holdout  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLE, QUERIES = "cifar10-sample", "cifar10-queries"
 

@@ -1,9 +1,9 @@
 """Issue 15's training run on the lent GPU: the CIFAR-10 preset, fitted to a time budget, with
 the teacher backbone copied to $OUT (fp16) as it trains, so a run cut short still returns a model.
 
-    python bench/device/gpu_train.py cifar --data .data/cifar10-train.tar.gz --run DIR --out $OUT \
+    python -m bench.device.gpu_train cifar --data .data/cifar10-train.tar.gz --run DIR --out $OUT \
         --budget-s 330 [--epochs N] [key=value ...]
-    python bench/device/gpu_train.py fake-cifar .data/fake-cifar10.tar.gz --per-class 30
+    python -m bench.device.gpu_train fake-cifar .data/fake-cifar10.tar.gz --per-class 30
 
 `cifar` first times a few steps of the recipe end to end (a throwaway trainer, compiled as the
 real one), then trains for as many epochs as fit in what is left of the budget, the schedules
@@ -31,13 +31,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from training import checkpoint
+from training.config import TrainConfig, load_config
+from training.synthetic import CLASSES, draw_shape
+from training.train import LAST, Trainer, build_data
 
-from training import checkpoint  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.synthetic import CLASSES, draw_shape  # noqa: E402
-from training.train import LAST, Trainer, build_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("gpu_train")
 STEM = "cifar_backbone"

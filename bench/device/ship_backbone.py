@@ -1,6 +1,6 @@
 """Back from the device: the CIFAR-10 backbone that gpu_train.sh returned → a model package to ship.
 
-    python bench/device/ship_backbone.py FILES_AT --data ../shared/data/cifar10-train.tar.gz \
+    python -m bench.device.ship_backbone FILES_AT --data ../shared/data/cifar10-train.tar.gz \
         [--models-dir shipped/models] [--name dino-cifar10] [--holdout 500] [--report DIR]
 
 Loads the fp16 teacher backbone (cifar_backbone.json + parts), measures k-NN top-1 (k = 20,
@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +29,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from core import package
+from core.attention import attention_mask
+from core.images import preprocess
+from core.vit import EmbedAttention, build_vit
+from training.config import TrainConfig, load_config
+from training.data import list_images, resolve_source, split_holdout
+from training.export import config_meta, write_package
+from training.knn import KnnEvaluator
+from training.onnx_export import check_images, check_parity
 
-from core import package  # noqa: E402
-from core.attention import attention_mask  # noqa: E402
-from core.images import preprocess  # noqa: E402
-from core.vit import EmbedAttention, build_vit  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.data import list_images, resolve_source, split_holdout  # noqa: E402
-from training.export import config_meta, write_package  # noqa: E402
-from training.knn import KnnEvaluator  # noqa: E402
-from training.onnx_export import check_images, check_parity  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("ship_backbone")
 STEM = "cifar_backbone"
