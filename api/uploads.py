@@ -434,13 +434,21 @@ def body_doc(params: type[BaseModel], many: bool = False) -> dict[str, Any]:
     if many:
         part = {"type": "array", "items": part, "minItems": 1}
         b64 = {"type": "array", "items": b64, "minItems": 1}
-    form = {"type": "object", "properties": {name: part, **scalars}, "required": [name],
-            "additionalProperties": False}  # fmt: skip
+    form = {
+        "type": "object",
+        "properties": {name: part, **scalars},
+        "required": [name],
+        "additionalProperties": False,
+    }
     # In JSON a null is a key not given (see _json): a parameter may be null, any other key only
     # null.
     nullable = {k: _or_null(v) for k, v in scalars.items()}
-    doc = {"type": "object", "properties": {name: b64, **nullable}, "required": [name],
-           "additionalProperties": {"type": "null"}}  # fmt: skip
+    doc = {
+        "type": "object",
+        "properties": {name: b64, **nullable},
+        "required": [name],
+        "additionalProperties": {"type": "null"},
+    }
     return {
         "requestBody": {
             "required": True,

@@ -84,9 +84,12 @@ def store_alone(images: list[bytes], dim: int, n: int, fsync: bool) -> dict:
         db.close()
         shutil.rmtree(work, ignore_errors=True)
     ms = np.asarray(lat) * 1000
-    return {"points": n, "points_per_s": round(n / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}  # fmt: skip
+    return {
+        "points": n,
+        "points_per_s": round(n / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -126,11 +129,14 @@ def measure(
         for mode in MODES:
             port = free_port()
             store = f"{env['DINOSERVE_QDRANT_PATH']}-{mode}"
-            subprocess.run(["cp", "-a", "--sparse=always", env["DINOSERVE_QDRANT_PATH"], store],
-                           check=True)  # fmt: skip
-            mode_env = env | {"DINOSERVE_QDRANT_PATH": store,
-                              "DINOSERVE_BLOB_DIR": str(work / f"blobs-{mode}"),
-                              "DINOSERVE_BLOB_FSYNC": str(mode == "fsync").lower()}  # fmt: skip
+            subprocess.run(
+                ["cp", "-a", "--sparse=always", env["DINOSERVE_QDRANT_PATH"], store], check=True
+            )
+            mode_env = env | {
+                "DINOSERVE_QDRANT_PATH": store,
+                "DINOSERVE_BLOB_DIR": str(work / f"blobs-{mode}"),
+                "DINOSERVE_BLOB_FSYNC": str(mode == "fsync").lower(),
+            }
             procs.append(start_server(mode_env, port, work / f"server-{mode}.log"))
             urls[mode] = f"http://127.0.0.1:{port}"
 
@@ -144,8 +150,11 @@ def measure(
         def embed(c):
             return c.post("/embed", files={"images": ("x.png", next(fresh), "image/png")})
 
-        cells = {"embed": (urls["fsync"], embed), "add": (urls["fsync"], add),
-                 "add_no_fsync": (urls["no-fsync"], add)}  # fmt: skip
+        cells = {
+            "embed": (urls["fsync"], embed),
+            "add": (urls["fsync"], add),
+            "add_no_fsync": (urls["no-fsync"], add),
+        }
         rows = []
         for url, send in cells.values():  # warm-up
             asyncio.run(closed_loops(url, send, 4, min(2.0, args.seconds)))
@@ -178,19 +187,26 @@ def measure(
     }
     print(json.dumps(report))
     for mode, a in alone.items():
-        print(f"store side alone ({mode}): {a['points_per_s']} adds/s, p50 {a['p50_ms']} ms, "
-              f"p99 {a['p99_ms']} ms (one thread, no engine)")  # fmt: skip
-    print("| clients | /embed req/s (p50/p99 ms) | adds/s, fsync (p50/p99 ms) | ÷ embed "
-          "| adds/s, no fsync (p50/p99 ms) | ÷ embed | errors |")  # fmt: skip
+        print(
+            f"store side alone ({mode}): {a['points_per_s']} adds/s, p50 {a['p50_ms']} ms, "
+            f"p99 {a['p99_ms']} ms (one thread, no engine)"
+        )
+    print(
+        "| clients | /embed req/s (p50/p99 ms) | adds/s, fsync (p50/p99 ms) | ÷ embed "
+        "| adds/s, no fsync (p50/p99 ms) | ÷ embed | errors |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         e, a, n = r["embed"], r["add"], r["add_no_fsync"]
         cells_md = [
-            r["clients"], f"{e['req_per_s']} ({e['p50_ms']}/{e['p99_ms']})",
-            f"{a['req_per_s']} ({a['p50_ms']}/{a['p99_ms']})", r["add_vs_embed"],
-            f"{n['req_per_s']} ({n['p50_ms']}/{n['p99_ms']})", r["add_no_fsync_vs_embed"],
+            r["clients"],
+            f"{e['req_per_s']} ({e['p50_ms']}/{e['p99_ms']})",
+            f"{a['req_per_s']} ({a['p50_ms']}/{a['p99_ms']})",
+            r["add_vs_embed"],
+            f"{n['req_per_s']} ({n['p50_ms']}/{n['p99_ms']})",
+            r["add_no_fsync_vs_embed"],
             e["errors"] + a["errors"] + n["errors"],
-        ]  # fmt: skip
+        ]
         print("| " + " | ".join(str(c) for c in cells_md) + " |")
     return report
 

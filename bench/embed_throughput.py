@@ -144,11 +144,12 @@ def gemm_peaks(m: int, k: int, n: int, threads: int, seconds: float) -> dict[str
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = rng.standard_normal((k, n), dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
         [numpy_helper.from_array(w, "w")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -170,8 +171,11 @@ def roofline(vit: torch.nn.Module, size: int, batch: int, args) -> dict:
     dim = vit.embed_dim
     hidden = vit.blocks[0].mlp.fc1.out_features
     peaks = gemm_peaks(batch * tokens, dim, hidden, args.threads, min(args.seconds, 2.0))
-    return {"gflop_per_image": flops_per_image(vit, size) / 1e9,
-            "gemm_shape": [batch * tokens, dim, hidden], "gemm_gflop_s": peaks}  # fmt: skip
+    return {
+        "gflop_per_image": flops_per_image(vit, size) / 1e9,
+        "gemm_shape": [batch * tokens, dim, hidden],
+        "gemm_gflop_s": peaks,
+    }
 
 
 def bench_model(name: str, batches: list[int], args, tmp: Path) -> list:
@@ -193,11 +197,22 @@ def bench_model(name: str, batches: list[int], args, tmp: Path) -> list:
         x = rng.standard_normal((b, 3, size, size)).astype(np.float32)
         cases = {k: (e, x) for k, e in engines.items()}
         ips, runs = median_throughput(cases, args.seconds, args.rounds)
-        rows.append({"model": name, "batch": b, "images_per_s": ips, "rounds": runs,
-                     "roofline": roof, "export_s": round(export_s, 1),
-                     "int8_min_cosine": min_cos})  # fmt: skip
-        print(f"  {name} batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items()),
-              file=sys.stderr, flush=True)  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "batch": b,
+                "images_per_s": ips,
+                "rounds": runs,
+                "roofline": roof,
+                "export_s": round(export_s, 1),
+                "int8_min_cosine": min_cos,
+            }
+        )
+        print(
+            f"  {name} batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -207,9 +222,13 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ips = r["images_per_s"]
-        cells = [r["model"], str(r["batch"]), *[f"{ips[e]:.1f}" for e in ENGINES],
-                 f"{ips[ENGINES[1]] / ips[ENGINES[0]]:.2f}×",
-                 f"{ips[ENGINES[2]] / ips[ENGINES[1]]:.2f}×"]  # fmt: skip
+        cells = [
+            r["model"],
+            str(r["batch"]),
+            *[f"{ips[e]:.1f}" for e in ENGINES],
+            f"{ips[ENGINES[1]] / ips[ENGINES[0]]:.2f}×",
+            f"{ips[ENGINES[2]] / ips[ENGINES[1]]:.2f}×",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -217,19 +236,32 @@ def table(rows: list[dict]) -> str:
 def roofline_table(rows: list[dict]) -> str:
     """Per model: FLOPs, GEMM rates, the fp32 ceiling they imply, and the best ORT fp32 / torch
     ratio that ceiling allows at the largest batch."""
-    head = ["model", "GFLOP / image", "GEMM shape (m·k·n)", "ORT MatMul GFLOP/s",
-            "torch matmul GFLOP/s", "ORT fp32 ceiling img/s", "ORT fp32 measured, % of ceiling",
-            "ceiling / torch eager (largest batch)"]  # fmt: skip
+    head = [
+        "model",
+        "GFLOP / image",
+        "GEMM shape (m·k·n)",
+        "ORT MatMul GFLOP/s",
+        "torch matmul GFLOP/s",
+        "ORT fp32 ceiling img/s",
+        "ORT fp32 measured, % of ceiling",
+        "ceiling / torch eager (largest batch)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in dict.fromkeys(r["model"] for r in rows):
         last = [r for r in rows if r["model"] == name][-1]
         roof, ips = last["roofline"], last["images_per_s"]
         peak = roof["gemm_gflop_s"]
         ceiling = peak["ORT MatMul"] / roof["gflop_per_image"]
-        cells = [name, f"{roof['gflop_per_image']:.3f}", "·".join(map(str, roof["gemm_shape"])),
-                 f"{peak['ORT MatMul']:.0f}", f"{peak['torch matmul']:.0f}", f"{ceiling:.1f}",
-                 f"{100 * ips[ENGINES[1]] / ceiling:.0f} %",
-                 f"{ceiling / ips[ENGINES[0]]:.2f}×"]  # fmt: skip
+        cells = [
+            name,
+            f"{roof['gflop_per_image']:.3f}",
+            "·".join(map(str, roof["gemm_shape"])),
+            f"{peak['ORT MatMul']:.0f}",
+            f"{peak['torch matmul']:.0f}",
+            f"{ceiling:.1f}",
+            f"{100 * ips[ENGINES[1]] / ceiling:.0f} %",
+            f"{ceiling / ips[ENGINES[0]]:.2f}×",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

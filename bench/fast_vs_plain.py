@@ -129,9 +129,15 @@ def compare_resolution(args: argparse.Namespace) -> dict:
         common += [f"run.max_steps={args.steps}"]
     common += args.overrides
     if args.smoke:
-        common += ["model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "head.out_dim=64",
-                   "data.batch_size=8", "data.num_workers=0", "data.holdout_per_class=1",
-                   "optim.epochs=1", "eval.every_epochs=1"]  # fmt: skip
+        common += [
+            "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+            "head.out_dim=64",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "data.holdout_per_class=1",
+            "optim.epochs=1",
+            "eval.every_epochs=1",
+        ]
     paths = {
         "full": [*common, "crops.load_size=0"],
         "squashed": [*common, f"crops.load_size={squash}"],

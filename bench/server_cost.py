@@ -99,9 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             n = len(result["latencies"])
             elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
-            rows.append({"route": route, "requests": n, "req_per_s": round(n / elapsed, 1),
-                         "server_cpu_ms_per_request": round(1000 * cpu / max(n, 1), 3),
-                         "server_cpu_busy_pct": round(100 * cpu / elapsed)})  # fmt: skip
+            rows.append(
+                {
+                    "route": route,
+                    "requests": n,
+                    "req_per_s": round(n / elapsed, 1),
+                    "server_cpu_ms_per_request": round(1000 * cpu / max(n, 1), 3),
+                    "server_cpu_busy_pct": round(100 * cpu / elapsed),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     finally:
         os.sched_setaffinity(0, before)
@@ -125,8 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     print("| route | req/s | server CPU ms / request | server CPU busy |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['route']} | {r['req_per_s']} | {r['server_cpu_ms_per_request']} | "
-              f"{r['server_cpu_busy_pct']} % |")  # fmt: skip
+        print(
+            f"| {r['route']} | {r['req_per_s']} | {r['server_cpu_ms_per_request']} | "
+            f"{r['server_cpu_busy_pct']} % |"
+        )
     return report
 
 

@@ -142,23 +142,48 @@ def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, modes: lis
 
 
 def configs(args: argparse.Namespace, data: Path, batch: int) -> dict[str, list[str]]:
-    common = [f"data.train={data}", f"data.batch_size={batch}", f"data.num_workers={args.workers}",
-              "run.tensorboard=false", "eval.at_start=false", "optim.epochs=100"]  # fmt: skip
+    common = [
+        f"data.train={data}",
+        f"data.batch_size={batch}",
+        f"data.num_workers={args.workers}",
+        "run.tensorboard=false",
+        "eval.at_start=false",
+        "optim.epochs=100",
+    ]
     if args.smoke:
-        common += ["model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "head.out_dim=256",
-                   "head.hidden_dim=64", "head.bottleneck_dim=32", "crops.global_size=64",
-                   "crops.local_size=32", "crops.local_number=2", "model.patch_size=16",
-                   "model.img_size=64"]  # fmt: skip
-    fast = [*common, "data.decode=auto", "run.precision=auto",
-            f"run.compile={'false' if args.smoke else 'true'}"]  # fmt: skip
-    plain = [*common, "data.decode=cpu", "run.augment_device=cpu", "run.precision=fp32",
-             "run.compile=false"]  # fmt: skip
+        common += [
+            "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+            "head.out_dim=256",
+            "head.hidden_dim=64",
+            "head.bottleneck_dim=32",
+            "crops.global_size=64",
+            "crops.local_size=32",
+            "crops.local_number=2",
+            "model.patch_size=16",
+            "model.img_size=64",
+        ]
+    fast = [
+        *common,
+        "data.decode=auto",
+        "run.precision=auto",
+        f"run.compile={'false' if args.smoke else 'true'}",
+    ]
+    plain = [
+        *common,
+        "data.decode=cpu",
+        "run.augment_device=cpu",
+        "run.precision=fp32",
+        "run.compile=false",
+    ]
     return {"plain": plain, "fast": fast}
 
 
 MODES = {"plain": ["end-to-end"], "fast": ["end-to-end", "device-only"]}
-NAMES = {("plain", "end-to-end"): "plain (baseline)", ("fast", "end-to-end"): "fast end-to-end",
-         ("fast", "device-only"): "fast device-only"}  # fmt: skip
+NAMES = {
+    ("plain", "end-to-end"): "plain (baseline)",
+    ("fast", "end-to-end"): "fast end-to-end",
+    ("fast", "device-only"): "fast device-only",
+}
 
 
 def _write(out: Path, argv: list[str] | None, rows: list[dict], skipped: list[str]) -> dict:
@@ -220,9 +245,15 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in MODES[path]:
                 step_s = r[mode]["step_ms"] / 1000
                 mfu = float(f"{flops / step_s / (args.peak_tflops * 1e12):.3g}") if flops else None
-                rows.append({"config": NAMES[path, mode], "batch": batch, **r[mode],
-                             "gflops_per_step": round(flops / 1e9, 1) if flops else None,
-                             "mfu": mfu})  # fmt: skip
+                rows.append(
+                    {
+                        "config": NAMES[path, mode],
+                        "batch": batch,
+                        **r[mode],
+                        "gflops_per_step": round(flops / 1e9, 1) if flops else None,
+                        "mfu": mfu,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
             _write(out, argv, rows, skipped)
     report = _write(out, argv, rows, skipped)
@@ -230,8 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['config']} | {r['batch']} | {r['img_per_s']} | {r['step_ms']} | "
-              f"{r['peak_mem_gib']} | {mfu} | {r['vs_plain']} |")  # fmt: skip
+        print(
+            f"| {r['config']} | {r['batch']} | {r['img_per_s']} | {r['step_ms']} | "
+            f"{r['peak_mem_gib']} | {mfu} | {r['vs_plain']} |"
+        )
     if skipped:
         print(f"skipped (over --budget-s {args.budget_s:g}): {', '.join(skipped)}")
     return report

@@ -87,8 +87,9 @@ def hand_off(settings: Settings, req: IndexRequest, locked: str, poll_s: float =
                 bar.total = st["total"]
             bar.update(st.get("done", bar.n) - bar.n)
     if st["state"] != "done":
-        print(f"dinoserve: error: indexing failed in the service: {st.get('error')}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dinoserve: error: indexing failed in the service: {st.get('error')}", file=sys.stderr
+        )
         return 1
     print(st["summary"])
     if st["failed"]:

@@ -227,8 +227,9 @@ IdArg = Annotated[
 ]
 
 
-@router.get("", summary="List the collections", response_model=CollectionList,
-            responses=errors(*AUTH, 503))  # fmt: skip
+@router.get(
+    "", summary="List the collections", response_model=CollectionList, responses=errors(*AUTH, 503)
+)
 async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     """Every logical collection: its physical collection and model version, points, labelled
     points, and labels with their counts."""
@@ -236,8 +237,12 @@ async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     return {"default": rt.settings.collection, "collections": collections}
 
 
-@router.get("/{name}", summary="Describe a collection", response_model=CollectionInfo,
-            responses=errors(*AUTH, 404, 422, 503))  # fmt: skip
+@router.get(
+    "/{name}",
+    summary="Describe a collection",
+    response_model=CollectionInfo,
+    responses=errors(*AUTH, 404, 422, 503),
+)
 async def get_collection(rt: RuntimeDep, name: NameArg) -> dict[str, Any]:
     """404 for an unknown collection."""
     name = _name(name)

@@ -209,8 +209,13 @@ def run_cifar(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     out, run_dir = Path(args.out), Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
-    base = [f"data.train={args.data}", f"data.cache_dir={args.cache}", "run.tensorboard=false",
-            *RECIPE, *args.overrides]  # fmt: skip
+    base = [
+        f"data.train={args.data}",
+        f"data.cache_dir={args.cache}",
+        "run.tensorboard=false",
+        *RECIPE,
+        *args.overrides,
+    ]
     cfg = load_config(args.config, base)
     images, evaluator = build_data(cfg)  # unpacks the tar once into the cache
     n_train = len(images.files)
@@ -220,8 +225,13 @@ def run_cifar(args: argparse.Namespace) -> dict:
     epochs = args.epochs
     if not epochs:
         left = args.budget_s - (time.perf_counter() - t_start)
-        cal = calibrate(cfg, run_dir.with_name(run_dir.name + "-calibration"), args.cal_warmup,
-                        args.cal_steps, min(20.0, 0.1 * left))  # fmt: skip
+        cal = calibrate(
+            cfg,
+            run_dir.with_name(run_dir.name + "-calibration"),
+            args.cal_warmup,
+            args.cal_steps,
+            min(20.0, 0.1 * left),
+        )
         left = args.budget_s - (time.perf_counter() - t_start)
         epochs = fit_epochs(left, cal, n_train, n_eval, cfg.data.batch_size, cfg.optim.epochs)
         log.info("calibration %s: %d epochs fit in %.0f s", cal, epochs, left)
@@ -233,9 +243,16 @@ def run_cifar(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, run_dir)
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
-    started = {"time": time.time(), "device": device, "torch": torch.__version__,
-               "epochs_planned": epochs, "n_train": n_train, "calibration": cal,
-               "overrides": overrides, "budget_s": args.budget_s}  # fmt: skip
+    started = {
+        "time": time.time(),
+        "device": device,
+        "torch": torch.__version__,
+        "epochs_planned": epochs,
+        "n_train": n_train,
+        "calibration": cal,
+        "overrides": overrides,
+        "budget_s": args.budget_s,
+    }
     (run_dir / STARTED).write_text(json.dumps(started) + "\n")
     (run_dir / STOP).unlink(missing_ok=True)
     watcher = subprocess.Popen(
@@ -256,10 +273,15 @@ def run_cifar(args: argparse.Namespace) -> dict:
         for name in ("metrics.jsonl", "summary.json"):
             if (run_dir / name).exists():
                 (out / f"cifar_{name}").write_bytes((run_dir / name).read_bytes())
-    report = {"epochs_planned": epochs, "step": meta and meta["step"], "calibration": cal,
-              "knn_end": result and result.knn_end, "wall_s": result and round(result.wall_s, 1),
-              "images_per_s": result and round(result.images_per_s, 1),
-              "total_s": round(time.perf_counter() - t_start, 1)}  # fmt: skip
+    report = {
+        "epochs_planned": epochs,
+        "step": meta and meta["step"],
+        "calibration": cal,
+        "knn_end": result and result.knn_end,
+        "wall_s": result and round(result.wall_s, 1),
+        "images_per_s": result and round(result.images_per_s, 1),
+        "total_s": round(time.perf_counter() - t_start, 1),
+    }
     print(json.dumps(report), flush=True)
     return report
 
