@@ -41,7 +41,7 @@ serve: venv
 	$(VENV)/bin/dinoserve serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 bench: venv
-	$(PY) bench/train_knn_cpu.py
+	$(PY) -m bench.train_knn_cpu
 
 clean:
 	rm -rf $(VENV) var runs .pytest_cache .ruff_cache

@@ -87,8 +87,16 @@ class EngineServer:
 
         m, datas = self.meta, list(jobs)
         device = getattr(self.engine, "device", torch.device("cpu"))
-        out = preprocess_encoded(datas, m.img_size, m.mean, m.std, m.crop_pct, device,
-                                 self.settings.max_pixels, tensor_decode=True)  # fmt: skip
+        out = preprocess_encoded(
+            datas,
+            m.img_size,
+            m.mean,
+            m.std,
+            m.crop_pct,
+            device,
+            self.settings.max_pixels,
+            tensor_decode=True,
+        )
         if out.rejected:
             i, exc = min(out.rejected.items())
             if len(datas) == 1:

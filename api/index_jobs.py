@@ -117,9 +117,16 @@ class IndexJobs:
         t0 = time.perf_counter()
         try:
             report = await asyncio.to_thread(
-                run_index, self.rt.settings, self.rt.store, self._embedder(), req, False,
-                st.update, self._stop.is_set, items,
-            )  # fmt: skip
+                run_index,
+                self.rt.settings,
+                self.rt.store,
+                self._embedder(),
+                req,
+                False,
+                st.update,
+                self._stop.is_set,
+                items,
+            )
             st.update(report, report.total)
             st.summary, st.failures_path = report.summary(), report.failures_path
             st.state = "done"

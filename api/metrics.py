@@ -32,13 +32,19 @@ class Metrics:
             "dinoserve_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )
         self.latency = Histogram(
-            "dinoserve_request_seconds", "HTTP request latency", ["method", "route"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "dinoserve_batch_size", "images per engine call", ["op"], buckets=BATCH_BUCKETS,
+            "dinoserve_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
+        self.batch_size = Histogram(
+            "dinoserve_batch_size",
+            "images per engine call",
+            ["op"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "dinoserve_queue_depth", "images waiting for a batch", ["op"], registry=r
         )

@@ -38,9 +38,13 @@ class Serving:
     """
 
     def __init__(
-        self, meta: PackageMeta, engine: Engine, embedder: Batcher, attender: Batcher,
+        self,
+        meta: PackageMeta,
+        engine: Engine,
+        embedder: Batcher,
+        attender: Batcher,
         max_pixels: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.meta, self.engine, self.max_pixels = meta, engine, max_pixels
         self.embedder, self.attender = embedder, attender
         self.users = 0  # requests holding this state (changed on the event loop only)
@@ -58,10 +62,16 @@ class Serving:
         """Build and start the batchers (on the running event loop)."""
         s = settings.serve
         embedder, attender = (
-            Batcher(fn, executor, s.max_batch, s.max_wait_ms, s.batching,
-                    on_batch=metrics.batch_observer(op))
+            Batcher(
+                fn,
+                executor,
+                s.max_batch,
+                s.max_wait_ms,
+                s.batching,
+                on_batch=metrics.batch_observer(op),
+            )
             for op, fn in (("embed", engine.embed), ("attention", engine.attention))
-        )  # fmt: skip
+        )
         embedder.start()
         attender.start()
         return cls(meta, engine, embedder, attender, settings.max_pixels)

@@ -2,33 +2,38 @@
 
 The body is read by hand (not by FastAPI's form parsing) so that its size is checked twice: the
 declared Content-Length before reading anything, and the bytes actually received while reading,
-which stops a client that lies or streams without a length. The byte limit is on the image bytes
-a request carries; a base64 JSON body may be 4/3 of that on the wire. Pixels are checked from
-the image header before decoding (decompression bombs), see core.images.decode_image.
+which stops a client that lies or streams without a length; a multipart body is then split by
+python-multipart's parser, with limits of its own on files, fields and field sizes. The byte
+limit is on the image bytes a request carries; a base64 JSON body may be 4/3 of that on the
+wire. Pixels are checked from the image header before decoding (decompression bombs), see
+core.images.decode_image.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import io
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
 from PIL import Image
 from pydantic import BaseModel
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 
 from api.errors import ApiError
 from core.images import ImageRejected, decode_image
 
 P = TypeVar("P", bound=BaseModel)
 IMAGE_FIELDS = ("images", "image")
-_SLACK = 64 * 1024  # multipart boundaries, headers and JSON punctuation
+_SLACK = 64 * 1024  # multipart boundaries, headers and JSON punctuation; the most of one field
+_MAX_FIELDS = 64  # non-file parts of a multipart body
 
 
 class Part(bytes):
@@ -65,6 +70,16 @@ def _too_large(what: str, max_bytes: int) -> ApiError:
         "upload_too_large",
         f"{what} is over the limit of {max_bytes} bytes of images per request "
         "(DINOSERVE_MAX_UPLOAD_BYTES); send fewer or smaller images per request",
+    )
+
+
+def _too_many(count: str, max_images: int) -> ApiError:
+    """The one message of too many images: how many were sent, the limit and its setting."""
+    return ApiError(
+        413,
+        "too_many_images",
+        f"{count} images are over the limit of {max_images} images per request "
+        "(DINOSERVE_MAX_BATCH_IMAGES)",
     )
 
 
@@ -118,59 +133,147 @@ async def read_upload(
             422, "no_image", "no image: send multipart file(s) 'images' or JSON base64 'images'"
         )
     if len(upload.images) > max_images:
-        raise ApiError(
-            413,
-            "too_many_images",
-            f"{len(upload.images)} images are over the limit of {max_images} images per request "
-            "(DINOSERVE_MAX_BATCH_IMAGES)",
-        )
+        raise _too_many(str(len(upload.images)), max_images)
     total = sum(len(b) for b in upload.images)
     if total > max_bytes:
         raise _too_large(f"{total} bytes of images", max_bytes)
     return upload
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
-    yield body
+def _decode(raw: bytes | bytearray, charset: str) -> str:
+    """A form name or value as text: the body's charset, else Latin-1 (which never fails)."""
+    try:
+        return raw.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        return raw.decode("latin-1")
+
+
+def _malformed(reason: str) -> ApiError:
+    return ApiError(422, "invalid_multipart", f"malformed multipart body: {reason}")
+
+
+@dataclass
+class _Part:
+    """A multipart part as it arrives: its Content-Disposition, then its name and bytes."""
+
+    disposition: bytes = b""
+    name: str = ""
+    filename: str | None = None  # set: a file part
+    data: bytearray = field(default_factory=bytearray)
+    value: str = ""  # a field's data as text
+
+
+class _FormReader:
+    """The callbacks of python-multipart's push parser: the parts of a body, kept in memory, and
+    the limits on them checked as they arrive.
+
+    Not Starlette's `Request.form()`: it turns each of its limits into the same 400 with its own
+    text, so telling too many files (413 `too_many_images`) from a malformed body (422) would
+    mean matching that text again, and it spools every file to a temporary file that would be
+    read straight back. The body is already bounded by `read_body`, so parts stay bytes here.
+    """
+
+    def __init__(self, charset: str, max_images: int) -> None:
+        self.charset, self.max_images = charset, max_images
+        self.parts: list[_Part] = []
+        self._part = _Part()
+        self._header_name, self._header_value = b"", b""
+        self._files = self._fields = 0
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_name_data,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self._part = _Part()
+
+    def _header_name_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._part.disposition = self._header_value
+        self._header_name, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._part.disposition)
+        if b"name" not in options:
+            raise _malformed('The Content-Disposition header field "name" must be provided.')
+        self._part.name = _decode(options[b"name"], self.charset)
+        if b"filename" in options:
+            self._files += 1
+            # One file over the limit is still read, so that its error can say how many came.
+            if self._files > self.max_images + 1:
+                raise _too_many(f"more than {self.max_images}", self.max_images)
+            self._part.filename = _decode(options[b"filename"], self.charset)
+        else:
+            self._fields += 1
+            if self._fields > _MAX_FIELDS:
+                raise _malformed(f"Too many fields. Maximum number of fields is {_MAX_FIELDS}.")
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        if part.filename is None and len(part.data) + end - start > _SLACK:
+            raise _malformed(f"Part exceeded maximum size of {_SLACK // 1024}KB.")
+        part.data += data[start:end]
+
+    def _end(self) -> None:
+        if self._part.filename is None:
+            self._part.value = _decode(self._part.data, self.charset)
+        self.parts.append(self._part)
+
+
+def _form(ctype_header: str, body: bytes, max_images: int) -> list[_Part]:
+    """The parts of a multipart/form-data body (already read within the size limit)."""
+    _, params = parse_options_header(ctype_header)
+    charset = params.get(b"charset", b"utf-8").decode("latin-1")
+    try:
+        charset = codecs.lookup(charset).name
+    except LookupError:
+        charset = "latin-1"
+    if b"boundary" not in params:
+        raise _malformed("Missing boundary in multipart.")
+    reader = _FormReader(charset, max_images)
+    try:
+        parser = MultipartParser(params[b"boundary"], reader.callbacks())
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:  # a bad boundary, a part that does not follow the format
+        raise _malformed("Invalid multipart data.") from exc
+    return reader.parts
 
 
 async def _multipart(
     request: Request, max_bytes: int, max_images: int, lists: tuple[str, ...] = ()
 ) -> Upload:
     body = await read_body(request, max_bytes)
-    parser = MultiPartParser(
-        request.headers, _once(body), max_files=max_images + 1, max_fields=64, max_part_size=_SLACK
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        if exc.message.startswith("Too many files"):
-            raise ApiError(
-                413,
-                "too_many_images",
-                f"more than {max_images} images are over the limit of {max_images} images per "
-                "request (DINOSERVE_MAX_BATCH_IMAGES)",
-            ) from exc
-        message = f"malformed multipart body: {exc.message}"
-        raise ApiError(422, "invalid_multipart", message) from exc
+    parts = _form(request.headers.get("content-type", ""), body, max_images)
     upload = Upload(images=[])
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if name not in IMAGE_FIELDS:
-                    raise ApiError(
-                        422, "unexpected_field", f"file field {name!r}: send images as 'images'"
-                    )
-                n = len(upload.images) + 1
-                upload.images.append(Part(await value.read(), value.filename or f"{name} #{n}"))
-            elif name in lists:
-                upload.lists.setdefault(name, []).append(value or None)
-            elif name in upload.fields:
-                raise ApiError(422, "invalid_parameter", f"field {name[:64]!r} given twice")
-            else:
-                upload.fields[name] = value
-    finally:
-        await form.close()
+    for part in parts:
+        name = part.name
+        if part.filename is not None:
+            if name not in IMAGE_FIELDS:
+                raise ApiError(
+                    422, "unexpected_field", f"file field {name!r}: send images as 'images'"
+                )
+            n = len(upload.images) + 1
+            upload.images.append(Part(bytes(part.data), part.filename or f"{name} #{n}"))
+        elif name in lists:
+            upload.lists.setdefault(name, []).append(part.value or None)
+        elif name in upload.fields:
+            raise ApiError(422, "invalid_parameter", f"field {name[:64]!r} given twice")
+        else:
+            upload.fields[name] = part.value
     return upload
 
 
@@ -331,13 +434,21 @@ def body_doc(params: type[BaseModel], many: bool = False) -> dict[str, Any]:
     if many:
         part = {"type": "array", "items": part, "minItems": 1}
         b64 = {"type": "array", "items": b64, "minItems": 1}
-    form = {"type": "object", "properties": {name: part, **scalars}, "required": [name],
-            "additionalProperties": False}  # fmt: skip
+    form = {
+        "type": "object",
+        "properties": {name: part, **scalars},
+        "required": [name],
+        "additionalProperties": False,
+    }
     # In JSON a null is a key not given (see _json): a parameter may be null, any other key only
     # null.
     nullable = {k: _or_null(v) for k, v in scalars.items()}
-    doc = {"type": "object", "properties": {name: b64, **nullable}, "required": [name],
-           "additionalProperties": {"type": "null"}}  # fmt: skip
+    doc = {
+        "type": "object",
+        "properties": {name: b64, **nullable},
+        "required": [name],
+        "additionalProperties": {"type": "null"},
+    }
     return {
         "requestBody": {
             "required": True,

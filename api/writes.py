@@ -167,10 +167,11 @@ class Writer:
         }
         payloads = [payload_of(img, img.sha256, size, version) for img, size in fresh]
         payloads += [
-            payload_of(img, img.sha256, (p.payload.get("width", 0), p.payload.get("height", 0)),
-                       version)
+            payload_of(
+                img, img.sha256, (p.payload.get("width", 0), p.payload.get("height", 0)), version
+            )
             for img, p in same
-        ]  # fmt: skip
+        ]
         rows = [] if vectors is None else list(np.asarray(vectors, np.float32))
         rows += [np.asarray(p.vector, np.float32) for _, p in same]
         self.db.upsert(physical, ids, np.stack(rows), payloads)

@@ -1,6 +1,6 @@
 """API throughput under concurrency: micro-batching on vs batch-1 serving, in one run.
 
-    .venv/bin/python bench/api_load.py [--model vits16|tiny] [--variant int8|fp32] [--seconds 8]
+    .venv/bin/python -m bench.api_load [--model vits16|tiny] [--variant int8|fp32] [--seconds 8]
         [--engine onnxruntime|torch] [--device auto|cpu|cuda]
 
 Packages a model (random init: speed only) with the real export path, indexes labelled synthetic
@@ -35,12 +35,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.embed_throughput import median_throughput, random_package
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape, make_synthetic
 
-from bench.embed_throughput import median_throughput, random_package  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape, make_synthetic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def package_model(name: str, variant: str, models: Path) -> Path:
@@ -77,8 +76,13 @@ def prepare_service(
         "DINOSERVE_ENGINE": engine,
         "DINOSERVE_INFERENCE__DEVICE": device,
     }
-    subprocess.run([sys.executable, "-m", "dinoserve", "index", str(data), "--labels", "dirs"],
-                   env=env, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "dinoserve", "index", str(data), "--labels", "dirs"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return data, env
 
 
@@ -100,9 +104,12 @@ def start_server(
     out = log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -143,9 +150,11 @@ def engine_batch_gain(env: dict[str, str], max_batch: int, seconds: float, round
 
 
 async def closed_loops(
-    url: str, send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]], clients: int,
+    url: str,
+    send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]],
+    clients: int,
     seconds: float,
-) -> dict:  # fmt: skip
+) -> dict:
     """`clients` concurrent loops, each awaiting `send(client)` one request at a time, for
     `seconds`; the latency of every 200, the count of other answers, and the 200s per second."""
     latencies: list[float] = []
@@ -200,14 +209,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--endpoints", default="embed,classify")
     ap.add_argument("--images", type=int, default=30, help="indexed images per class")
     ap.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="the torch engine's device (GPU: --engine torch)")  # fmt: skip
+    ap.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="the torch engine's device (GPU: --engine torch)",
+    )
     ap.add_argument("--max-batch", type=int, default=32, help="the batcher's largest batch")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell (median)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (model, store, logs)")
     args = ap.parse_args(argv)
-    data, env = prepare_service(args.model, args.variant, args.images, "bench", "api-load-",
-                             args.engine, args.device)  # fmt: skip
+    data, env = prepare_service(
+        args.model, args.variant, args.images, "bench", "api-load-", args.engine, args.device
+    )
     work = data.parent
     try:
         report = measure(args, env, argv)
@@ -242,8 +256,10 @@ def measure(args: argparse.Namespace, env: dict[str, str], argv: list[str] | Non
             # cp --sparse: Edge's preallocated files would be written out in full by copytree
             src = env["DINOSERVE_QDRANT_PATH"]
             subprocess.run(["cp", "-a", "--sparse=always", src, str(store)], check=True)
-            mode_env = env | {"DINOSERVE_SERVE__BATCHING": "true" if mode == "on" else "false",
-                              "DINOSERVE_QDRANT_PATH": str(store)}  # fmt: skip
+            mode_env = env | {
+                "DINOSERVE_SERVE__BATCHING": "true" if mode == "on" else "false",
+                "DINOSERVE_QDRANT_PATH": str(store),
+            }
             servers[mode] = (start_server(mode_env, port, log), f"http://127.0.0.1:{port}")
         rows = []
         for endpoint in args.endpoints.split(","):
@@ -258,16 +274,27 @@ def measure(args: argparse.Namespace, env: dict[str, str], argv: list[str] | Non
                             asyncio.run(drive(url, endpoint, image, clients, seconds))
                         )
                 for mode, cell in runs.items():
-                    rows.append({"endpoint": endpoint, "clients": clients,
-                                 "batching": mode == "on", **summarize(cell)})  # fmt: skip
+                    rows.append(
+                        {
+                            "endpoint": endpoint,
+                            "clients": clients,
+                            "batching": mode == "on",
+                            **summarize(cell),
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
     for row in rows:
-        off = next(r for r in rows if not r["batching"] and r["endpoint"] == row["endpoint"]
-                   and r["clients"] == row["clients"])  # fmt: skip
+        off = next(
+            r
+            for r in rows
+            if not r["batching"]
+            and r["endpoint"] == row["endpoint"]
+            and r["clients"] == row["clients"]
+        )
         row["on_vs_off"] = (
             round(row["req_per_s"] / off["req_per_s"], 2) if off["req_per_s"] else None
         )
@@ -275,7 +302,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], argv: list[str] | Non
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "command": "python bench/api_load.py "
+        "command": "python -m bench.api_load "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "variant": args.variant,
@@ -285,15 +312,19 @@ def measure(args: argparse.Namespace, env: dict[str, str], argv: list[str] | Non
         "rows": rows,
     }
     print(json.dumps(report))
-    print(f"engine alone: {gain['batch_1_img_s']} img/s at batch 1, "
-          f"{gain[f'batch_{args.max_batch}_img_s']} at batch {args.max_batch}: "
-          f"{gain['gain']}× is the most batching can add")  # fmt: skip
+    print(
+        f"engine alone: {gain['batch_1_img_s']} img/s at batch 1, "
+        f"{gain[f'batch_{args.max_batch}_img_s']} at batch {args.max_batch}: "
+        f"{gain['gain']}× is the most batching can add"
+    )
     print("| endpoint | clients | batching | req/s | p50 ms | p99 ms | errors | on ÷ off |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['endpoint']} | {r['clients']} | {'on' if r['batching'] else 'off'} | "
-              f"{r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
-              f"{r['on_vs_off'] if r['batching'] else ''} |")  # fmt: skip
+        print(
+            f"| {r['endpoint']} | {r['clients']} | {'on' if r['batching'] else 'off'} | "
+            f"{r['req_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
+            f"{r['on_vs_off'] if r['batching'] else ''} |"
+        )
     return report
 
 

@@ -99,8 +99,12 @@ def parts(env: dict[str, str], queries: list[tuple[Path, str]], n: int) -> dict[
     offset = None
     while True:
         points, offset = db.scroll(physical, None, offset, 1000, vectors=True)
-        local.upsert(physical, [p.id for p in points], np.asarray([p.vector for p in points]),
-                     [p.payload for p in points])  # fmt: skip
+        local.upsert(
+            physical,
+            [p.id for p in points],
+            np.asarray([p.vector for p in points]),
+            [p.payload for p in points],
+        )
         if offset is None:
             break
     db.close()
@@ -133,9 +137,23 @@ def main(argv: list[str] | None = None) -> dict:
             "DINOSERVE_INDEX_DIR": str(work / "index"),
         }
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dinoserve", "index", str(memory), "--labels",
-                        "dirs", "--batch", "256"], env=env, cwd=ROOT, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dinoserve",
+                "index",
+                str(memory),
+                "--labels",
+                "dirs",
+                "--batch",
+                "256",
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         index_s = time.perf_counter() - t
         n_memory = sum(1 for _ in memory.rglob("*.jpg"))
         port = free_port()

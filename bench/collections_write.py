@@ -1,6 +1,6 @@
 """Writes to a collection over HTTP: single-image adds per second at 1, 8 and 32 clients.
 
-    .venv/bin/python bench/collections_write.py [--model tiny|vits16] [--seconds 12]
+    .venv/bin/python -m bench.collections_write [--model tiny|vits16] [--seconds 12]
 
 Packages a model (random init: speed only), indexes a labelled synthetic collection into an
 embedded Qdrant, starts a real `dinoserve serve` on loopback and drives, with N concurrent
@@ -36,11 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.api_load import closed_loops, free_port, prepare_service, start_server, summarize  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
+from bench.api_load import closed_loops, free_port, prepare_service, start_server, summarize
+from bench.train_knn_cpu import cpu_model
 
 MODES = ("fsync", "no-fsync")  # DINOSERVE_BLOB_FSYNC true / false
 
@@ -87,9 +84,12 @@ def store_alone(images: list[bytes], dim: int, n: int, fsync: bool) -> dict:
         db.close()
         shutil.rmtree(work, ignore_errors=True)
     ms = np.asarray(lat) * 1000
-    return {"points": n, "points_per_s": round(n / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}  # fmt: skip
+    return {
+        "points": n,
+        "points_per_s": round(n / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,11 +129,14 @@ def measure(
         for mode in MODES:
             port = free_port()
             store = f"{env['DINOSERVE_QDRANT_PATH']}-{mode}"
-            subprocess.run(["cp", "-a", "--sparse=always", env["DINOSERVE_QDRANT_PATH"], store],
-                           check=True)  # fmt: skip
-            mode_env = env | {"DINOSERVE_QDRANT_PATH": store,
-                              "DINOSERVE_BLOB_DIR": str(work / f"blobs-{mode}"),
-                              "DINOSERVE_BLOB_FSYNC": str(mode == "fsync").lower()}  # fmt: skip
+            subprocess.run(
+                ["cp", "-a", "--sparse=always", env["DINOSERVE_QDRANT_PATH"], store], check=True
+            )
+            mode_env = env | {
+                "DINOSERVE_QDRANT_PATH": store,
+                "DINOSERVE_BLOB_DIR": str(work / f"blobs-{mode}"),
+                "DINOSERVE_BLOB_FSYNC": str(mode == "fsync").lower(),
+            }
             procs.append(start_server(mode_env, port, work / f"server-{mode}.log"))
             urls[mode] = f"http://127.0.0.1:{port}"
 
@@ -147,8 +150,11 @@ def measure(
         def embed(c):
             return c.post("/embed", files={"images": ("x.png", next(fresh), "image/png")})
 
-        cells = {"embed": (urls["fsync"], embed), "add": (urls["fsync"], add),
-                 "add_no_fsync": (urls["no-fsync"], add)}  # fmt: skip
+        cells = {
+            "embed": (urls["fsync"], embed),
+            "add": (urls["fsync"], add),
+            "add_no_fsync": (urls["no-fsync"], add),
+        }
         rows = []
         for url, send in cells.values():  # warm-up
             asyncio.run(closed_loops(url, send, 4, min(2.0, args.seconds)))
@@ -172,7 +178,7 @@ def measure(
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "command": "python bench/collections_write.py "
+        "command": "python -m bench.collections_write "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "uploads": sent,
@@ -181,19 +187,26 @@ def measure(
     }
     print(json.dumps(report))
     for mode, a in alone.items():
-        print(f"store side alone ({mode}): {a['points_per_s']} adds/s, p50 {a['p50_ms']} ms, "
-              f"p99 {a['p99_ms']} ms (one thread, no engine)")  # fmt: skip
-    print("| clients | /embed req/s (p50/p99 ms) | adds/s, fsync (p50/p99 ms) | ÷ embed "
-          "| adds/s, no fsync (p50/p99 ms) | ÷ embed | errors |")  # fmt: skip
+        print(
+            f"store side alone ({mode}): {a['points_per_s']} adds/s, p50 {a['p50_ms']} ms, "
+            f"p99 {a['p99_ms']} ms (one thread, no engine)"
+        )
+    print(
+        "| clients | /embed req/s (p50/p99 ms) | adds/s, fsync (p50/p99 ms) | ÷ embed "
+        "| adds/s, no fsync (p50/p99 ms) | ÷ embed | errors |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         e, a, n = r["embed"], r["add"], r["add_no_fsync"]
         cells_md = [
-            r["clients"], f"{e['req_per_s']} ({e['p50_ms']}/{e['p99_ms']})",
-            f"{a['req_per_s']} ({a['p50_ms']}/{a['p99_ms']})", r["add_vs_embed"],
-            f"{n['req_per_s']} ({n['p50_ms']}/{n['p99_ms']})", r["add_no_fsync_vs_embed"],
+            r["clients"],
+            f"{e['req_per_s']} ({e['p50_ms']}/{e['p99_ms']})",
+            f"{a['req_per_s']} ({a['p50_ms']}/{a['p99_ms']})",
+            r["add_vs_embed"],
+            f"{n['req_per_s']} ({n['p50_ms']}/{n['p99_ms']})",
+            r["add_no_fsync_vs_embed"],
             e["errors"] + a["errors"] + n["errors"],
-        ]  # fmt: skip
+        ]
         print("| " + " | ".join(str(c) for c in cells_md) + " |")
     return report
 

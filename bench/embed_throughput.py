@@ -1,7 +1,7 @@
 """Embedding throughput on the CPU: torch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8,
 at several batch sizes, for ViT-S/16 at 224 px and the tiny preset (random init: speed only).
 
-    .venv/bin/python bench/embed_throughput.py [--models vits16,tiny] [--batches 1,8,32]
+    .venv/bin/python -m bench.embed_throughput [--models vits16,tiny] [--batches 1,8,32]
 
 Each model is packaged with the real export path (`write_package`, with its parity and int8
 checks) into a temporary folder, then timed through the engines' `embed`. Prints a markdown
@@ -33,15 +33,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.train_knn_cpu import cpu_model
+from core.engines import OrtEngine, TorchEngine
+from core.settings import InferenceSettings
+from core.vit import build_vit
+from training.config import load_config
+from training.export import config_meta, write_package
 
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from core.engines import OrtEngine, TorchEngine  # noqa: E402
-from core.settings import InferenceSettings  # noqa: E402
-from core.vit import build_vit  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.export import config_meta, write_package  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ENGINES = ("torch eager fp32", "ORT fp32", "ORT int8")
 
@@ -145,11 +144,12 @@ def gemm_peaks(m: int, k: int, n: int, threads: int, seconds: float) -> dict[str
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = rng.standard_normal((k, n), dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
         [numpy_helper.from_array(w, "w")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -171,8 +171,11 @@ def roofline(vit: torch.nn.Module, size: int, batch: int, args) -> dict:
     dim = vit.embed_dim
     hidden = vit.blocks[0].mlp.fc1.out_features
     peaks = gemm_peaks(batch * tokens, dim, hidden, args.threads, min(args.seconds, 2.0))
-    return {"gflop_per_image": flops_per_image(vit, size) / 1e9,
-            "gemm_shape": [batch * tokens, dim, hidden], "gemm_gflop_s": peaks}  # fmt: skip
+    return {
+        "gflop_per_image": flops_per_image(vit, size) / 1e9,
+        "gemm_shape": [batch * tokens, dim, hidden],
+        "gemm_gflop_s": peaks,
+    }
 
 
 def bench_model(name: str, batches: list[int], args, tmp: Path) -> list:
@@ -194,11 +197,22 @@ def bench_model(name: str, batches: list[int], args, tmp: Path) -> list:
         x = rng.standard_normal((b, 3, size, size)).astype(np.float32)
         cases = {k: (e, x) for k, e in engines.items()}
         ips, runs = median_throughput(cases, args.seconds, args.rounds)
-        rows.append({"model": name, "batch": b, "images_per_s": ips, "rounds": runs,
-                     "roofline": roof, "export_s": round(export_s, 1),
-                     "int8_min_cosine": min_cos})  # fmt: skip
-        print(f"  {name} batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items()),
-              file=sys.stderr, flush=True)  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "batch": b,
+                "images_per_s": ips,
+                "rounds": runs,
+                "roofline": roof,
+                "export_s": round(export_s, 1),
+                "int8_min_cosine": min_cos,
+            }
+        )
+        print(
+            f"  {name} batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in ips.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -208,9 +222,13 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ips = r["images_per_s"]
-        cells = [r["model"], str(r["batch"]), *[f"{ips[e]:.1f}" for e in ENGINES],
-                 f"{ips[ENGINES[1]] / ips[ENGINES[0]]:.2f}×",
-                 f"{ips[ENGINES[2]] / ips[ENGINES[1]]:.2f}×"]  # fmt: skip
+        cells = [
+            r["model"],
+            str(r["batch"]),
+            *[f"{ips[e]:.1f}" for e in ENGINES],
+            f"{ips[ENGINES[1]] / ips[ENGINES[0]]:.2f}×",
+            f"{ips[ENGINES[2]] / ips[ENGINES[1]]:.2f}×",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -218,19 +236,32 @@ def table(rows: list[dict]) -> str:
 def roofline_table(rows: list[dict]) -> str:
     """Per model: FLOPs, GEMM rates, the fp32 ceiling they imply, and the best ORT fp32 / torch
     ratio that ceiling allows at the largest batch."""
-    head = ["model", "GFLOP / image", "GEMM shape (m·k·n)", "ORT MatMul GFLOP/s",
-            "torch matmul GFLOP/s", "ORT fp32 ceiling img/s", "ORT fp32 measured, % of ceiling",
-            "ceiling / torch eager (largest batch)"]  # fmt: skip
+    head = [
+        "model",
+        "GFLOP / image",
+        "GEMM shape (m·k·n)",
+        "ORT MatMul GFLOP/s",
+        "torch matmul GFLOP/s",
+        "ORT fp32 ceiling img/s",
+        "ORT fp32 measured, % of ceiling",
+        "ceiling / torch eager (largest batch)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in dict.fromkeys(r["model"] for r in rows):
         last = [r for r in rows if r["model"] == name][-1]
         roof, ips = last["roofline"], last["images_per_s"]
         peak = roof["gemm_gflop_s"]
         ceiling = peak["ORT MatMul"] / roof["gflop_per_image"]
-        cells = [name, f"{roof['gflop_per_image']:.3f}", "·".join(map(str, roof["gemm_shape"])),
-                 f"{peak['ORT MatMul']:.0f}", f"{peak['torch matmul']:.0f}", f"{ceiling:.1f}",
-                 f"{100 * ips[ENGINES[1]] / ceiling:.0f} %",
-                 f"{ceiling / ips[ENGINES[0]]:.2f}×"]  # fmt: skip
+        cells = [
+            name,
+            f"{roof['gflop_per_image']:.3f}",
+            "·".join(map(str, roof["gemm_shape"])),
+            f"{peak['ORT MatMul']:.0f}",
+            f"{peak['torch matmul']:.0f}",
+            f"{ceiling:.1f}",
+            f"{100 * ips[ENGINES[1]] / ceiling:.0f} %",
+            f"{ceiling / ips[ENGINES[0]]:.2f}×",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -261,7 +292,7 @@ def main() -> None:
         "rounds": args.rounds,
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "command": shlex.join([".venv/bin/python", "-m", "bench.embed_throughput", *sys.argv[1:]]),
         "rows": rows,
     }
     print(json.dumps(record))

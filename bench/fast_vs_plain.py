@@ -1,10 +1,10 @@
 """Correctness guards of the training data path: same data, same seed, two paths compared.
 
-    python bench/fast_vs_plain.py --data cifar10-train.tar.gz [--steps 200] [--out DIR]
-    python bench/fast_vs_plain.py --smoke     # CPU, synthetic shapes, a few steps
-    python bench/fast_vs_plain.py --compare resolution [--per-class 200] [--out DIR]
-    python bench/fast_vs_plain.py --compare resolution --smoke
-    python bench/fast_vs_plain.py --compare resolution --config configs/vit_small16_imagenet.yaml \
+    python -m bench.fast_vs_plain --data cifar10-train.tar.gz [--steps 200] [--out DIR]
+    python -m bench.fast_vs_plain --smoke     # CPU, synthetic shapes, a few steps
+    python -m bench.fast_vs_plain --compare resolution [--per-class 200] [--out DIR]
+    python -m bench.fast_vs_plain --compare resolution --smoke
+    python -m bench.fast_vs_plain --compare resolution --config configs/vit_small16_imagenet.yaml \
         --per-class 400 --steps 300 data.holdout_per_class=40     # on a GPU
 
 `--compare resolution` (issue 17): full-resolution crops (decoded at their own size, long side
@@ -36,14 +36,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.train_knn_cpu import cpu_model
+from training.config import TrainConfig, load_config
+from training.device_decode import decode_batch
+from training.synthetic import CLASSES, draw_shape, make_synthetic
+from training.train import Trainer
 
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.device_decode import decode_batch  # noqa: E402
-from training.synthetic import CLASSES, draw_shape, make_synthetic  # noqa: E402
-from training.train import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ["data.decode=auto", "run.augment_device=auto", "run.precision=auto", "run.compile=true"]
 PLAIN = ["data.decode=cpu", "run.augment_device=cpu", "run.precision=fp32", "run.compile=false"]
@@ -130,9 +129,15 @@ def compare_resolution(args: argparse.Namespace) -> dict:
         common += [f"run.max_steps={args.steps}"]
     common += args.overrides
     if args.smoke:
-        common += ["model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "head.out_dim=64",
-                   "data.batch_size=8", "data.num_workers=0", "data.holdout_per_class=1",
-                   "optim.epochs=1", "eval.every_epochs=1"]  # fmt: skip
+        common += [
+            "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+            "head.out_dim=64",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "data.holdout_per_class=1",
+            "optim.epochs=1",
+            "eval.every_epochs=1",
+        ]
     paths = {
         "full": [*common, "crops.load_size=0"],
         "squashed": [*common, f"crops.load_size={squash}"],
@@ -148,7 +153,7 @@ def compare_resolution(args: argparse.Namespace) -> dict:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
-        "command": "python bench/fast_vs_plain.py " + " ".join(args.argv),
+        "command": "python -m bench.fast_vs_plain " + " ".join(args.argv),
         "config": config,
         "photos": f"{per_class} per class × {len(CLASSES)}",
         "max_side": base.crops.max_side,

@@ -1,6 +1,6 @@
 """GPU serving and indexing (issue 16), every figure in one run: bench/device/gpu_serve.sh.
 
-    python bench/gpu_serve.py --out DIR [--small] [--phases engine,api,workers,index]
+    python -m bench.gpu_serve --out DIR [--small] [--phases engine,api,workers,index]
 
 Phases, each writing DIR/<phase>.json as soon as it ends (a later failure keeps the earlier ones):
   engine   ViT-S/16 (random init: speed only) through the torch engine, bf16 on CUDA: img/s at
@@ -36,13 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import api_load
+from bench.embed_throughput import flops_per_image, random_package
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape
 
-from bench import api_load  # noqa: E402
-from bench.embed_throughput import flops_per_image, random_package  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _device_name() -> str:
@@ -85,15 +84,24 @@ def engine_phase(pkg: Path, batches: list[int], seconds: float, device: str, pea
     size = meta.img_size
     flops = flops_per_image(build_vit(meta.arch, meta.timm_kwargs), size)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    doc: dict = {"arch": meta.arch, "img_size": size, "gflop_per_image": round(flops / 1e9, 2),
-                 "peak_tflops": peak, "modes": {}}  # fmt: skip
+    doc: dict = {
+        "arch": meta.arch,
+        "img_size": size,
+        "gflop_per_image": round(flops / 1e9, 2),
+        "peak_tflops": peak,
+        "modes": {},
+    }
     for mode in ("eager", "compiled"):
-        settings = InferenceSettings(device=device, torch_compile=mode == "compiled",
-                                     buckets=batches, pad_to_buckets=True)  # fmt: skip
+        settings = InferenceSettings(
+            device=device, torch_compile=mode == "compiled", buckets=batches, pad_to_buckets=True
+        )
         t0 = time.perf_counter()
         engine = TorchEngine(pkg, settings)
-        row: dict = {"start_s": round(time.perf_counter() - t0, 1),
-                     "warmup_s": round(engine.warmup_s, 1), "dtype": str(engine.dtype)}  # fmt: skip
+        row: dict = {
+            "start_s": round(time.perf_counter() - t0, 1),
+            "warmup_s": round(engine.warmup_s, 1),
+            "dtype": str(engine.dtype),
+        }
         for b in batches:
             x = torch.randn(b, 3, size, size, device=engine.device)
             rate = _rate(lambda x=x, e=engine: e.embed_tensor(x), b, seconds, sync)
@@ -141,9 +149,11 @@ class LoadProcs:
         barrier = self.manager.Barrier(procs)
         jobs = [(url, image, n, seconds, barrier) for n in shares]
         runs = self.pool.map(_drive_proc, jobs, chunksize=1)
-        merged = {"latencies": [t for r in runs for t in r["latencies"]],
-                  "errors": sum(r["errors"] for r in runs),
-                  "req_per_s": sum(r["req_per_s"] for r in runs)}  # fmt: skip
+        merged = {
+            "latencies": [t for r in runs for t in r["latencies"]],
+            "errors": sum(r["errors"] for r in runs),
+            "req_per_s": sum(r["req_per_s"] for r in runs),
+        }
         return api_load.summarize([merged])
 
     def close(self) -> None:
@@ -157,8 +167,9 @@ def jpeg_224() -> bytes:
     return buf.getvalue()
 
 
-def workers_phase(env: dict, workers: int, clients: int, seconds: float, procs: int,
-                  work: Path) -> dict:  # fmt: skip
+def workers_phase(
+    env: dict, workers: int, clients: int, seconds: float, procs: int, work: Path
+) -> dict:
     image = jpeg_224()
     doc: dict = {"clients": clients, "load_procs": procs, "image_bytes": len(image), "rows": []}
     load = LoadProcs(procs)
@@ -166,25 +177,35 @@ def workers_phase(env: dict, workers: int, clients: int, seconds: float, procs: 
         # One process; N workers decoding on their CPUs; N workers sending the JPEG bytes to
         # the engine process, which decodes batches with nvJPEG (on CUDA; PIL elsewhere).
         for n, decode in ((1, "cpu"), (workers, "cpu"), (workers, "device")):
-            cell = _workers_cell(env | {"DINOSERVE_SERVE__DEVICE_DECODE": decode}, n, image,
-                                 clients, seconds, load, work)  # fmt: skip
+            cell = _workers_cell(
+                env | {"DINOSERVE_SERVE__DEVICE_DECODE": decode},
+                n,
+                image,
+                clients,
+                seconds,
+                load,
+                work,
+            )
             doc["rows"].append({"workers": n, "decode": decode if n > 1 else "cpu", **cell})
     finally:
         load.close()
     one = doc["rows"][0]["req_per_s"]
-    doc["workers_vs_one"] = [round(r["req_per_s"] / one, 2) if one else None
-                             for r in doc["rows"]]  # fmt: skip
+    doc["workers_vs_one"] = [round(r["req_per_s"] / one, 2) if one else None for r in doc["rows"]]
     return doc
 
 
-def _workers_cell(env: dict, n: int, image: bytes, clients: int, seconds: float,
-                  load: LoadProcs, work: Path) -> dict:  # fmt: skip
+def _workers_cell(
+    env: dict, n: int, image: bytes, clients: int, seconds: float, load: LoadProcs, work: Path
+) -> dict:
     """One service with `n` HTTP processes, warmed, then driven by every load process."""
     store = work / f"qdrant-workers-{n}-{env['DINOSERVE_SERVE__DEVICE_DECODE']}"
     shutil.copytree(env["DINOSERVE_QDRANT_PATH"], store)
     port = api_load.free_port()
-    server_env = env | {"DINOSERVE_SERVE__WORKERS": str(n), "DINOSERVE_QDRANT_PATH": str(store),
-                        "DINOSERVE_SERVE__ACCESS_LOG": "false"}  # fmt: skip
+    server_env = env | {
+        "DINOSERVE_SERVE__WORKERS": str(n),
+        "DINOSERVE_QDRANT_PATH": str(store),
+        "DINOSERVE_SERVE__ACCESS_LOG": "false",
+    }
     proc = api_load.start_server(server_env, port, store.with_suffix(".log"))
     try:
         url = f"http://127.0.0.1:{port}"
@@ -234,26 +255,48 @@ def decode_embed_rate(pkg: Path, files: list[Path], batch: int, device: str) -> 
             done += len(rows)
         sync()
         elapsed = time.perf_counter() - t0
-    return {"images": done, "seconds": round(elapsed, 2), "img_s": round(done / elapsed, 1),
-            "batch": batch}  # fmt: skip
+    return {
+        "images": done,
+        "seconds": round(elapsed, 2),
+        "img_s": round(done / elapsed, 1),
+        "batch": batch,
+    }
 
 
-def index_phase(pkg: Path, n: int, size: tuple[int, int], batch: int, device: str,
-                work: Path) -> dict:  # fmt: skip
+def index_phase(
+    pkg: Path, n: int, size: tuple[int, int], batch: int, device: str, work: Path
+) -> dict:
     folder = work / "jpegs"
     t0 = time.perf_counter()
     make_jpegs(folder, n, *size)
-    doc: dict = {"images": n, "size": f"{size[0]}x{size[1]}", "batch": batch,
-                 "make_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    doc: dict = {
+        "images": n,
+        "size": f"{size[0]}x{size[1]}",
+        "batch": batch,
+        "make_s": round(time.perf_counter() - t0, 1),
+    }
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "DINOSERVE_MODEL": str(pkg), "DINOSERVE_ENGINE": "torch",
-        "DINOSERVE_INFERENCE__DEVICE": device, "DINOSERVE_INDEXER__DEVICE_DECODE": "device",
+        "DINOSERVE_MODEL": str(pkg),
+        "DINOSERVE_ENGINE": "torch",
+        "DINOSERVE_INFERENCE__DEVICE": device,
+        "DINOSERVE_INDEXER__DEVICE_DECODE": "device",
         "DINOSERVE_QDRANT_PATH": str(work / "qdrant-index"),
         "DINOSERVE_INDEX_DIR": str(work / "index"),
-    }  # fmt: skip
-    cmd = [sys.executable, "-m", "dinoserve", "index", str(folder), "--collection", "bench",
-           "--batch", str(batch), "--workers", "16"]  # fmt: skip
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "dinoserve",
+        "index",
+        str(folder),
+        "--collection",
+        "bench",
+        "--batch",
+        str(batch),
+        "--workers",
+        "16",
+    ]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -261,10 +304,13 @@ def index_phase(pkg: Path, n: int, size: tuple[int, int], batch: int, device: st
         raise RuntimeError(f"dinoserve index failed: {run.stderr[-3000:]}")
     summary = run.stdout.strip().splitlines()[-1]
     rate = re.search(r"\(([\d.]+) img/s\)", summary)
-    doc["end_to_end"] = {"command": "DINOSERVE_ENGINE=torch DINOSERVE_INDEXER__DEVICE_DECODE="
-                         f"device dinoserve index DIR --batch {batch} --workers 16",
-                         "summary": summary, "img_s": float(rate.group(1)) if rate else None,
-                         "wall_s_with_start": round(wall, 1)}  # fmt: skip
+    doc["end_to_end"] = {
+        "command": "DINOSERVE_ENGINE=torch DINOSERVE_INDEXER__DEVICE_DECODE="
+        f"device dinoserve index DIR --batch {batch} --workers 16",
+        "summary": summary,
+        "img_s": float(rate.group(1)) if rate else None,
+        "wall_s_with_start": round(wall, 1),
+    }
     files = sorted(folder.glob("*.jpg"))
     doc["decode_embed_only"] = decode_embed_rate(pkg, files, batch, device)
     return doc
@@ -278,14 +324,19 @@ def run_phases(
     pkg = random_package(model, work / "models", None, "bench/gpu_serve.py (random init)")[1]
     if "engine" in phases:
         batches = [1, 4] if small else [1, 32, 256, 512]
-        report["engine"] = _write(args.out, "engine", engine_phase(
-            pkg, batches, 1.0 if small else 2.0, device, args.peak_tflops))  # fmt: skip
+        report["engine"] = _write(
+            args.out,
+            "engine",
+            engine_phase(pkg, batches, 1.0 if small else 2.0, device, args.peak_tflops),
+        )
     if "api" in phases or "workers" in phases:
-        data, env = api_load.prepare_service(model, "fp32", 3 if small else 30, "bench",
-                                             "gpu-serve-api-", "torch", device)  # fmt: skip
+        data, env = api_load.prepare_service(
+            model, "fp32", 3 if small else 30, "bench", "gpu-serve-api-", "torch", device
+        )
         cleanup.append(data.parent)
         env.setdefault("DINOSERVE_SERVE__MAX_WAIT_MS", "0" if small else "2")
     if "api" in phases:
+        # The service prepared above, measured as bench/api_load.py does.
         cell = argparse.Namespace(
             model=model,
             variant="fp32",
@@ -296,19 +347,29 @@ def run_phases(
             seconds=2.0 if small else 6.0,
             rounds=1 if small else 2,
             max_batch=8 if small else 64,
-        )  # fmt: skip  (the service prepared above, measured as bench/api_load.py does)
+        )
         argv_api = [f"--{k.replace('_', '-')}={v}" for k, v in vars(cell).items()]
         report["api"] = _write(args.out, "api", api_load.measure(cell, dict(env), argv_api))
     if "workers" in phases:
         env["DINOSERVE_SERVE__MAX_BATCH"] = "8" if small else "128"
-        report["workers"] = _write(args.out, "workers", workers_phase(
-            env, 2 if small else args.workers, 8 if small else args.worker_clients,
-            3.0 if small else 10.0, 2 if small else args.load_procs, work))  # fmt: skip
+        report["workers"] = _write(
+            args.out,
+            "workers",
+            workers_phase(
+                env,
+                2 if small else args.workers,
+                8 if small else args.worker_clients,
+                3.0 if small else 10.0,
+                2 if small else args.load_procs,
+                work,
+            ),
+        )
     if "index" in phases:
         n = 200 if small else args.index_images
         size = (100, 75) if small else (500, 375)
-        report["index"] = _write(args.out, "index", index_phase(
-            pkg, n, size, 32 if small else 256, device, work))  # fmt: skip
+        report["index"] = _write(
+            args.out, "index", index_phase(pkg, n, size, 32 if small else 256, device, work)
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -329,11 +390,15 @@ def main(argv: list[str] | None = None) -> dict:
     model = "tiny" if small else "vits16"
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-serve-"))
-    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                    "device": _device_name(), "cpu": cpu_model(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "small": small,
-                    "command": " ".join(["python bench/gpu_serve.py", *(argv or sys.argv[1:])]),
-                    }  # fmt: skip
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": _device_name(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "small": small,
+        "command": " ".join(["python -m bench.gpu_serve", *(argv or sys.argv[1:])]),
+    }
     _write(args.out, "meta", report)
     cleanup = [work]  # folders to remove at the end, also after a failure
     try:

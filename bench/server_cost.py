@@ -1,6 +1,6 @@
 """What one request costs the service itself: CPU time of the server process per request.
 
-    .venv/bin/python bench/server_cost.py [--model tiny|vits16] [--clients 12] [--seconds 5]
+    .venv/bin/python -m bench.server_cost [--model tiny|vits16] [--clients 12] [--seconds 5]
 
 The server runs pinned to CPU 0 and the load generator (httpx, this process) to CPU 1, so the
 server's CPU time is not shared with the clients'. The engine runs on one thread. For each route
@@ -24,13 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.api_load import closed_loops, drive, free_port, prepare_service, start_server  # noqa: E402
-from bench.embed_throughput import median_throughput  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
+from bench.api_load import closed_loops, drive, free_port, prepare_service, start_server
+from bench.embed_throughput import median_throughput
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -102,9 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             n = len(result["latencies"])
             elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
-            rows.append({"route": route, "requests": n, "req_per_s": round(n / elapsed, 1),
-                         "server_cpu_ms_per_request": round(1000 * cpu / max(n, 1), 3),
-                         "server_cpu_busy_pct": round(100 * cpu / elapsed)})  # fmt: skip
+            rows.append(
+                {
+                    "route": route,
+                    "requests": n,
+                    "req_per_s": round(n / elapsed, 1),
+                    "server_cpu_ms_per_request": round(1000 * cpu / max(n, 1), 3),
+                    "server_cpu_busy_pct": round(100 * cpu / elapsed),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     finally:
         os.sched_setaffinity(0, before)
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
-        "command": "python bench/server_cost.py "
+        "command": "python -m bench.server_cost "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "variant": args.variant,
@@ -128,8 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     print("| route | req/s | server CPU ms / request | server CPU busy |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['route']} | {r['req_per_s']} | {r['server_cpu_ms_per_request']} | "
-              f"{r['server_cpu_busy_pct']} % |")  # fmt: skip
+        print(
+            f"| {r['route']} | {r['req_per_s']} | {r['server_cpu_ms_per_request']} | "
+            f"{r['server_cpu_busy_pct']} % |"
+        )
     return report
 
 

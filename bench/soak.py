@@ -1,6 +1,6 @@
 """Soak: a bounded mixed load on loopback — no 5xx, bounded memory, tail latency.
 
-    .venv/bin/python bench/soak.py [--clients 64] [--seconds 60] [--warmup 15] [--model tiny]
+    .venv/bin/python -m bench.soak [--clients 64] [--seconds 60] [--warmup 15] [--model tiny]
 
 Packages a model (random init: the tiny preset by default, so two CPU cores keep up), indexes
 labelled synthetic images into an embedded Qdrant, starts a real `dinoserve serve` (uvicorn) and
@@ -36,12 +36,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.api_load import free_port, prepare_service, start_server  # noqa: E402
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
+from bench.api_load import free_port, prepare_service, start_server
+from bench.train_knn_cpu import cpu_model
+from training.synthetic import draw_shape
 
 
 @dataclass
@@ -110,42 +107,126 @@ def request_mix(ids: list[str], uris: list[str]) -> list[Op]:
         return rnd.choice(pics)
 
     ops = [
-        Op("embed", 10, lambda: {"method": "POST", "url": "/embed",
-                                 "files": [("images", ("a.jpg", pic())),
-                                           ("images", ("b.jpg", pic()))]}),
-        Op("embed_json", 5, lambda: {"method": "POST", "url": "/embed",
-                                     "json": {"images": rnd.sample(b64, 2)}}),
-        Op("classify", 12, lambda: {"method": "POST", "url": "/classify?k=10",
-                                    "files": {"image": ("q.jpg", pic())}}),
-        Op("search_post", 8, lambda: {"method": "POST", "url": "/search?k=8",
-                                      "files": {"image": ("q.jpg", pic())}}),
-        Op("search_get", 10, lambda: {"method": "GET", "url": "/search",
-                                      "params": {"image": rnd.choice(ids), "k": 8}}),
-        Op("search_get_uri", 3, lambda: {"method": "GET", "url": "/search",
-                                         "params": {"image": rnd.choice(uris), "k": 4}}),
-        Op("attention_json", 5, lambda: {"method": "POST", "url": "/attention",
-                                         "files": {"image": ("q.jpg", pic())}}),
-        Op("attention_png", 3, lambda: {"method": "POST", "url": "/attention?format=png",
-                                        "files": {"image": ("q.jpg", pic())}}),
+        Op(
+            "embed",
+            10,
+            lambda: {
+                "method": "POST",
+                "url": "/embed",
+                "files": [("images", ("a.jpg", pic())), ("images", ("b.jpg", pic()))],
+            },
+        ),
+        Op(
+            "embed_json",
+            5,
+            lambda: {"method": "POST", "url": "/embed", "json": {"images": rnd.sample(b64, 2)}},
+        ),
+        Op(
+            "classify",
+            12,
+            lambda: {
+                "method": "POST",
+                "url": "/classify?k=10",
+                "files": {"image": ("q.jpg", pic())},
+            },
+        ),
+        Op(
+            "search_post",
+            8,
+            lambda: {"method": "POST", "url": "/search?k=8", "files": {"image": ("q.jpg", pic())}},
+        ),
+        Op(
+            "search_get",
+            10,
+            lambda: {
+                "method": "GET",
+                "url": "/search",
+                "params": {"image": rnd.choice(ids), "k": 8},
+            },
+        ),
+        Op(
+            "search_get_uri",
+            3,
+            lambda: {
+                "method": "GET",
+                "url": "/search",
+                "params": {"image": rnd.choice(uris), "k": 4},
+            },
+        ),
+        Op(
+            "attention_json",
+            5,
+            lambda: {"method": "POST", "url": "/attention", "files": {"image": ("q.jpg", pic())}},
+        ),
+        Op(
+            "attention_png",
+            3,
+            lambda: {
+                "method": "POST",
+                "url": "/attention?format=png",
+                "files": {"image": ("q.jpg", pic())},
+            },
+        ),
         Op("images", 10, lambda: {"method": "GET", "url": f"/images/{rnd.choice(ids)}"}),
         Op("healthz", 4, lambda: {"method": "GET", "url": "/healthz"}),
         Op("readyz", 2, lambda: {"method": "GET", "url": "/readyz"}),
         Op("model", 3, lambda: {"method": "GET", "url": "/model"}),
         Op("metrics", 1, lambda: {"method": "GET", "url": "/metrics"}),
         # bad requests: each must be a 4xx
-        Op("bad_image", 3, lambda: {"method": "POST", "url": "/embed",
-                                    "files": {"images": ("x.png", os.urandom(512))}}, 4),
-        Op("bad_param", 3, lambda: {"method": "POST", "url": "/classify?k=0",
-                                    "files": {"image": ("q.jpg", pic())}}, 4),
-        Op("bad_json", 2, lambda: {"method": "POST", "url": "/search",
-                                   "content": b'{"image": [', "headers": {
-                                       "content-type": "application/json"}}, 4),
-        Op("bad_type", 1, lambda: {"method": "POST", "url": "/attention", "content": pic(),
-                                   "headers": {"content-type": "text/plain"}}, 4),
-        Op("unknown_id", 2, lambda: {"method": "GET", "url": "/search",
-                                     "params": {"image": "http://127.0.0.1:1/nope"}}, 4),
+        Op(
+            "bad_image",
+            3,
+            lambda: {
+                "method": "POST",
+                "url": "/embed",
+                "files": {"images": ("x.png", os.urandom(512))},
+            },
+            4,
+        ),
+        Op(
+            "bad_param",
+            3,
+            lambda: {
+                "method": "POST",
+                "url": "/classify?k=0",
+                "files": {"image": ("q.jpg", pic())},
+            },
+            4,
+        ),
+        Op(
+            "bad_json",
+            2,
+            lambda: {
+                "method": "POST",
+                "url": "/search",
+                "content": b'{"image": [',
+                "headers": {"content-type": "application/json"},
+            },
+            4,
+        ),
+        Op(
+            "bad_type",
+            1,
+            lambda: {
+                "method": "POST",
+                "url": "/attention",
+                "content": pic(),
+                "headers": {"content-type": "text/plain"},
+            },
+            4,
+        ),
+        Op(
+            "unknown_id",
+            2,
+            lambda: {
+                "method": "GET",
+                "url": "/search",
+                "params": {"image": "http://127.0.0.1:1/nope"},
+            },
+            4,
+        ),
         Op("traversal", 1, lambda: {"method": "GET", "url": "/images/..%2f..%2fetc%2fpasswd"}, 4),
-    ]  # fmt: skip
+    ]
     return ops
 
 
@@ -189,9 +270,12 @@ async def peak_bursts(url: str, ops: list[Op], rounds: int = 3) -> None:
             files = [("images", (f"{i}.jpg", pic)) for i in range(16)]
             await asyncio.gather(*(client.post("/embed", files=files) for _ in range(8)))
             for fmt in ("json", "png"):
-                await asyncio.gather(*(client.post(f"/attention?format={fmt}",
-                                                   files={"image": ("q.jpg", pic)})
-                                       for _ in range(64)))  # fmt: skip
+                await asyncio.gather(
+                    *(
+                        client.post(f"/attention?format={fmt}", files={"image": ("q.jpg", pic)})
+                        for _ in range(64)
+                    )
+                )
 
 
 def summarise(ops: list[Op], tallies: dict[str, Tally], elapsed: float) -> dict[str, Any]:
@@ -204,14 +288,21 @@ def summarise(ops: list[Op], tallies: dict[str, Tally], elapsed: float) -> dict[
         by_class = {c: sum(n for s, n in t.status.items() if s // 100 == c) for c in (2, 3, 4, 5)}
         bad = sum(n for s, n in t.status.items() if s // 100 != op.expect)
         unexpected += bad
-        rows.append({
-            "endpoint": op.name, "requests": len(t.latencies), "2xx": by_class[2],
-            "4xx": by_class[4], "5xx": by_class[5], "unexpected": bad,
-            "transport_errors": t.transport_errors, "transport_error_types": t.errors,
-            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
-            "statuses": {str(k): v for k, v in sorted(t.status.items())},
-        })  # fmt: skip
+        rows.append(
+            {
+                "endpoint": op.name,
+                "requests": len(t.latencies),
+                "2xx": by_class[2],
+                "4xx": by_class[4],
+                "5xx": by_class[5],
+                "unexpected": bad,
+                "transport_errors": t.transport_errors,
+                "transport_error_types": t.errors,
+                "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+                "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+                "statuses": {str(k): v for k, v in sorted(t.status.items())},
+            }
+        )
     lat = np.asarray(every) * 1000
     total = {
         "requests": len(every),
@@ -283,7 +374,7 @@ def soak(args: argparse.Namespace, data: Path, env: dict[str, str], argv: list[s
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "command": "python bench/soak.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.soak " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "variant": args.variant,
         "clients": args.clients,
@@ -298,16 +389,20 @@ def soak(args: argparse.Namespace, data: Path, env: dict[str, str], argv: list[s
     }
     print(json.dumps(report))
     t = result["total"]
-    print(f"requests {t['requests']} ({t['req_per_s']}/s), 2xx {t['2xx']}, 4xx {t['4xx']} "
-          f"(expected {t['4xx_expected']}), 5xx {t['5xx']}, unexpected {t['unexpected']}, "
-          f"transport errors {t['transport_errors']}; p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms; "
-          f"RSS {report['rss_before_mib']} → {report['rss_after_mib']} MiB "
-          f"({growth:+.1f} %)")  # fmt: skip
+    print(
+        f"requests {t['requests']} ({t['req_per_s']}/s), 2xx {t['2xx']}, 4xx {t['4xx']} "
+        f"(expected {t['4xx_expected']}), 5xx {t['5xx']}, unexpected {t['unexpected']}, "
+        f"transport errors {t['transport_errors']}; p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms; "
+        f"RSS {report['rss_before_mib']} → {report['rss_after_mib']} MiB "
+        f"({growth:+.1f} %)"
+    )
     print("| endpoint | requests | 2xx | 4xx | 5xx | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")
     for r in result["rows"]:
-        print(f"| {r['endpoint']} | {r['requests']} | {r['2xx']} | {r['4xx']} | {r['5xx']} | "
-              f"{r['p50_ms']} | {r['p99_ms']} |")  # fmt: skip
+        print(
+            f"| {r['endpoint']} | {r['requests']} | {r['2xx']} | {r['4xx']} | {r['5xx']} | "
+            f"{r['p50_ms']} | {r['p99_ms']} |"
+        )
     ok = alive and t["5xx"] == 0 and t["unexpected"] == 0 and growth < 10
     report["ok"] = ok
     if not ok:

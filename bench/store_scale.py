@@ -145,8 +145,11 @@ def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
             hits = db.search(physical, vec, k, match, ())
             lat.append(time.perf_counter() - t)
             found.append([int(h.id.split("-")[-1], 16) for h in hits])
-        out[mode] = {"p50_ms": 1e3 * float(np.percentile(lat, 50)),
-                     "p99_ms": 1e3 * float(np.percentile(lat, 99)), "found": found}  # fmt: skip
+        out[mode] = {
+            "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+            "found": found,
+        }
     out["rss_loaded_mib"] = rss_mib()
     out["rss_peak_mib"] = rss_mib("VmHWM")
     db.close()
@@ -192,9 +195,21 @@ def main(argv: list[str] | None = None) -> int:
             if backend == "local" and n > a.local_max:
                 continue
             with tempfile.TemporaryDirectory(prefix="store-scale-") as tmp:
-                cmd = [sys.executable, "-m", "bench.store_scale", "--queries", str(a.queries),
-                       "--k", str(a.k), "--seed", str(a.seed), "--child", backend, str(n),
-                       str(Path(tmp) / "store")]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "bench.store_scale",
+                    "--queries",
+                    str(a.queries),
+                    "--k",
+                    str(a.k),
+                    "--seed",
+                    str(a.seed),
+                    "--child",
+                    backend,
+                    str(n),
+                    str(Path(tmp) / "store"),
+                ]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             for mode in ("plain", "filtered"):
@@ -214,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-HEADER = ("| backend | points | upsert pts/s | index s | p50 / p99 ms | filtered p50 / p99 ms | "
-          "recall@10 (filtered) | RSS loaded / peak MiB | reopen s | disk MiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+HEADER = (
+    "| backend | points | upsert pts/s | index s | p50 / p99 ms | filtered p50 / p99 ms | "
+    "recall@10 (filtered) | RSS loaded / peak MiB | reopen s | disk MiB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def _row(r: dict) -> str:

@@ -1,7 +1,7 @@
 """CPU check of the training core: the tiny preset, at most 3 minutes of training on synthetic
 shapes, must raise held-out k-NN top-1 by ≥ 15 points over the same model at initialisation.
 
-    .venv/bin/python bench/train_knn_cpu.py [--out runs/bench-knn] [--per-class 240]
+    .venv/bin/python -m bench.train_knn_cpu [--out runs/bench-knn] [--per-class 240]
 
 Prints one JSON line (and writes it to OUT/bench.json): k-NN at init and at the end, the gain,
 training wall time (evaluations included) and img/s, with the machine's CPU model.

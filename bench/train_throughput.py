@@ -1,8 +1,8 @@
 """DINO training throughput: the fast path vs the plain path, in one run on one device.
 
-    python bench/train_throughput.py [--images 4096] [--batches 64,128] [--steps 30] [--out DIR]
+    python -m bench.train_throughput [--images 4096] [--batches 64,128] [--steps 30] [--out DIR]
                                      [--budget-s S]
-    python bench/train_throughput.py --smoke      # CPU, tiny model: checks the script runs
+    python -m bench.train_throughput --smoke      # CPU, tiny model: checks the script runs
 
 Generates a folder of 500×375 synthetic JPEG photos, then measures per configuration img/s,
 step ms, peak device memory and MFU (FLOPs of one step counted by torch's FlopCounterMode,
@@ -33,14 +33,13 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.train_knn_cpu import cpu_model
+from training.config import TrainConfig, load_config
+from training.device_decode import decode_batch
+from training.synthetic import draw_shape
+from training.train import Trainer
 
-from bench.train_knn_cpu import cpu_model  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.device_decode import decode_batch  # noqa: E402
-from training.synthetic import draw_shape  # noqa: E402
-from training.train import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _photo(args: tuple[Path, int]) -> None:
@@ -143,23 +142,48 @@ def measure(cfg: TrainConfig, run_dir: Path, steps: int, warmup: int, modes: lis
 
 
 def configs(args: argparse.Namespace, data: Path, batch: int) -> dict[str, list[str]]:
-    common = [f"data.train={data}", f"data.batch_size={batch}", f"data.num_workers={args.workers}",
-              "run.tensorboard=false", "eval.at_start=false", "optim.epochs=100"]  # fmt: skip
+    common = [
+        f"data.train={data}",
+        f"data.batch_size={batch}",
+        f"data.num_workers={args.workers}",
+        "run.tensorboard=false",
+        "eval.at_start=false",
+        "optim.epochs=100",
+    ]
     if args.smoke:
-        common += ["model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "head.out_dim=256",
-                   "head.hidden_dim=64", "head.bottleneck_dim=32", "crops.global_size=64",
-                   "crops.local_size=32", "crops.local_number=2", "model.patch_size=16",
-                   "model.img_size=64"]  # fmt: skip
-    fast = [*common, "data.decode=auto", "run.precision=auto",
-            f"run.compile={'false' if args.smoke else 'true'}"]  # fmt: skip
-    plain = [*common, "data.decode=cpu", "run.augment_device=cpu", "run.precision=fp32",
-             "run.compile=false"]  # fmt: skip
+        common += [
+            "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+            "head.out_dim=256",
+            "head.hidden_dim=64",
+            "head.bottleneck_dim=32",
+            "crops.global_size=64",
+            "crops.local_size=32",
+            "crops.local_number=2",
+            "model.patch_size=16",
+            "model.img_size=64",
+        ]
+    fast = [
+        *common,
+        "data.decode=auto",
+        "run.precision=auto",
+        f"run.compile={'false' if args.smoke else 'true'}",
+    ]
+    plain = [
+        *common,
+        "data.decode=cpu",
+        "run.augment_device=cpu",
+        "run.precision=fp32",
+        "run.compile=false",
+    ]
     return {"plain": plain, "fast": fast}
 
 
 MODES = {"plain": ["end-to-end"], "fast": ["end-to-end", "device-only"]}
-NAMES = {("plain", "end-to-end"): "plain (baseline)", ("fast", "end-to-end"): "fast end-to-end",
-         ("fast", "device-only"): "fast device-only"}  # fmt: skip
+NAMES = {
+    ("plain", "end-to-end"): "plain (baseline)",
+    ("fast", "end-to-end"): "fast end-to-end",
+    ("fast", "device-only"): "fast device-only",
+}
 
 
 def _write(out: Path, argv: list[str] | None, rows: list[dict], skipped: list[str]) -> dict:
@@ -174,7 +198,7 @@ def _write(out: Path, argv: list[str] | None, rows: list[dict], skipped: list[st
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model(),
         "torch": torch.__version__,
-        "command": "python bench/train_throughput.py " + shlex.join(argv or sys.argv[1:]),
+        "command": "python -m bench.train_throughput " + shlex.join(argv or sys.argv[1:]),
         "rows": rows,
         "skipped": skipped,
     }
@@ -221,9 +245,15 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in MODES[path]:
                 step_s = r[mode]["step_ms"] / 1000
                 mfu = float(f"{flops / step_s / (args.peak_tflops * 1e12):.3g}") if flops else None
-                rows.append({"config": NAMES[path, mode], "batch": batch, **r[mode],
-                             "gflops_per_step": round(flops / 1e9, 1) if flops else None,
-                             "mfu": mfu})  # fmt: skip
+                rows.append(
+                    {
+                        "config": NAMES[path, mode],
+                        "batch": batch,
+                        **r[mode],
+                        "gflops_per_step": round(flops / 1e9, 1) if flops else None,
+                        "mfu": mfu,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
             _write(out, argv, rows, skipped)
     report = _write(out, argv, rows, skipped)
@@ -231,8 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['config']} | {r['batch']} | {r['img_per_s']} | {r['step_ms']} | "
-              f"{r['peak_mem_gib']} | {mfu} | {r['vs_plain']} |")  # fmt: skip
+        print(
+            f"| {r['config']} | {r['batch']} | {r['img_per_s']} | {r['step_ms']} | "
+            f"{r['peak_mem_gib']} | {mfu} | {r['vs_plain']} |"
+        )
     if skipped:
         print(f"skipped (over --budget-s {args.budget_s:g}): {', '.join(skipped)}")
     return report

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from core.package import PackageError
+from core.settings import Settings
 from training.config import ConfigError
 
 DEMO_DATA = Path("var/data/synthetic")
@@ -52,40 +53,47 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from core.settings import Settings
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from dinoserve.demo import run_demo
 
     data = Path(args.data) if args.data else None  # None: the shipped sample, else synthetic
     queries = Path(args.queries) if args.queries else None
-    run_demo(Settings(), data, queries, args.config, Path(args.out))
+    run_demo(settings, data, queries, args.config, Path(args.out))
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from core.settings import Settings
+def _models_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    """`--models-dir`, else DINOSERVE_MODELS_DIR."""
+    return settings.models_dir if args.models_dir is None else Path(args.models_dir)
+
+
+def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from training.export import export_run
 
-    name = args.name or Settings().model  # default: the served model's name
-    out = export_run(Path(args.run_dir), Path(args.models_dir), name, args.quantize,
-                     activate=not args.no_activate)  # fmt: skip
+    out = export_run(
+        Path(args.run_dir),
+        _models_dir(args, settings),
+        args.name or settings.model,  # default: the served model's name
+        args.quantize,
+        activate=not args.no_activate,
+    )
     _report_package(out)
     return 0
 
 
-def _cmd_import_timm(args: argparse.Namespace) -> int:
+def _cmd_import_timm(args: argparse.Namespace, settings: Settings) -> int:
     from training.export import import_timm
 
     weights = Path(args.weights) if args.weights else None
-    out = import_timm(args.model, Path(args.models_dir), args.name, weights, args.quantize)
+    out = import_timm(args.model, _models_dir(args, settings), args.name, weights, args.quantize)
     _report_package(out)
     return 0
 
 
-def _cmd_index(args: argparse.Namespace) -> int:
+def _cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     from dinoserve.index_cli import cmd_index
 
-    return cmd_index(args)
+    return cmd_index(args, settings)
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:
@@ -105,13 +113,12 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
     libc.mallopt(-8, arenas)  # M_ARENA_MAX
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    """Validate settings and the model before binding the port, then run uvicorn."""
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate the model before binding the port, then run uvicorn (the settings are validated
+    already: a bad DINOSERVE_* value failed in `main`)."""
     _cap_malloc_arenas()  # before the engine and the thread pools start their threads
     from core import package
-    from core.settings import Settings
 
-    settings = Settings()  # a bad DINOSERVE_* value fails here (pydantic → exit 2)
     flags = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     serve = type(settings.serve).model_validate({**settings.serve.model_dump(), **flags})
     settings = settings.model_copy(update={"serve": serve})
@@ -151,12 +158,6 @@ def _report_package(out: Path) -> None:
     print(f"variants: {', '.join(meta.onnx)}  parity (max abs): {meta.parity}")
 
 
-def _models_dir_default() -> str:
-    from core.settings import Settings
-
-    return str(Settings().models_dir)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dinoserve", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -183,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default=None, help="model name (default: DINOSERVE_MODEL)")
     e.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
     e.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
-    e.add_argument("--no-activate", action="store_true",
-                   help="leave CURRENT; `dinoserve refresh` moves it")  # fmt: skip
-    e.set_defaults(func=_cmd_export)
+    e.add_argument(
+        "--no-activate", action="store_true", help="leave CURRENT; `dinoserve refresh` moves it"
+    )
+    e.set_defaults(func=_cmd_export, reads_settings=True)
 
     i = sub.add_parser("import-timm", help="package published DINO weights through timm")
     i.add_argument("model", help="timm name, e.g. vit_small_patch16_224.dino")
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--weights", default=None, help="local state dict instead of the hub")
     i.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
     i.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
-    i.set_defaults(func=_cmd_import_timm)
+    i.set_defaults(func=_cmd_import_timm, reads_settings=True)
 
     x = sub.add_parser("index", help="embed a folder, tar or manifest into Qdrant")
     x.add_argument(
@@ -203,28 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder or tar/tar.gz of images (required unless --manifest)",
     )
     x.add_argument("--collection", default=None, help="logical name (default DINOSERVE_COLLECTION)")
-    x.add_argument("--labels", choices=("dirs", "none"), default="none",
-                   help="dirs: label = first-level sub-folder")  # fmt: skip
+    x.add_argument(
+        "--labels",
+        choices=("dirs", "none"),
+        default="none",
+        help="dirs: label = first-level sub-folder",
+    )
     x.add_argument("--manifest", default=None, help="CSV/JSONL with path,label,… columns")
     x.add_argument("--batch", type=int, default=None, help="default DINOSERVE_INDEXER__BATCH")
     x.add_argument("--workers", type=int, default=None, help="decode threads")
     x.add_argument("--shard", default=None, help="i/N: this worker's share of the source")
     x.add_argument("--prune", action="store_true", help="delete points whose source is gone")
     x.add_argument("--failures", default=None, help="JSONL report of skipped images")
-    x.set_defaults(func=_cmd_index)
+    x.set_defaults(func=_cmd_index, reads_settings=True)
 
     v = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
     v.add_argument("--host", default=None, help="bind address (default DINOSERVE_SERVE__HOST)")
     v.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    v.set_defaults(func=_cmd_serve)
+    v.set_defaults(func=_cmd_serve, reads_settings=True)
 
     d = sub.add_parser("demo", help="the offline demo (shipped photos, else synthetic images)")
     d.add_argument("--config", default="configs/tiny.yaml")
-    d.add_argument("--data", default=None, help="labelled images to index (default: the "
-                   f"shipped sample, else synthetic ones in {DEMO_DATA})")  # fmt: skip
+    d.add_argument(
+        "--data",
+        default=None,
+        help=f"labelled images to index (default: the shipped sample, else synthetic ones in "
+        f"{DEMO_DATA})",
+    )
     d.add_argument("--queries", default=None, help="held-out images to try on the page")
     d.add_argument("--out", default="runs/demo", help="training run, when no model exists")
-    d.set_defaults(func=_cmd_demo)
+    d.set_defaults(func=_cmd_demo, reads_settings=True)
 
     from dinoserve.models_cli import add_parsers
 
@@ -266,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if getattr(args, "models_dir", "") is None:
-            args.models_dir = _models_dir_default()
-        return args.func(args)
+        # A command that reads DINOSERVE_* gets them read once, here, and passed down; the
+        # others (train, synth) run whatever they hold, and models_cli's read their own.
+        if not getattr(args, "reads_settings", False):
+            return args.func(args)
+        settings = Settings()  # a bad DINOSERVE_* value fails here (pydantic → exit 2)
+        return args.func(args, settings)
     except ValidationError as exc:  # settings (DINOSERVE_*) or a config: one line per error
         print(f"dinoserve: error: {_validation_lines(exc)}", file=sys.stderr)
         return 2

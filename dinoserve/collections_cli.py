@@ -29,8 +29,7 @@ def _store(settings: Settings) -> Iterator[store.Store]:
         db.close()
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with _store(settings) as db:
         rows = db.listing()
     if not rows:
@@ -43,8 +42,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     with _store(settings) as db:
         deleted = db.delete_logical(args.name)
     print(f"deleted collection {args.name!r}: {', '.join(deleted) or 'its alias only'}")
@@ -56,19 +54,19 @@ def add_parsers(sub: Any) -> None:
     c = sub.add_parser("collections", help="list or delete indexed collections")
     csub = c.add_subparsers(dest="collections_command", required=True)
     csub.add_parser("list", help="collections, points and model versions").set_defaults(
-        func=_guarded(cmd_list)
+        func=_guarded(cmd_list), reads_settings=True
     )
     d = csub.add_parser("delete", help="delete a collection (every model version of it)")
     d.add_argument("name", help="logical collection name, as listed")
-    d.set_defaults(func=_guarded(cmd_delete))
+    d.set_defaults(func=_guarded(cmd_delete), reads_settings=True)
 
 
 def _guarded(func: Any) -> Any:
     """Refusals become one line on stderr and exit status 2, as the other commands do."""
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
-            return func(args)
+            return func(args, settings)
         except (store.StoreError, store.UnknownCollection) as exc:
             print(f"dinoserve: error: {exc}", file=sys.stderr)
             return 2

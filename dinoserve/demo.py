@@ -81,8 +81,10 @@ def ensure_model(
     from training.export import export_run
     from training.train import train
 
-    print(f"no model package {settings.model!r} yet: training the tiny preset on the CPU "
-          "(about 3 minutes on 2 cores) …")  # fmt: skip
+    print(
+        f"no model package {settings.model!r} yet: training the tiny preset on the CPU "
+        "(about 3 minutes on 2 cores) …"
+    )
     cfg = load_config(config, [f"data.train={data}", *overrides])
     result = train(cfg, run_dir)
     print(f"k-NN top-1 on held-out demo images: {result.knn_start} → {result.knn_end}")
@@ -139,6 +141,10 @@ def run_demo(
     )
     print(f"\n  dinoserve demo: open {url}  (API docs: {url}/docs)")
     print(f"  drop one of the held-out images from {queries}/ on the page; Ctrl-C stops.\n")
-    uvicorn.run(create_app(settings), host=settings.serve.host, port=settings.serve.port,
-                log_level="warning")  # fmt: skip
+    uvicorn.run(
+        create_app(settings),
+        host=settings.serve.host,
+        port=settings.serve.port,
+        log_level="warning",
+    )
     return settings

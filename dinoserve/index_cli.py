@@ -36,8 +36,7 @@ def request_from(args: argparse.Namespace) -> IndexRequest:
     )
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     req = request_from(args)
     try:
         report = index_source(settings, req)
@@ -69,8 +68,8 @@ def hand_off(settings: Settings, req: IndexRequest, locked: str, poll_s: float =
             f"admin key: `dinoserve index` then hands the job to it at {svc.base}. Or stop the "
             "service and run the command again."
         )
-    params = {k: str(v) for k, v in req.as_dict().items()
-              if v not in (None, "") and k not in ("batch", "workers")}  # fmt: skip
+    given = {k: v for k, v in req.as_dict().items() if v not in (None, "")}
+    params = {k: str(v) for k, v in given.items() if k not in ("batch", "workers")}
     params["prune"] = "true" if req.prune else "false"
     st = svc.call("POST", "/admin/index", **params)
     if st is None:
@@ -88,8 +87,9 @@ def hand_off(settings: Settings, req: IndexRequest, locked: str, poll_s: float =
                 bar.total = st["total"]
             bar.update(st.get("done", bar.n) - bar.n)
     if st["state"] != "done":
-        print(f"dinoserve: error: indexing failed in the service: {st.get('error')}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dinoserve: error: indexing failed in the service: {st.get('error')}", file=sys.stderr
+        )
         return 1
     print(st["summary"])
     if st["failed"]:

@@ -22,8 +22,7 @@ from core.store.migrate import copy_store
 from core.store.server import ServerStore
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
     db = store.open_store(settings)
     try:
         where = settings.qdrant_url or f"embedded (Qdrant Edge) at {settings.qdrant_path}"
@@ -40,15 +39,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     if settings.qdrant_url:
-        print("dinoserve: error: DINOSERVE_QDRANT_URL is set: the store already is a server; "
-              "export copies the embedded store (unset it)", file=sys.stderr)  # fmt: skip
+        print(
+            "dinoserve: error: DINOSERVE_QDRANT_URL is set: the store already is a server; "
+            "export copies the embedded store (unset it)",
+            file=sys.stderr,
+        )
         return 2
     src = store.open_store(settings)
-    dst = ServerStore.connect(args.to, args.api_key or settings.qdrant_api_key,
-                              store.layout_from(settings), settings.qdrant.timeout_s)  # fmt: skip
+    dst = ServerStore.connect(
+        args.to,
+        args.api_key or settings.qdrant_api_key,
+        store.layout_from(settings),
+        settings.qdrant.timeout_s,
+    )
     bars: dict[str, Any] = {}
 
     def progress(name: str, done: int, total: int) -> None:
@@ -72,18 +77,18 @@ def add_parsers(sub: Any) -> None:
     s = sub.add_parser("store", help="the vector store: info, export to a Qdrant server")
     ssub = s.add_subparsers(dest="store_command", required=True)
     i = ssub.add_parser("info", help="collections, aliases and point counts")
-    i.set_defaults(func=_guarded(cmd_info))
+    i.set_defaults(func=_guarded(cmd_info), reads_settings=True)
     e = ssub.add_parser("export", help="copy the embedded store to a Qdrant server (resumable)")
     e.add_argument("--to", required=True, help="the server's URL, e.g. http://qdrant:6333")
     e.add_argument("--api-key", default=None, help="default: DINOSERVE_QDRANT_API_KEY")
     e.add_argument("--page", type=int, default=512, help="points per read and write")
-    e.set_defaults(func=_guarded(cmd_export))
+    e.set_defaults(func=_guarded(cmd_export), reads_settings=True)
 
 
 def _guarded(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
-            return func(args)
+            return func(args, settings)
         except store.StoreError as exc:
             print(f"dinoserve: error: {exc}", file=sys.stderr)
             return 2

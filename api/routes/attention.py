@@ -5,19 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import RuntimeDep, ServingDep
+from api.bodies import UploadBody, upload_body
+from api.deps import ServingDep
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import AttentionParams
 from api.render import render_attention
-from api.uploads import body_doc, merge_params, read_upload, single
+from api.uploads import body_doc, single
 from core.attention import attention_mask, kept_mass
 from core.images import resize_center_crop
 
 router = APIRouter(tags=["attention"])
+AttentionBody = Annotated[UploadBody[AttentionParams], Depends(upload_body(AttentionParams))]
 
 
 @router.post(
@@ -29,16 +31,12 @@ router = APIRouter(tags=["attention"])
     },
     openapi_extra=body_doc(AttentionParams),
 )
-async def attention(
-    request: Request, rt: RuntimeDep, sv: ServingDep, query: Annotated[AttentionParams, Query()]
-) -> Response:
+async def attention(sv: ServingDep, body: AttentionBody) -> Response:
     """`format=json`: per head an (h, w) grid of the CLS token's attention to each patch (sums
     to 1 per head), the boolean mask of the patches that hold `threshold` of it, and the sizes.
     `format=png`: the image the model saw, a heat-map per head and the masks."""
-    s = rt.settings
-    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
-    params = merge_params(query, upload.fields, request)
-    (image,), batch = await sv.decode([single(upload)])
+    params = body.params
+    (image,), batch = await sv.decode([single(body.upload)])
     att = (await sv.attender.submit(batch))[0]  # (heads, h, w)
     masks = attention_mask(att, params.threshold)
     meta = sv.meta

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from api.bodies import UploadBody, upload_body
 from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
 from api.knn import knn_vote
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import ClassifyParams
-from api.uploads import body_doc, merge_params, read_upload, single
+from api.uploads import body_doc, single
 
 router = APIRouter(tags=["classification"])
+ClassifyBody = Annotated[UploadBody[ClassifyParams], Depends(upload_body(ClassifyParams))]
 
 
 class Neighbor(BaseModel):
@@ -42,21 +44,15 @@ class ClassifyResponse(BaseModel):
     openapi_extra=body_doc(ClassifyParams),
 )
 async def classify(
-    request: Request,
-    rt: RuntimeDep,
-    sv: ServingDep,
-    vectors: StoreDep,
-    query: Annotated[ClassifyParams, Query()],
+    rt: RuntimeDep, sv: ServingDep, vectors: StoreDep, body: ClassifyBody
 ) -> ClassifyResponse:
     """DINO's weighted k-NN: class score = Σ exp(similarity / T) over the k nearest labelled
     points of that class, normalised to sum 1. 404 for an unknown collection, 409 for one
     without labels or with another model version's embeddings."""
-    s = rt.settings
-    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
-    params = merge_params(query, upload.fields, request)
-    name = params.collection or s.collection
+    params = body.params
+    name = params.collection or rt.settings.collection
     physical = await vectors.physical(name, sv.version)
-    vector = (await sv.embed([single(upload)]))[0]
+    vector = (await sv.embed([single(body.upload)]))[0]
     hits = await vectors.nearest(physical, vector.tolist(), params.k, labelled_only=True)
     if not hits:
         raise ApiError(

@@ -13,19 +13,20 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import key_matches, presented_key
+from api.bodies import UploadBody, upload_body
 from api.deps import RuntimeDep
 from api.errors import ApiError
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import Params
 from api.runtime import Runtime
 from api.serving import Serving
-from api.uploads import Upload, body_doc, decode_each, merge_params, read_body, read_upload
+from api.uploads import Upload, body_doc, decode_each, read_body
 from api.vectors import query_id
 from api.writes import NewImage, Writer
 from core import store
@@ -226,8 +227,9 @@ IdArg = Annotated[
 ]
 
 
-@router.get("", summary="List the collections", response_model=CollectionList,
-            responses=errors(*AUTH, 503))  # fmt: skip
+@router.get(
+    "", summary="List the collections", response_model=CollectionList, responses=errors(*AUTH, 503)
+)
 async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     """Every logical collection: its physical collection and model version, points, labelled
     points, and labels with their counts."""
@@ -235,8 +237,12 @@ async def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     return {"default": rt.settings.collection, "collections": collections}
 
 
-@router.get("/{name}", summary="Describe a collection", response_model=CollectionInfo,
-            responses=errors(*AUTH, 404, 422, 503))  # fmt: skip
+@router.get(
+    "/{name}",
+    summary="Describe a collection",
+    response_model=CollectionInfo,
+    responses=errors(*AUTH, 404, 422, 503),
+)
 async def get_collection(rt: RuntimeDep, name: NameArg) -> dict[str, Any]:
     """404 for an unknown collection."""
     name = _name(name)
@@ -263,6 +269,18 @@ async def create_collection(rt: RuntimeDep, name: NameArg) -> JSONResponse:
             lambda: _writer(rt).create(name, sv.version, sv.meta.embed_dim)
         )
     return JSONResponse(info, status_code=201 if created else 200)
+
+
+def _path_name(name: NameArg) -> str:
+    """The collection of the path, checked before the body of an add is read."""
+    return _name(name)
+
+
+CollectionName = Annotated[str, Depends(_path_name)]
+AddRequest = Annotated[
+    UploadBody[AddParams],
+    Depends(upload_body(AddParams, lists=("labels", "uris"), after=_path_name)),
+]
 
 
 def _per_image(values: list[str | None] | None, one: str | None, n: int, what: str) -> list:
@@ -327,9 +345,7 @@ async def _plan(sv: Serving, writer: Writer, name: str, images: list[NewImage]) 
     responses=errors(*AUTH, 404, 409, *UPLOAD, 503, 507),
     dependencies=[WriteDep],
 )
-async def add_images(
-    request: Request, rt: RuntimeDep, name: NameArg, query: Annotated[AddParams, Query()]
-) -> dict[str, Any]:
+async def add_images(rt: RuntimeDep, name: CollectionName, body: AddRequest) -> dict[str, Any]:
     """Up to DINOSERVE_MAX_BATCH_IMAGES images (multipart `images` files or JSON
     `{"images": [base64, …]}`, the limits of /embed), embedded with the served model and
     stored; their bytes are kept (DINOSERVE_BLOB_DIR) for thumbnails and refreshes.
@@ -339,11 +355,7 @@ async def add_images(
     UUIDv5 of that name, else of the bytes: sending the same again changes nothing (the label
     is updated). 409 when the collection holds another model version's embeddings, or while
     the collections switch versions (Retry-After)."""
-    name = _name(name)
-    s = rt.settings
-    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images, ("labels", "uris"))
-    params = merge_params(query, upload.fields, request)
-    images = _images(upload, params)
+    images = _images(body.upload, body.params)
     # The last of two images with the same id wins, as it would in two requests.
     by_id = {img.point_id: img for img in images}
     writer = _writer(rt)

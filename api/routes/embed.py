@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.deps import RuntimeDep, ServingDep
+from api.bodies import UploadBody, upload_body
+from api.deps import ServingDep
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import EmbedParams
-from api.uploads import body_doc, merge_params, read_upload
+from api.uploads import body_doc
 
 router = APIRouter(tags=["embeddings"])
+# /embed takes no parameters: the body's fields are merged all the same, to refuse unknown ones.
+EmbedBody = Annotated[UploadBody[EmbedParams], Depends(upload_body(EmbedParams))]
 
 
 class EmbedResponse(BaseModel):
@@ -29,15 +32,10 @@ class EmbedResponse(BaseModel):
     responses={200: {"model": EmbedResponse}, **errors(*AUTH, *UPLOAD, 503)},
     openapi_extra=body_doc(EmbedParams, many=True),
 )
-async def embed(
-    request: Request, rt: RuntimeDep, sv: ServingDep, query: Annotated[EmbedParams, Query()]
-) -> JSONResponse:
+async def embed(sv: ServingDep, body: EmbedBody) -> JSONResponse:
     """Embeddings of up to DINOSERVE_MAX_BATCH_IMAGES images (multipart `images` files or JSON
     `{"images": [base64, …]}`), in the order sent; each has unit L2 norm."""
-    s = rt.settings
-    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
-    merge_params(query, upload.fields, request)  # /embed takes no parameters: refuses unknown ones
-    vectors = await sv.embed(upload.images)
+    vectors = await sv.embed(body.upload.images)
     # JSONResponse directly: FastAPI's encoder walks every float and is slow on large batches.
     return JSONResponse(
         {

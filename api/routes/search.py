@@ -7,17 +7,19 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
+from api.bodies import UploadBody, upload_body
 from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import SearchByIdParams, SearchParams
-from api.uploads import body_doc, merge_params, read_upload, single
+from api.uploads import body_doc, single
 from api.vectors import query_id
 
 router = APIRouter(tags=["search"])
+SearchBody = Annotated[UploadBody[SearchParams], Depends(upload_body(SearchParams))]
 
 
 class Result(BaseModel):
@@ -97,19 +99,13 @@ async def search_indexed(
     openapi_extra=body_doc(SearchParams),
 )
 async def search_upload(
-    request: Request,
-    rt: RuntimeDep,
-    sv: ServingDep,
-    vectors: StoreDep,
-    query: Annotated[SearchParams, Query()],
+    rt: RuntimeDep, sv: ServingDep, vectors: StoreDep, body: SearchBody
 ) -> SearchResponse:
     """The upload (multipart `image` or JSON `{"image": base64}`) is embedded by the served
     model and compared with the collection."""
-    s = rt.settings
-    upload = await read_upload(request, s.max_upload_bytes, s.max_batch_images)
-    params = merge_params(query, upload.fields, request)
-    name = params.collection or s.collection
+    params = body.params
+    name = params.collection or rt.settings.collection
     physical = await vectors.physical(name, sv.version)
-    vector = (await sv.embed([single(upload)]))[0]
+    vector = (await sv.embed([single(body.upload)]))[0]
     hits = await vectors.nearest(physical, vector.tolist(), params.k, params.label)
     return _response(hits, name, physical, sv.version)

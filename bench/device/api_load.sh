@@ -16,5 +16,5 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; } \
     | tee "$OUT/api_load.txt"
-"$PYTHON" bench/api_load.py --model vits16 --variant fp32 --engine torch --device cuda "$@" 2>&1 \
+"$PYTHON" -m bench.api_load --model vits16 --variant fp32 --engine torch --device cuda "$@" 2>&1 \
     | tee -a "$OUT/api_load.txt" | tail -20

@@ -1,6 +1,6 @@
 """The demo's real photos: a small labelled sample of CIFAR-10 training images for the repo.
 
-    python bench/device/cifar_sample.py ../shared/data/cifar10-train.tar.gz [--out shipped] \
+    python -m bench.device.cifar_sample ../shared/data/cifar10-train.tar.gz [--out shipped] \
         [--per-class 150] [--queries-per-class 5] [--holdout 500] [--max-bytes 1000000]
 
 Writes `<out>/cifar10-sample/<class>/<nnnn>.jpg` (indexed by `make demo`, labels from the folders)
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from training.data import list_images, resolve_source, split_holdout
 
-from training.data import list_images, resolve_source, split_holdout  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLE, QUERIES = "cifar10-sample", "cifar10-queries"
 
@@ -46,14 +44,22 @@ def _encode(path: Path, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def build_sample(source: str, out: Path, per_class: int = 150, queries_per_class: int = 5,
-                 holdout: int = 500, max_bytes: int = 1_000_000,
-                 cache: str = "var/cache") -> dict:  # fmt: skip
+def build_sample(
+    source: str,
+    out: Path,
+    per_class: int = 150,
+    queries_per_class: int = 5,
+    holdout: int = 500,
+    max_bytes: int = 1_000_000,
+    cache: str = "var/cache",
+) -> dict:
     """Write the sample and query folders under `out`; returns counts, quality and bytes."""
     images = list_images(resolve_source(source, cache))
     memory, held = split_holdout(images, holdout)
-    picks = {SAMPLE: _pick(memory.files, memory.labels, per_class),
-             QUERIES: _pick(held.files, held.labels, queries_per_class)}  # fmt: skip
+    picks = {
+        SAMPLE: _pick(memory.files, memory.labels, per_class),
+        QUERIES: _pick(held.files, held.labels, queries_per_class),
+    }
     for quality in range(95, 49, -5):
         blobs = {k: [_encode(f, quality) for f, _ in v] for k, v in picks.items()}
         total = sum(len(b) for v in blobs.values() for b in v)
@@ -67,8 +73,13 @@ def build_sample(source: str, out: Path, per_class: int = 150, queries_per_class
             dst = out / key / images.classes[y] / f.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(blob)
-    return {"sample": len(picks[SAMPLE]), "queries": len(picks[QUERIES]), "quality": quality,
-            "bytes": total, "classes": images.classes}  # fmt: skip
+    return {
+        "sample": len(picks[SAMPLE]),
+        "queries": len(picks[QUERIES]),
+        "quality": quality,
+        "bytes": total,
+        "classes": images.classes,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -81,8 +92,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-bytes", type=int, default=1_000_000)
     ap.add_argument("--cache", default="var/cache")
     args = ap.parse_args(argv)
-    report = build_sample(args.source, Path(args.out), args.per_class, args.queries_per_class,
-                          args.holdout, args.max_bytes, args.cache)  # fmt: skip
+    report = build_sample(
+        args.source,
+        Path(args.out),
+        args.per_class,
+        args.queries_per_class,
+        args.holdout,
+        args.max_bytes,
+        args.cache,
+    )
     print(report)
     return report
 

@@ -28,4 +28,4 @@ fi
     || echo "no GPU"; nproc; } | tee "$OUT/gpu_serve.txt"
 small=()
 [[ -n ${GPU_SERVE_SMALL:-} ]] && small=(--small)
-"$PYTHON" bench/gpu_serve.py --out "$OUT" "${small[@]}" "$@" 2>&1 | tee -a "$OUT/gpu_serve.txt"
+"$PYTHON" -m bench.gpu_serve --out "$OUT" "${small[@]}" "$@" 2>&1 | tee -a "$OUT/gpu_serve.txt"

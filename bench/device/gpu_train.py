@@ -1,9 +1,9 @@
 """Issue 15's training run on the lent GPU: the CIFAR-10 preset, fitted to a time budget, with
 the teacher backbone copied to $OUT (fp16) as it trains, so a run cut short still returns a model.
 
-    python bench/device/gpu_train.py cifar --data .data/cifar10-train.tar.gz --run DIR --out $OUT \
+    python -m bench.device.gpu_train cifar --data .data/cifar10-train.tar.gz --run DIR --out $OUT \
         --budget-s 330 [--epochs N] [key=value ...]
-    python bench/device/gpu_train.py fake-cifar .data/fake-cifar10.tar.gz --per-class 30
+    python -m bench.device.gpu_train fake-cifar .data/fake-cifar10.tar.gz --per-class 30
 
 `cifar` first times a few steps of the recipe end to end (a throwaway trainer, compiled as the
 real one), then trains for as many epochs as fit in what is left of the budget, the schedules
@@ -31,13 +31,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from training import checkpoint
+from training.config import TrainConfig, load_config
+from training.synthetic import CLASSES, draw_shape
+from training.train import LAST, Trainer, build_data
 
-from training import checkpoint  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.synthetic import CLASSES, draw_shape  # noqa: E402
-from training.train import LAST, Trainer, build_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("gpu_train")
 STEM = "cifar_backbone"
@@ -210,8 +209,13 @@ def run_cifar(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     out, run_dir = Path(args.out), Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
-    base = [f"data.train={args.data}", f"data.cache_dir={args.cache}", "run.tensorboard=false",
-            *RECIPE, *args.overrides]  # fmt: skip
+    base = [
+        f"data.train={args.data}",
+        f"data.cache_dir={args.cache}",
+        "run.tensorboard=false",
+        *RECIPE,
+        *args.overrides,
+    ]
     cfg = load_config(args.config, base)
     images, evaluator = build_data(cfg)  # unpacks the tar once into the cache
     n_train = len(images.files)
@@ -221,8 +225,13 @@ def run_cifar(args: argparse.Namespace) -> dict:
     epochs = args.epochs
     if not epochs:
         left = args.budget_s - (time.perf_counter() - t_start)
-        cal = calibrate(cfg, run_dir.with_name(run_dir.name + "-calibration"), args.cal_warmup,
-                        args.cal_steps, min(20.0, 0.1 * left))  # fmt: skip
+        cal = calibrate(
+            cfg,
+            run_dir.with_name(run_dir.name + "-calibration"),
+            args.cal_warmup,
+            args.cal_steps,
+            min(20.0, 0.1 * left),
+        )
         left = args.budget_s - (time.perf_counter() - t_start)
         epochs = fit_epochs(left, cal, n_train, n_eval, cfg.data.batch_size, cfg.optim.epochs)
         log.info("calibration %s: %d epochs fit in %.0f s", cal, epochs, left)
@@ -234,9 +243,16 @@ def run_cifar(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, run_dir)
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
-    started = {"time": time.time(), "device": device, "torch": torch.__version__,
-               "epochs_planned": epochs, "n_train": n_train, "calibration": cal,
-               "overrides": overrides, "budget_s": args.budget_s}  # fmt: skip
+    started = {
+        "time": time.time(),
+        "device": device,
+        "torch": torch.__version__,
+        "epochs_planned": epochs,
+        "n_train": n_train,
+        "calibration": cal,
+        "overrides": overrides,
+        "budget_s": args.budget_s,
+    }
     (run_dir / STARTED).write_text(json.dumps(started) + "\n")
     (run_dir / STOP).unlink(missing_ok=True)
     watcher = subprocess.Popen(
@@ -257,10 +273,15 @@ def run_cifar(args: argparse.Namespace) -> dict:
         for name in ("metrics.jsonl", "summary.json"):
             if (run_dir / name).exists():
                 (out / f"cifar_{name}").write_bytes((run_dir / name).read_bytes())
-    report = {"epochs_planned": epochs, "step": meta and meta["step"], "calibration": cal,
-              "knn_end": result and result.knn_end, "wall_s": result and round(result.wall_s, 1),
-              "images_per_s": result and round(result.images_per_s, 1),
-              "total_s": round(time.perf_counter() - t_start, 1)}  # fmt: skip
+    report = {
+        "epochs_planned": epochs,
+        "step": meta and meta["step"],
+        "calibration": cal,
+        "knn_end": result and result.knn_end,
+        "wall_s": result and round(result.wall_s, 1),
+        "images_per_s": result and round(result.images_per_s, 1),
+        "total_s": round(time.perf_counter() - t_start, 1),
+    }
     print(json.dumps(report), flush=True)
     return report
 

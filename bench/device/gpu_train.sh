@@ -32,7 +32,7 @@ if [[ $SMALL == 1 ]]; then
                 --cal-warmup 1 --cal-steps 4)
     if [[ ! -f $DATA ]]; then
         DATA=.data/fake-cifar10.tar.gz
-        [[ -f $DATA ]] || "$PYTHON" bench/device/gpu_train.py fake-cifar "$DATA" --per-class 40
+        [[ -f $DATA ]] || "$PYTHON" -m bench.device.gpu_train fake-cifar "$DATA" --per-class 40
     fi
 else
     tp_args=(--batches 64,128 --steps 20 --warmup 3 --workers 14)
@@ -48,14 +48,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 echo "== phase 1: training throughput (at most ${THROUGHPUT_S}s)"
 # No new configuration starts after budget − 60 s; the hard limit stops one that hangs.
-timeout -k 10 "$THROUGHPUT_S" "$PYTHON" bench/train_throughput.py "${tp_args[@]}" \
+timeout -k 10 "$THROUGHPUT_S" "$PYTHON" -m bench.train_throughput "${tp_args[@]}" \
     --out "$WORK/throughput" --budget-s $((THROUGHPUT_S - 60))
 echo "phase 1 exit $?, $((SECONDS - t0)) s so far"
 cp "$WORK/throughput/report.json" "$OUT/throughput.json" 2>/dev/null || echo "no throughput report"
 
 echo "== phase 2: CIFAR-10 training (at most ${TRAIN_S}s)"
 # SIGINT at the limit: the trainer saves last.pt, the driver copies the backbone to $OUT.
-timeout -s INT -k 45 "$TRAIN_S" "$PYTHON" bench/device/gpu_train.py cifar --data "$DATA" \
+timeout -s INT -k 45 "$TRAIN_S" "$PYTHON" -m bench.device.gpu_train cifar --data "$DATA" \
     --run "$WORK/cifar" --out "$OUT" --cache "$WORK/cache" --budget-s $((TRAIN_S - 30)) \
     "${train_args[@]}"
 echo "phase 2 exit $?, $((SECONDS - t0)) s in all"

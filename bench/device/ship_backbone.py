@@ -1,6 +1,6 @@
 """Back from the device: the CIFAR-10 backbone that gpu_train.sh returned → a model package to ship.
 
-    python bench/device/ship_backbone.py FILES_AT --data ../shared/data/cifar10-train.tar.gz \
+    python -m bench.device.ship_backbone FILES_AT --data ../shared/data/cifar10-train.tar.gz \
         [--models-dir shipped/models] [--name dino-cifar10] [--holdout 500] [--report DIR]
 
 Loads the fp16 teacher backbone (cifar_backbone.json + parts), measures k-NN top-1 (k = 20,
@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +29,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from core import package
+from core.attention import attention_mask
+from core.images import preprocess
+from core.vit import EmbedAttention, build_vit
+from training.config import TrainConfig, load_config
+from training.data import list_images, resolve_source, split_holdout
+from training.export import config_meta, write_package
+from training.knn import KnnEvaluator
+from training.onnx_export import check_images, check_parity
 
-from core import package  # noqa: E402
-from core.attention import attention_mask  # noqa: E402
-from core.images import preprocess  # noqa: E402
-from core.vit import EmbedAttention, build_vit  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
-from training.data import list_images, resolve_source, split_holdout  # noqa: E402
-from training.export import config_meta, write_package  # noqa: E402
-from training.knn import KnnEvaluator  # noqa: E402
-from training.onnx_export import check_images, check_parity  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("ship_backbone")
 STEM = "cifar_backbone"
@@ -65,20 +63,35 @@ def load_snapshot(folder: Path) -> tuple[dict, TrainConfig, dict[str, torch.Tens
     return meta, cfg, weights
 
 
-def knn_pair(vit: torch.nn.Module, random_vit: torch.nn.Module, cfg: TrainConfig, data: str,
-             holdout: int, cache: Path, workers: int) -> dict:  # fmt: skip
+def knn_pair(
+    vit: torch.nn.Module,
+    random_vit: torch.nn.Module,
+    cfg: TrainConfig,
+    data: str,
+    holdout: int,
+    cache: Path,
+    workers: int,
+) -> dict:
     """k-NN top-1 of the trained and the random-init backbone on the held-out images."""
     memory, queries = split_holdout(list_images(resolve_source(data, cache)), holdout)
-    ev = KnnEvaluator(memory, queries, cfg.model.img_size, cfg.crops.mean, cfg.crops.std,
-                      cfg.eval.crop_pct)  # fmt: skip
+    ev = KnnEvaluator(
+        memory, queries, cfg.model.img_size, cfg.crops.mean, cfg.crops.std, cfg.eval.crop_pct
+    )
     cpu = torch.device("cpu")
     k, t, bs = cfg.eval.k, cfg.eval.temperature, cfg.eval.batch_size
     t0 = time.perf_counter()
     trained = ev(vit, cpu, k, t, bs, workers)
     random_init = ev(random_vit, cpu, k, t, bs, workers)
-    return {"knn_end": round(trained, 2), "knn_start": round(random_init, 2), "k": k,
-            "temperature": t, "memory": len(ev.train), "queries": len(ev.val),
-            "holdout_per_class": holdout, "eval_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    return {
+        "knn_end": round(trained, 2),
+        "knn_start": round(random_init, 2),
+        "k": k,
+        "temperature": t,
+        "memory": len(ev.train),
+        "queries": len(ev.val),
+        "holdout_per_class": holdout,
+        "eval_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def fp16_onnx(src: Path, dst: Path) -> int:
@@ -91,11 +104,15 @@ def fp16_onnx(src: Path, dst: Path) -> int:
         if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < 16:
             keep.append(init)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
-                                       f"{init.name}__fp16")  # fmt: skip
+        half = numpy_helper.from_array(
+            numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16"
+        )
         keep.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                      name=f"{init.name}__cast"))  # fmt: skip
+        casts.append(
+            helper.make_node(
+                "Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast"
+            )
+        )
     del graph.initializer[:]
     graph.initializer.extend(keep)
     nodes = list(graph.node)
@@ -123,8 +140,11 @@ def cifar_attention(
         span = max(float(mean.max() - mean.min()), 1e-12)  # min-max: near-flat maps show too
         heat = matplotlib.colormaps["inferno"]((mean - mean.min()) / span)[..., :3]
         mask = attention_mask(mean[None], 0.6)[0]
-        tiles = [pic, Image.fromarray((heat * 255).astype(np.uint8)),
-                 Image.fromarray((mask * 255).astype(np.uint8))]  # fmt: skip
+        tiles = [
+            pic,
+            Image.fromarray((heat * 255).astype(np.uint8)),
+            Image.fromarray((mask * 255).astype(np.uint8)),
+        ]
         rows.append([t.resize((TILE, TILE), Image.Resampling.NEAREST) for t in tiles])
     out = Image.new("RGB", (TILE * 3 * 2, TILE * ((len(rows) + 1) // 2)), "black")
     for i, tiles in enumerate(rows):
@@ -189,8 +209,9 @@ def main(argv: list[str] | None = None) -> Path:
     vit.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     torch.manual_seed(cfg.run.seed)
     random_vit = build_vit(net_meta["arch"], net_meta["timm_kwargs"])
-    evaluation = knn_pair(vit, random_vit, cfg, args.data, args.holdout, Path(args.cache),
-                          args.workers)  # fmt: skip
+    evaluation = knn_pair(
+        vit, random_vit, cfg, args.data, args.holdout, Path(args.cache), args.workers
+    )
     log.info("k-NN top-1: %s", evaluation)
     summary = meta.get("summary", {})
     wall = summary.get("wall_s") or meta.get("saved_at_s")

@@ -56,10 +56,18 @@ def browser(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     opts.set_capability("unhandledPromptBehavior", "ignore")  # the key prompt is tested
@@ -148,8 +156,13 @@ def _choose(browser, path: Path) -> None:
 def _error_text(browser, wait) -> str:
     from selenium.webdriver.common.by import By
 
-    box = wait.until(lambda d: d.find_element(By.ID, "error") if
-                     d.find_element(By.ID, "error").is_displayed() else None)  # fmt: skip
+    box = wait.until(
+        lambda d: (
+            d.find_element(By.ID, "error")
+            if d.find_element(By.ID, "error").is_displayed()
+            else None
+        )
+    )
     return box.text
 
 

@@ -19,8 +19,9 @@ from tests.api.test_collections import noise_png
 def server(make_settings, tmp_path):
     port = _free_port()
     settings = make_settings(blob_dir=tmp_path / "blobs", max_batch_images=8)
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                        log_level="warning"))  # fmt: skip
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -54,9 +55,10 @@ def test_add_relabel_and_delete_from_the_page(server, browser, tmp_path):  # noq
 
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#collections li[data-name="shapes"]'))
     assert "120 images · 120 labelled" in panel()
-    assert {e.get_attribute("data-name")
-            for e in browser.find_elements(By.CSS_SELECTOR, "#collections li.coll")} == {
-        "shapes", "nolabels", "stale"}  # fmt: skip
+    assert {
+        e.get_attribute("data-name")
+        for e in browser.find_elements(By.CSS_SELECTOR, "#collections li.coll")
+    } == {"shapes", "nolabels", "stale"}
 
     image = tmp_path / "new.png"
     image.write_bytes(noise_png(42, 32))

@@ -197,9 +197,11 @@ def test_list_describe_and_create(app):
 
 def test_limits_and_hostile_bodies(make_client, tmp_path):
     c = make_client(
-        blob_dir=tmp_path / "blobs", max_upload_bytes=20_000, max_batch_images=2,
+        blob_dir=tmp_path / "blobs",
+        max_upload_bytes=20_000,
+        max_batch_images=2,
         raise_server_exceptions=False,
-    )  # fmt: skip
+    )
     url = "/collections/shapes/images"
     error(c.post(url, content=b"x" * 100_000, headers={"content-type": "image/png"}), 415)
     error(c.post(url, files=files(b"\0" * 30_000)), 413)
@@ -222,8 +224,14 @@ def test_limits_and_hostile_bodies(make_client, tmp_path):
     error(c.patch(patch, json={"label": "a", "more": 1}), 422)
     error(c.patch(patch, json={"label": 7}), 422)
     error(c.patch(patch, json=[1]), 422)
-    error(c.patch(patch, content=b'{"label": "' + b"a" * 200_000 + b'"}',
-                  headers={"content-type": "application/json"}), 413)  # fmt: skip
+    error(
+        c.patch(
+            patch,
+            content=b'{"label": "' + b"a" * 200_000 + b'"}',
+            headers={"content-type": "application/json"},
+        ),
+        413,
+    )
     assert info(c)["points"] == 120  # nothing was written
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]  # no bytes kept
 
@@ -314,8 +322,11 @@ def test_a_labelling_tool_on_another_origin_may_patch_and_delete(make_client, tm
     for method in ("PATCH", "DELETE"):
         pre = c.options(
             "/collections/shapes/images/x",
-            headers={"Origin": "https://tool.example", "Access-Control-Request-Method": method,
-                     "Access-Control-Request-Headers": "x-api-key,content-type"},
-        )  # fmt: skip
+            headers={
+                "Origin": "https://tool.example",
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": "x-api-key,content-type",
+            },
+        )
         assert pre.status_code == 200, pre.text
         assert method in pre.headers["access-control-allow-methods"]

@@ -32,29 +32,45 @@ def test_framework_errors_share_the_shape(client):
 
 
 def test_wrong_content_types(client):
-    _error(client.post("/embed", content=b"hello", headers={"content-type": "text/plain"}),
-           415, "unsupported_media_type")  # fmt: skip
+    _error(
+        client.post("/embed", content=b"hello", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
     _error(client.post("/embed"), 415, "unsupported_media_type")
-    _error(client.post("/classify", content=b"{", headers={"content-type": "application/json"}),
-           422, "invalid_json")  # fmt: skip
+    _error(
+        client.post("/classify", content=b"{", headers={"content-type": "application/json"}),
+        422,
+        "invalid_json",
+    )
     _error(client.post("/embed", json=[1, 2]), 422, "invalid_json")
     _error(client.post("/embed", json={"images": ["***"]}), 422, "invalid_base64")
     _error(client.post("/embed", json={"images": "abc"}), 422, "invalid_json")
     _error(client.post("/embed", json={}), 422, "no_image")
     _error(client.post("/embed", files={"other": ("a.png", _png((4, 4)))}), 422)
-    _error(client.post("/embed", content=b"--x\r\nbroken", headers={
-        "content-type": "multipart/form-data; boundary=x"}), 422)  # fmt: skip
+    _error(
+        client.post(
+            "/embed",
+            content=b"--x\r\nbroken",
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        ),
+        422,
+    )
 
 
 def test_bad_images(client, png_bytes):
     good = png_bytes(0)
     _error(client.post("/embed", files={"images": ("a.png", b"")}), 422, "empty_image")
-    err = _error(client.post("/embed", files={"images": ("a.png", b"not an image")}), 422,
-                 "invalid_image")  # fmt: skip
+    err = _error(
+        client.post("/embed", files={"images": ("a.png", b"not an image")}), 422, "invalid_image"
+    )
     assert "BytesIO" not in err["message"] and " at 0x" not in err["message"]
     assert err["message"].startswith("not a readable image")
-    _error(client.post("/classify", files={"image": ("a.png", good[: len(good) // 3])}), 422,
-           "invalid_image")  # fmt: skip
+    _error(
+        client.post("/classify", files={"image": ("a.png", good[: len(good) // 3])}),
+        422,
+        "invalid_image",
+    )
     files = [("images", ("a.png", good)), ("images", ("b.png", b"junk"))]
     err = _error(client.post("/embed", files=files), 422, "invalid_image")
     assert err["message"].startswith("b.png: not a readable image")  # the file, by its name
@@ -73,8 +89,11 @@ def test_size_limits(make_client, png_bytes):
     per_request = "over the limit of 20000 bytes of images per request (DINOSERVE_MAX_UPLOAD_BYTES)"
     assert per_request in err["message"]
     # …and the bytes actually received when there is no length (chunked).
-    r = c.post("/embed", content=iter([b"x" * 30_000] * 5),
-               headers={"content-type": "multipart/form-data; boundary=x"})  # fmt: skip
+    r = c.post(
+        "/embed",
+        content=iter([b"x" * 30_000] * 5),
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
     assert per_request in _error(r, 413, "upload_too_large")["message"]
     # base64 may be 4/3 larger on the wire, but the image bytes still count.
     b64 = base64.b64encode(b"\x00" * 19_000).decode()
@@ -111,8 +130,9 @@ def test_unexpected_errors_are_500_in_the_same_shape(make_client, png_bytes, mon
 
     monkeypatch.setattr(api.routes.classify, "knn_vote", broken)
     c = make_client(raise_server_exceptions=False)
-    err = _error(c.post("/classify", files={"image": ("a.png", png_bytes(0))}), 500,
-                 "internal_error")  # fmt: skip
+    err = _error(
+        c.post("/classify", files={"image": ("a.png", png_bytes(0))}), 500, "internal_error"
+    )
     assert "boom" not in err["message"]  # no internals leak
     assert "boom" in caplog.text
     assert 'status="500"' in c.get("/metrics").text

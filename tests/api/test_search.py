@@ -33,9 +33,10 @@ def test_post_an_indexed_image_finds_itself_first(client, synthetic_dir):
     top = r.json()["results"][0]
     assert top["uri"] == str(path.resolve()) and top["score"] == pytest.approx(1.0, abs=1e-4)
     labelled = client.post(
-        "/search", files={"image": ("x.png", path.read_bytes(), "image/png")},
+        "/search",
+        files={"image": ("x.png", path.read_bytes(), "image/png")},
         data={"label": "ring", "k": "2"},
-    ).json()["results"]  # fmt: skip
+    ).json()["results"]
     assert len(labelled) == 2 and {x["label"] for x in labelled} == {"ring"}
 
 

@@ -67,12 +67,17 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_a_real_server_answers(micro_package, tmp_path):
     port = _free_port()
-    env = {**os.environ, "DINOSERVE_MODEL": str(micro_package),
-           "DINOSERVE_QDRANT_PATH": str(tmp_path / "q")}  # fmt: skip
+    env = {
+        **os.environ,
+        "DINOSERVE_MODEL": str(micro_package),
+        "DINOSERVE_QDRANT_PATH": str(tmp_path / "q"),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

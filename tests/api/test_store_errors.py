@@ -16,7 +16,11 @@ def test_a_full_store_answers_507_and_other_routes_go_on(make_client, png_bytes)
     db._search = full  # a write path would raise this; the mapping is the same for any route
     r = c.post("/classify", files={"image": ("q.png", png_bytes(0))})
     assert r.status_code == 507
-    assert r.json() == {"error": {"code": "store_full", "message": (
-        "the disk under the embedded store /x is full: free space there")}}  # fmt: skip
+    assert r.json() == {
+        "error": {
+            "code": "store_full",
+            "message": ("the disk under the embedded store /x is full: free space there"),
+        }
+    }
     assert c.post("/embed", files={"images": ("q.png", png_bytes(0))}).status_code == 200
     assert c.get("/healthz").status_code == 200

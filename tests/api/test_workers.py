@@ -55,15 +55,23 @@ def _serving(micro_package, indexed_store, tmp_path, **env_extra):
     shutil.copytree(indexed_store, tmp_path / "q")
     port = _free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "DINOSERVE_MODEL": str(micro_package),
-           "DINOSERVE_QDRANT_PATH": str(tmp_path / "q"), "DINOSERVE_COLLECTION": "shapes",
-           "DINOSERVE_SERVE__WORKERS": "2", "DINOSERVE_SERVE__ACCESS_LOG": "false",
-           "DINOSERVE_INFERENCE__INTRA_OP_THREADS": "1", **env_extra}  # fmt: skip
+    env = {
+        **os.environ,
+        "DINOSERVE_MODEL": str(micro_package),
+        "DINOSERVE_QDRANT_PATH": str(tmp_path / "q"),
+        "DINOSERVE_COLLECTION": "shapes",
+        "DINOSERVE_SERVE__WORKERS": "2",
+        "DINOSERVE_SERVE__ACCESS_LOG": "false",
+        "DINOSERVE_INFERENCE__INTRA_OP_THREADS": "1",
+        **env_extra,
+    }
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dinoserve", "serve", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_ready(port, proc, log)
         deadline = time.monotonic() + 120  # one worker answers /readyz; wait for the other too
@@ -98,8 +106,13 @@ def test_engine_process_decodes_uploads(micro_package, indexed_store, png_bytes,
     engine = load_engine(micro_package, "torch", ONE_THREAD)
     meta = read_meta(micro_package)
     expected = engine.embed(preprocess_batch(meta, [decode_image(b, 10**8) for b in images]))
-    with _serving(micro_package, indexed_store, tmp_path, DINOSERVE_ENGINE="torch",
-                  DINOSERVE_SERVE__DEVICE_DECODE="device") as (url, _):  # fmt: skip
+    with _serving(
+        micro_package,
+        indexed_store,
+        tmp_path,
+        DINOSERVE_ENGINE="torch",
+        DINOSERVE_SERVE__DEVICE_DECODE="device",
+    ) as (url, _):
 
         def embed(i: int) -> np.ndarray:
             r = httpx.post(f"{url}/embed", files={"images": ("x", images[i % 5])}, timeout=60)
@@ -153,8 +166,12 @@ def test_two_workers_one_engine(micro_package, indexed_store, png_bytes, tmp_pat
             httpx.post(f"{url}/admin/rollback"),
         ):
             assert 400 <= bad.status_code < 500 and set(bad.json()["error"]) == {"code", "message"}
-        assert httpx.post(f"{url}/classify?collection=nope",
-                          files={"image": ("x.png", images[0])}).status_code == 404  # fmt: skip
+        assert (
+            httpx.post(
+                f"{url}/classify?collection=nope", files={"image": ("x.png", images[0])}
+            ).status_code
+            == 404
+        )
 
         # Without its engine a worker answers 503 in the error shape, never a 500.
         engine_pid = int(re.search(r"engine process (\d+) serving", text).group(1))

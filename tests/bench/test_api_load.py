@@ -2,9 +2,26 @@ from bench.api_load import main
 
 
 def test_api_load_runs_both_modes_and_times_the_engine_alone():
-    report = main(["--model", "tiny", "--variant", "fp32", "--seconds", "0.4", "--rounds", "2",
-                   "--clients", "1,2", "--endpoints", "embed", "--images", "2",
-                   "--max-batch", "4"])  # fmt: skip
+    report = main(
+        [
+            "--model",
+            "tiny",
+            "--variant",
+            "fp32",
+            "--seconds",
+            "0.4",
+            "--rounds",
+            "2",
+            "--clients",
+            "1,2",
+            "--endpoints",
+            "embed",
+            "--images",
+            "2",
+            "--max-batch",
+            "4",
+        ]
+    )
     gain = report["engine_alone"]
     assert gain["batch_1_img_s"] > 0 and gain["batch_4_img_s"] > 0 and gain["gain"] > 0
     cells = {(r["batching"], r["clients"]) for r in report["rows"]}

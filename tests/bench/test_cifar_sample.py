@@ -5,8 +5,15 @@ from bench.device.cifar_sample import QUERIES, SAMPLE, build_sample
 def test_sample_is_labelled_disjoint_from_the_held_out_and_within_its_bytes(tmp_path):
     tar = gpu_train.fake_cifar(tmp_path / "fake.tar.gz", per_class=12)
     out = tmp_path / "shipped"
-    report = build_sample(str(tar), out, per_class=5, queries_per_class=2, holdout=4,
-                          max_bytes=40_000, cache=str(tmp_path / "cache"))  # fmt: skip
+    report = build_sample(
+        str(tar),
+        out,
+        per_class=5,
+        queries_per_class=2,
+        holdout=4,
+        max_bytes=40_000,
+        cache=str(tmp_path / "cache"),
+    )
     assert report["sample"] == 50 and report["queries"] == 20
     files = {p.relative_to(out / SAMPLE) for p in (out / SAMPLE).rglob("*.jpg")}
     queries = {p.relative_to(out / QUERIES) for p in (out / QUERIES).rglob("*.jpg")}
@@ -23,5 +30,12 @@ def test_sample_refuses_a_budget_it_cannot_meet(tmp_path):
 
     tar = gpu_train.fake_cifar(tmp_path / "fake.tar.gz", per_class=6)
     with pytest.raises(ValueError, match="lower --per-class"):
-        build_sample(str(tar), tmp_path / "out", per_class=2, queries_per_class=1, holdout=2,
-                     max_bytes=1_000, cache=str(tmp_path / "cache"))  # fmt: skip
+        build_sample(
+            str(tar),
+            tmp_path / "out",
+            per_class=2,
+            queries_per_class=1,
+            holdout=2,
+            max_bytes=1_000,
+            cache=str(tmp_path / "cache"),
+        )

@@ -7,8 +7,9 @@ def test_distinct_uploads_are_distinct():
 
 
 def test_collections_write_runs_adds_against_embeds():
-    report = main(["--seconds", "0.4", "--rounds", "1", "--clients", "1,2", "--images", "2",
-                   "--pool", "600"])  # fmt: skip
+    report = main(
+        ["--seconds", "0.4", "--rounds", "1", "--clients", "1,2", "--images", "2", "--pool", "600"]
+    )
     assert all(a["points_per_s"] > 0 for a in report["store_alone"].values())
     assert [r["clients"] for r in report["rows"]] == [1, 2]
     for row in report["rows"]:

@@ -13,10 +13,20 @@ from core import package
 from core.engines import OrtEngine, TorchEngine
 from core.settings import InferenceSettings
 
-MICRO = ["run.device=cpu", "run.compile=false", "data.num_workers=0", "data.batch_size=16",
-         "data.holdout_per_class=4", "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
-         "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32",
-         "crops.local_number=2", "eval.batch_size=64", "run.threads=1"]  # fmt: skip
+MICRO = [
+    "run.device=cpu",
+    "run.compile=false",
+    "data.num_workers=0",
+    "data.batch_size=16",
+    "data.holdout_per_class=4",
+    "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+    "head.out_dim=64",
+    "head.hidden_dim=64",
+    "head.bottleneck_dim=32",
+    "crops.local_number=2",
+    "eval.batch_size=64",
+    "run.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +35,26 @@ def device_out(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_train")
     tar = gpu_train.fake_cifar(tmp / "fake-cifar10.tar.gz", per_class=12)
     out = tmp / "out"
-    report = gpu_train.main(["cifar", "--data", str(tar), "--run", str(tmp / "run"),
-                             "--out", str(out), "--cache", str(tmp / "cache"),
-                             "--budget-s", "30", "--cal-warmup", "1", "--cal-steps", "2",
-                             *MICRO])  # fmt: skip
+    report = gpu_train.main(
+        [
+            "cifar",
+            "--data",
+            str(tar),
+            "--run",
+            str(tmp / "run"),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp / "cache"),
+            "--budget-s",
+            "30",
+            "--cal-warmup",
+            "1",
+            "--cal-steps",
+            "2",
+            *MICRO,
+        ]
+    )
     return tar, out, report
 
 
@@ -56,8 +82,9 @@ def test_snapshot_parts_stay_under_the_limit(device_out, tmp_path, monkeypatch):
     meta = gpu_train.write_snapshot(run, tmp_path)
     assert len(meta["parts"]) > 1
     _, _, weights = ship_backbone.load_snapshot(tmp_path)
-    whole = torch.load(out / json.loads((out / "cifar_backbone.json").read_text())["parts"][0],
-                       weights_only=True)["weights"]  # fmt: skip
+    whole = torch.load(
+        out / json.loads((out / "cifar_backbone.json").read_text())["parts"][0], weights_only=True
+    )["weights"]
     assert weights.keys() == whole.keys()
     assert all(torch.equal(weights[k], whole[k]) for k in whole)
 
@@ -65,9 +92,23 @@ def test_snapshot_parts_stay_under_the_limit(device_out, tmp_path, monkeypatch):
 def test_ship_backbone_packages_compacts_and_evaluates(device_out, tmp_path):
     tar, out, _ = device_out
     models = tmp_path / "models"
-    pkg = ship_backbone.main([str(out), "--data", str(tar), "--models-dir", str(models),
-                              "--name", "shipped", "--holdout", "4", "--cache",
-                              str(tmp_path / "cache"), "--workers", "0"])  # fmt: skip
+    pkg = ship_backbone.main(
+        [
+            str(out),
+            "--data",
+            str(tar),
+            "--models-dir",
+            str(models),
+            "--name",
+            "shipped",
+            "--holdout",
+            "4",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--workers",
+            "0",
+        ]
+    )
     assert package.resolve(models, "shipped") == pkg  # CURRENT names it
     meta = package.verify(pkg)
     ev = meta.evaluation

@@ -38,8 +38,15 @@ def test_collections_list_and_delete(tmp_path, monkeypatch, capsys):
     rows = client.listing()
     client.close()
     v = "20260102-000000-bbbb"
-    assert rows == [{"name": "images", "alias": "images", "physical": f"images__{v}",
-                     "model_version": v, "points": 2}]  # fmt: skip
+    assert rows == [
+        {
+            "name": "images",
+            "alias": "images",
+            "physical": f"images__{v}",
+            "model_version": v,
+            "points": 2,
+        }
+    ]
 
     assert main(["collections", "delete", "mine"]) == 2
     assert "no collection named 'mine'" in capsys.readouterr().err

@@ -8,8 +8,12 @@ from training.synthetic import make_synthetic
 def _settings(tmp_path, model="not-there"):
     from core.settings import Settings
 
-    return Settings(models_dir=tmp_path / "models", qdrant_path=tmp_path / "qdrant",
-                    index_dir=tmp_path / "index", model=model)  # fmt: skip
+    return Settings(
+        models_dir=tmp_path / "models",
+        qdrant_path=tmp_path / "qdrant",
+        index_dir=tmp_path / "index",
+        model=model,
+    )
 
 
 def test_demo_trains_a_model_when_none_exists_then_indexes(tmp_path, monkeypatch):
@@ -18,9 +22,16 @@ def test_demo_trains_a_model_when_none_exists_then_indexes(tmp_path, monkeypatch
     overrides = [m for m in MICRO if not m.startswith("data.holdout")]
     overrides += ["optim.epochs=1", "data.holdout_per_class=20", "eval.every_epochs=1"]
     nothing_shipped = tmp_path / "shipped"  # the repo's own shipped/ must not count here
-    served = run_demo(settings, tmp_path / "data", tmp_path / "queries", str(TINY_PRESET),
-                      tmp_path / "run", overrides, serve=False,
-                      shipped=nothing_shipped)  # fmt: skip
+    served = run_demo(
+        settings,
+        tmp_path / "data",
+        tmp_path / "queries",
+        str(TINY_PRESET),
+        tmp_path / "run",
+        overrides,
+        serve=False,
+        shipped=nothing_shipped,
+    )
     assert served.model == DEMO_MODEL
     resolve(served.models_dir, DEMO_MODEL)  # a complete package with CURRENT
     assert len(list((tmp_path / "data").rglob("*.png"))) == 2000
@@ -30,9 +41,16 @@ def test_demo_trains_a_model_when_none_exists_then_indexes(tmp_path, monkeypatch
     client.close()
 
     # A second demo reuses the model and finds every image unchanged.
-    again = run_demo(settings, tmp_path / "data", tmp_path / "queries", str(TINY_PRESET),
-                     tmp_path / "run2", overrides, serve=False,
-                     shipped=nothing_shipped)  # fmt: skip
+    again = run_demo(
+        settings,
+        tmp_path / "data",
+        tmp_path / "queries",
+        str(TINY_PRESET),
+        tmp_path / "run2",
+        overrides,
+        serve=False,
+        shipped=nothing_shipped,
+    )
     assert again.model == DEMO_MODEL and not (tmp_path / "run2").exists()
 
 
@@ -60,8 +78,15 @@ def test_shipped_assets_need_both_the_backbone_and_the_sample(tmp_path, micro_ru
 def test_demo_serves_the_shipped_backbone_without_training(tmp_path, micro_run, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pkg = _ship(tmp_path / "shipped", micro_run)
-    served = run_demo(_settings(tmp_path), None, None, str(TINY_PRESET), tmp_path / "run",
-                      serve=False, shipped=tmp_path / "shipped")  # fmt: skip
+    served = run_demo(
+        _settings(tmp_path),
+        None,
+        None,
+        str(TINY_PRESET),
+        tmp_path / "run",
+        serve=False,
+        shipped=tmp_path / "shipped",
+    )
     assert served.model == str(pkg)  # by path: nothing copied into the registry
     assert not (tmp_path / "run").exists()  # no training
     assert not (tmp_path / "var").exists()  # no synthetic images either
@@ -76,6 +101,13 @@ def test_demo_keeps_a_configured_model_over_the_shipped_one(tmp_path, micro_run,
     monkeypatch.chdir(tmp_path)
     _ship(tmp_path / "shipped", micro_run)
     export_run(micro_run, tmp_path / "models", "mine")
-    served = run_demo(_settings(tmp_path, "mine"), None, None, str(TINY_PRESET),
-                      tmp_path / "run", serve=False, shipped=tmp_path / "shipped")  # fmt: skip
+    served = run_demo(
+        _settings(tmp_path, "mine"),
+        None,
+        None,
+        str(TINY_PRESET),
+        tmp_path / "run",
+        serve=False,
+        shipped=tmp_path / "shipped",
+    )
     assert served.model == "mine"

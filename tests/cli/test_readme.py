@@ -90,10 +90,19 @@ def test_first_steps_run_as_shown(demo_checkout):
         "localhost:8000", f"localhost:{port}"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DINOSERVE_")}
-    env.update(DINOSERVE_SERVE__PORT=str(port), DINOSERVE_INFERENCE__INTRA_OP_THREADS="1",
-               DINOSERVE_INFERENCE__INTER_OP_THREADS="1")  # fmt: skip
-    done = subprocess.run(["bash", "-c", script], cwd=demo_checkout, env=env, capture_output=True,
-                          text=True, timeout=240)  # fmt: skip
+    env.update(
+        DINOSERVE_SERVE__PORT=str(port),
+        DINOSERVE_INFERENCE__INTRA_OP_THREADS="1",
+        DINOSERVE_INFERENCE__INTER_OP_THREADS="1",
+    )
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=demo_checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     out = done.stdout
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
     # Every JSON answer of the service is a success: no error shape anywhere.

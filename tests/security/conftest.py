@@ -73,9 +73,23 @@ class Injected(ConnectionError):
     """The failure an Outage raises: what a client sees of a server that is down."""
 
 
-PRIMITIVES = ("_collections", "_aliases", "_exists", "_dim", "_create", "_drop",
-              "_change_aliases", "_upsert", "_retrieve", "_search", "_scroll", "_count",
-              "_delete", "_set_payload", "_optimize")  # fmt: skip
+PRIMITIVES = (
+    "_collections",
+    "_aliases",
+    "_exists",
+    "_dim",
+    "_create",
+    "_drop",
+    "_change_aliases",
+    "_upsert",
+    "_retrieve",
+    "_search",
+    "_scroll",
+    "_count",
+    "_delete",
+    "_set_payload",
+    "_optimize",
+)
 
 
 class Outage:

@@ -10,13 +10,30 @@ from core.settings import Settings
 from tests.security.test_uploads import error
 
 KEY, ADMIN = "user-key-Ω", "admin-key"
-PROTECTED = [("GET", "/model"), ("GET", "/metrics"), ("GET", "/search?image=x"),
-             ("POST", "/embed"), ("POST", "/classify"), ("POST", "/search"),
-             ("POST", "/attention"), ("GET", "/images/00000000-0000-0000-0000-000000000000"),
-             ("GET", "/openapi.json"), ("GET", "/no-such-route"),
-             ("GET", "/admin/refresh"), ("DELETE", "/embed"), ("GET", "/static")]  # fmt: skip
-OPEN = ["/healthz", "/readyz", "/", "/static/app.js", "/static/style.css", "/docs",
-        "/docs-assets/swagger-ui-bundle.js"]  # fmt: skip
+PROTECTED = [
+    ("GET", "/model"),
+    ("GET", "/metrics"),
+    ("GET", "/search?image=x"),
+    ("POST", "/embed"),
+    ("POST", "/classify"),
+    ("POST", "/search"),
+    ("POST", "/attention"),
+    ("GET", "/images/00000000-0000-0000-0000-000000000000"),
+    ("GET", "/openapi.json"),
+    ("GET", "/no-such-route"),
+    ("GET", "/admin/refresh"),
+    ("DELETE", "/embed"),
+    ("GET", "/static"),
+]
+OPEN = [
+    "/healthz",
+    "/readyz",
+    "/",
+    "/static/app.js",
+    "/static/style.css",
+    "/docs",
+    "/docs-assets/swagger-ui-bundle.js",
+]
 
 
 @pytest.fixture
@@ -29,9 +46,13 @@ def test_missing_key_is_401_wrong_key_is_403(app, method, path):
     r = app.request(method, path)
     error(r, 401, "unauthorized")
     assert r.headers["www-authenticate"] == "Bearer"
-    for headers in ({"Authorization": "Bearer nope"}, {"X-API-Key": "nope"},
-                    {"Cookie": "dinoserve_key=nope"}, {"Authorization": "Bearer user-key2"},
-                    {"X-API-Key": "user-ke"}):  # fmt: skip
+    for headers in (
+        {"Authorization": "Bearer nope"},
+        {"X-API-Key": "nope"},
+        {"Cookie": "dinoserve_key=nope"},
+        {"Authorization": "Bearer user-key2"},
+        {"X-API-Key": "user-ke"},
+    ):
         error(app.request(method, path, headers=headers), 403, "forbidden")
 
 
@@ -42,10 +63,15 @@ def test_probes_and_the_page_shell_stay_open(app, path):
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Authorization": "Bearer user-key"}, {"authorization": "bearer user-key"},
-     {"X-API-Key": "user-key"}, {"Cookie": "other=1; dinoserve_key=user-key"},
-     {"Authorization": f"Bearer {ADMIN}"}, {"X-API-Key": ADMIN}],
-)  # fmt: skip
+    [
+        {"Authorization": "Bearer user-key"},
+        {"authorization": "bearer user-key"},
+        {"X-API-Key": "user-key"},
+        {"Cookie": "other=1; dinoserve_key=user-key"},
+        {"Authorization": f"Bearer {ADMIN}"},
+        {"X-API-Key": ADMIN},
+    ],
+)
 def test_the_key_or_the_admin_key_opens_the_api(app, png_bytes, headers):
     assert app.get("/model", headers=headers).status_code == 200
     r = app.post("/classify", headers=headers, files={"image": ("q.png", png_bytes(0))})
@@ -102,16 +128,21 @@ def test_cors_is_off_by_default(make_client):
     c = make_client()
     r = c.get("/model", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in r.headers
-    pre = c.options("/embed", headers={"Origin": "https://evil.example",
-                                       "Access-Control-Request-Method": "POST"})  # fmt: skip
+    pre = c.options(
+        "/embed",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in pre.headers
     error(pre, 405)
 
 
 def test_cors_when_configured(make_client):
     c = make_client(api_key="user-key", cors={"allow_origins": ["https://app.example"]})
-    ok = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-          "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    ok = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
     pre = c.options("/embed", headers=ok)  # preflights carry no key
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] == "https://app.example"

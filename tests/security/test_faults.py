@@ -26,9 +26,12 @@ from tests.stores import all_points, memory_server
 
 
 def _all_store_routes_503(c: TestClient, png: bytes) -> None:
-    for r in (c.get("/search?image=x"), c.post("/classify", files={"image": ("q.png", png)}),
-              c.post("/search", files={"image": ("q.png", png)}),
-              c.get("/images/00000000-0000-0000-0000-000000000000")):  # fmt: skip
+    for r in (
+        c.get("/search?image=x"),
+        c.post("/classify", files={"image": ("q.png", png)}),
+        c.post("/search", files={"image": ("q.png", png)}),
+        c.get("/images/00000000-0000-0000-0000-000000000000"),
+    ):
         error(r, 503, "store_unavailable")
         assert r.headers["retry-after"] == "7"
 
@@ -38,8 +41,9 @@ def test_qdrant_unreachable(make_client, png_bytes):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     try:
-        c = make_client(qdrant_url=f"http://127.0.0.1:{port}",
-                        serve={"store_attempts": 1, "retry_after_s": 7})  # fmt: skip
+        c = make_client(
+            qdrant_url=f"http://127.0.0.1:{port}", serve={"store_attempts": 1, "retry_after_s": 7}
+        )
         ready = c.get("/readyz")
         err = error(ready, 503, "not_ready")
         assert "Qdrant" in err["message"] and ready.headers["retry-after"] == "7"

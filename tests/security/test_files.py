@@ -40,8 +40,14 @@ def bait() -> Iterator[tuple[str, list[str]]]:
 
 def test_urls_are_never_fetched(client, bait):
     url, hits = bait
-    for image in (url, "file:///etc/passwd", "/etc/passwd", "tar:///etc/passwd#x",
-                  "ftp://127.0.0.1/x", "gopher://127.0.0.1:6379/_INFO"):  # fmt: skip
+    for image in (
+        url,
+        "file:///etc/passwd",
+        "/etc/passwd",
+        "tar:///etc/passwd#x",
+        "ftp://127.0.0.1/x",
+        "gopher://127.0.0.1:6379/_INFO",
+    ):
         # a URI names an indexed image (its point id is derived from it): not indexed → 404
         error(client.get(f"/search?image={quote(image)}"), 404, "unknown_image")
     for body in ({"image": url}, {"image": f"data:image/png;base64,{url}"}, {"image": [url]}):
@@ -51,9 +57,16 @@ def test_urls_are_never_fetched(client, bait):
     assert hits == []
 
 
-TRAVERSAL = ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-             "....//....//etc/passwd", "%00", "..\\..\\windows\\win.ini", "not-a-uuid",
-             "00000000-0000-0000-0000-00000000000g"]  # fmt: skip
+TRAVERSAL = [
+    "../../etc/passwd",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "....//....//etc/passwd",
+    "%00",
+    "..\\..\\windows\\win.ini",
+    "not-a-uuid",
+    "00000000-0000-0000-0000-00000000000g",
+]
 
 
 @pytest.mark.parametrize("ident", TRAVERSAL)
@@ -79,11 +92,19 @@ def test_indexed_images_are_served_as_thumbnails(client):
     assert r.content[:3] == b"\xff\xd8\xff"
 
 
-RAW_PATHS = ["/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
-             "/static/..%2f..%2f..%2fetc%2fpasswd", "/static/%2e%2e%2f%2e%2e%2fapi%2fmain.py",
-             "/images/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "//etc/passwd",
-             "/static//etc/passwd", "/static/app.js%00.png", "/static/../api/main.py",
-             "/images/%252e%252e%252f%252e%252e%252fetc%252fpasswd"]  # fmt: skip
+RAW_PATHS = [
+    "/static/../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/..%2f..%2f..%2fetc%2fpasswd",
+    "/static/%2e%2e%2f%2e%2e%2fapi%2fmain.py",
+    "/images/../../etc/passwd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "//etc/passwd",
+    "/static//etc/passwd",
+    "/static/app.js%00.png",
+    "/static/../api/main.py",
+    "/images/%252e%252e%252f%252e%252e%252fetc%252fpasswd",
+]
 
 
 @pytest.mark.parametrize("path", RAW_PATHS)
@@ -109,11 +130,17 @@ def test_methods_routes_and_headers_on_the_wire(live):
         request = f"{method} /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
         status, body = _raw(live.port, request + "Connection: close\r\n\r\n")
         assert 400 <= status < 500, (method, status, body)
-    status, _ = _raw(live.port, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + "a" * 60_000
-                     + "\r\nConnection: close\r\n\r\n")  # fmt: skip
+    status, _ = _raw(
+        live.port,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+        + "a" * 60_000
+        + "\r\nConnection: close\r\n\r\n",
+    )
     assert status < 500
-    status, body = _raw(live.port, "GET /search?image=" + "a" * 60_000
-                        + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # fmt: skip
+    status, body = _raw(
+        live.port,
+        "GET /search?image=" + "a" * 60_000 + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     assert 400 <= status < 500, body[:200]
 
 

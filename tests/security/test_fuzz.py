@@ -62,17 +62,23 @@ def api_schema(micro_package, indexed_store, tmp_path_factory) -> Iterator:
     """The schema of an app on a private store copy (its lifespan runs once, in schemathesis'
     event-loop thread, and is stopped at the end)."""
     settings_ = live_settings(
-        micro_package, indexed_store, tmp_path_factory, admin_api_key=ADMIN, max_batch_images=4,
+        micro_package,
+        indexed_store,
+        tmp_path_factory,
+        admin_api_key=ADMIN,
+        max_batch_images=4,
         serve={"max_wait_ms": 0.0},
-    )  # fmt: skip
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings_))
     yield schema
     asgi.shutdown_lifespans()
 
 
 ADD = ("POST", "/collections/{name}/images")
-PER_IMAGE = re.compile(r"give either (label or labels|uri or uris)|\d+ (label|uri)s for \d+ images|"
-                       r"uri names one image")  # fmt: skip
+PER_IMAGE = re.compile(
+    r"give either (label or labels|uri or uris)|\d+ (label|uri)s for \d+ images|"
+    r"uri names one image"
+)
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), OPERATIONS)
@@ -80,8 +86,13 @@ def test_no_server_errors(api_schema, method: str, path: str, mode: GenerationMo
     operation = api_schema[path][method]
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case) -> None:
         response = case.call(headers={"X-API-Key": ADMIN})
         assert response.status_code < 500, (case.as_curl_command(), response.text[:500])

@@ -16,8 +16,9 @@ from api.knn import knn_vote
 from core.images import ImageRejected, decode_image, preprocess
 from tests.security.samples import exotic
 
-FAST = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+FAST = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 SEEDS = [data for data, _ in exotic().values()]
 
 
@@ -55,9 +56,20 @@ def test_mutated_real_images_decode_or_are_rejected(seed, data):
     assert arr.shape == (3, 32, 32) and np.isfinite(arr).all()
 
 
-MODES = {"1": "PNG", "L": "PNG", "LA": "PNG", "P": "PNG", "RGB": "PNG", "RGBA": "PNG",
-         "I;16": "PNG", "CMYK": "JPEG", "YCbCr": "JPEG", "I": "TIFF", "F": "TIFF",
-         "RGBX": "TIFF"}  # fmt: skip
+MODES = {
+    "1": "PNG",
+    "L": "PNG",
+    "LA": "PNG",
+    "P": "PNG",
+    "RGB": "PNG",
+    "RGBA": "PNG",
+    "I;16": "PNG",
+    "CMYK": "JPEG",
+    "YCbCr": "JPEG",
+    "I": "TIFF",
+    "F": "TIFF",
+    "RGBX": "TIFF",
+}
 
 
 @FAST

@@ -11,8 +11,12 @@ import pytest
 
 from tests.security import samples
 
-UPLOAD_ROUTES = [("/embed", "images"), ("/classify", "image"), ("/search", "image"),
-                 ("/attention", "image")]  # fmt: skip
+UPLOAD_ROUTES = [
+    ("/embed", "images"),
+    ("/classify", "image"),
+    ("/search", "image"),
+    ("/attention", "image"),
+]
 
 
 def error(r, status: int | tuple[int, ...], code: str | None = None) -> dict:
@@ -33,8 +37,9 @@ HOSTILE = samples.hostile()
 
 
 def test_every_kind_of_real_image_is_embedded(client):
-    files = [("images", (name, data, "application/octet-stream"))
-             for name, (data, _) in EXOTIC.items()]  # fmt: skip
+    files = [
+        ("images", (name, data, "application/octet-stream")) for name, (data, _) in EXOTIC.items()
+    ]
     r = client.post("/embed", files=files)
     assert r.status_code == 200, r.text
     assert r.json()["count"] == len(EXOTIC)
@@ -84,13 +89,20 @@ def test_sliver_images_do_not_explode(make_client):
 
 
 CONTENT_TYPES = [
-    None, "text/plain", "application/xml", "application/x-www-form-urlencoded",
-    "image/png", "application/octet-stream", "multipart/mixed; boundary=x", "*/*", "garbage",
+    None,
+    "text/plain",
+    "application/xml",
+    "application/x-www-form-urlencoded",
+    "image/png",
+    "application/octet-stream",
+    "multipart/mixed; boundary=x",
+    "*/*",
+    "garbage",
     "multipart/form-data",  # no boundary
     "multipart/form-data; boundary=x; charset=no-such-charset",
     "multipart/form-data; boundary=" + "x" * 5000,
     "application/json; charset=no-such-charset",
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("ctype", CONTENT_TYPES)
@@ -107,8 +119,11 @@ def test_part_content_type_does_not_matter_the_bytes_do(client):
     for ctype in ("application/octet-stream", "text/plain", "image/jpeg", ""):
         r = client.post("/embed", files={"images": ("a", png, ctype)})
         assert r.status_code == 200, (ctype, r.text)
-    error(client.post("/embed", files={"images": ("a.png", b"text", "image/png")}), 422,
-          "invalid_image")  # fmt: skip
+    error(
+        client.post("/embed", files={"images": ("a.png", b"text", "image/png")}),
+        422,
+        "invalid_image",
+    )
 
 
 def test_size_and_count_limits(make_client):
@@ -117,15 +132,20 @@ def test_size_and_count_limits(make_client):
     error(c.post("/embed", files=[("images", ("a.png", png))] * 4), 413, "too_many_images")
     error(c.post("/embed", files=[("images", ("a.png", png))] * 100), 413, "too_many_images")
     error(c.post("/embed", json={"images": [""] * 100}), 413, "too_many_images")
-    error(c.post("/embed", files={"images": ("a.png", b"\x00" * 80_000)}), 413,
-          "upload_too_large")  # fmt: skip
+    error(c.post("/embed", files={"images": ("a.png", b"\x00" * 80_000)}), 413, "upload_too_large")
     # A body without a length that streams past the limit is cut off while it is read.
-    r = c.post("/embed", content=iter([b"{" + b" " * 10_000] * 20),
-               headers={"content-type": "application/json"})  # fmt: skip
+    r = c.post(
+        "/embed",
+        content=iter([b"{" + b" " * 10_000] * 20),
+        headers={"content-type": "application/json"},
+    )
     error(r, 413, "upload_too_large")
     # A declared length over the limit is refused before the body is read.
-    r = c.post("/embed", content=b"{}", headers={"content-type": "application/json",
-                                                 "content-length": "999999999999"})  # fmt: skip
+    r = c.post(
+        "/embed",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": "999999999999"},
+    )
     error(r, (400, 413))
     # Too many non-file fields, or a huge one.
     fields = {f"f{i}": "1" for i in range(100)}
@@ -174,8 +194,10 @@ def test_valid_json_with_parameters(client):
     png = base64.b64encode(EXOTIC["rgb.png"][0]).decode()
     r = client.post("/classify", json={"image": png, "k": 5, "temperature": 0.1})
     assert r.status_code == 200 and len(r.json()["neighbors"]) == 5
-    r = client.post("/attention", json={"image": f"data:image/png;base64,{png}",
-                                        "threshold": 0.5, "format": "json"})  # fmt: skip
+    r = client.post(
+        "/attention",
+        json={"image": f"data:image/png;base64,{png}", "threshold": 0.5, "format": "json"},
+    )
     assert r.status_code == 200
     body = json.dumps({"images": [png, png], "extra": None}).encode()
     r = client.post("/embed", content=body, headers={"content-type": "application/json"})
