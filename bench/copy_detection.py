@@ -188,9 +188,9 @@ def copy_detection(args: argparse.Namespace, work: Path) -> dict:
     rows = []
     for t in [float(x) for x in args.thresholds.split(",")]:
         found = find_duplicates(db, physical, t, k=args.k)
-        rows.append({"threshold": t, "seconds": round(found.seconds, 2),
-                     **{k: round(v, 4) if isinstance(v, float) else v
-                        for k, v in score(found.groups, truth).items()}})  # fmt: skip
+        scores = score(found.groups, truth)
+        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
+        rows.append({"threshold": t, "seconds": round(found.seconds, 2), **rounded})
         print(json.dumps(rows[-1]), file=sys.stderr)
     db.close()
     return {

@@ -72,11 +72,11 @@ def print_groups(body: dict[str, Any]) -> None:
         print(f"… {body['total_groups'] - len(body['groups'])} more groups (--limit)")
 
 
-def cmd_duplicates(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     threshold = args.threshold or settings.discovery.duplicate_threshold
     if not 0 < threshold <= 1:
-        raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
+        print(f"dinoserve: error: --threshold must be in (0, 1], got {threshold}", file=sys.stderr)
+        return 2
     try:
         try:
             body = local(settings, args.name, threshold, args.limit)
@@ -105,4 +105,4 @@ def add_parsers(sub: Any) -> None:
     )
     d.add_argument("--limit", type=int, default=20, help="groups shown, largest first (20)")
     d.add_argument("--json", action="store_true", help="the groups as JSON (the HTTP answer)")
-    d.set_defaults(func=cmd_duplicates)
+    d.set_defaults(func=cmd_duplicates, reads_settings=True)
