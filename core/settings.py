@@ -164,6 +164,24 @@ class RefreshSettings(BaseModel):
     catch_up_passes: int = Field(3, ge=0, le=100)
 
 
+class DiscoverySettings(BaseModel):
+    """Discovery without labels (`DINOSERVE_DISCOVERY__*`): clusters of a collection's
+    embeddings (core/clusters.py, POST /collections/{name}/clusters)."""
+
+    # Cluster jobs' results, one folder per physical collection (so per model version); they
+    # survive a restart and are reused while the collection is unchanged.
+    clusters_dir: Path = Path("var/discovery/clusters")
+    # Threads for k-means (BLAS/OpenMP): 1 leaves the other cores to requests while a job runs.
+    cluster_threads: int = Field(1, ge=1, le=256)
+    # Above this many points, MiniBatchKMeans instead of full k-means (n_init restarts).
+    minibatch_above: int = Field(20_000, ge=100)
+    # Automatic k: each candidate is fitted on a seeded sample of at most this many points and
+    # scored by the silhouette on it (cost grows with the square of the sample).
+    k_sample: int = Field(4000, ge=100, le=100_000)
+    k_max: int = Field(50, ge=2, le=1000)  # the largest k a request may ask for or try
+    nearest: int = Field(12, ge=1, le=200)  # images shown per cluster, nearest its centre first
+
+
 class Settings(BaseSettings):
     """Service settings; the variable names (DESIGN.md's table) are part of the contract."""
 
@@ -203,6 +221,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
 
     @model_validator(mode="before")
     @classmethod
