@@ -55,6 +55,22 @@ def as_seen(record: dict[str, Any], live: bool) -> dict[str, Any]:
     return record
 
 
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A job's record as clients see it: without the cache key and the fingerprint, and without
+    each cluster's member list (GET …/clusters/{job}/{cluster} pages that)."""
+    out = {k: v for k, v in record.items() if k not in ("key", "fingerprint")}
+    result = record.get("result")
+    if result:
+        out["result"] = {
+            **result,
+            "clusters": [
+                {k: v for k, v in c.items() if k not in ("members", "similarity")}
+                for c in result["clusters"]
+            ],
+        }
+    return out
+
+
 class ClusterResults:
     """The records of cluster jobs under one folder (DINOSERVE_DISCOVERY__CLUSTERS_DIR)."""
 
@@ -129,7 +145,6 @@ def run_job(
     results: ClusterResults,
     db: Store,
     record: dict[str, Any],
-    k_cap: int,
     threads: int,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
@@ -141,6 +156,8 @@ def run_job(
 
     def progress(phase: str, done: int, total: int) -> None:
         record["progress"] = {"phase": phase, "done": done, "total": total}
+        if should_stop and should_stop():
+            raise Stopped(f"stopped while {phase}")
 
     results.save(record)
     t0 = time.perf_counter()
@@ -148,7 +165,7 @@ def run_job(
         # BLAS and OpenMP threads of k-means: few, so that requests keep their cores.
         with threadpool_limits(threads):
             emb = read_embeddings(db, physical, progress)
-            result = cluster(emb, params, tuning, k_cap, progress, should_stop)
+            result = cluster(emb, params, tuning, progress, should_stop)
         record.update(state="done", fingerprint=emb.fingerprint, result=result,
                       key=cache_key(physical, params, tuning, emb.fingerprint))  # fmt: skip
         record["progress"] = {"phase": "done", "done": 1, "total": 1}

@@ -69,6 +69,7 @@ class Tuning:
     minibatch_above: int = 20_000
     k_sample: int = 4000
     nearest: int = 12
+    k_cap: int = 50  # automatic k tries at most this
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,8 +171,8 @@ def k_range(params: ClusterParams, n: int, k_cap: int) -> tuple[int, int]:
     hi = min(params.k_max, k_cap, n // 5)
     if hi < max(params.k_min, 2):
         raise NotEnoughPoints(
-            f"{n} points are too few to choose k in {params.k_min}..{params.k_max} "
-            "(automatic k needs at least 5 points per cluster): give k"
+            f"no k to try in {params.k_min}..{params.k_max} for {n} points: automatic k tries "
+            f"at most points / 5 and {k_cap} (DINOSERVE_DISCOVERY__K_MAX); give k"
         )
     return max(params.k_min, 2), hi
 
@@ -192,7 +193,6 @@ def cluster(
     emb: Embeddings,
     params: ClusterParams,
     tuning: Tuning = Tuning(),
-    k_cap: int = 50,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def cluster(
     x, n = emb.vectors, len(emb.ids)
     scores: dict[int, float] = {}
     if params.k is None:
-        lo, hi = k_range(params, n, k_cap)
+        lo, hi = k_range(params, n, tuning.k_cap)
         k, scores = choose_k(x, lo, hi, params.seed, tuning, progress, should_stop)
     else:
         k = params.k

@@ -178,7 +178,7 @@ class DiscoverySettings(BaseModel):
     # Automatic k: each candidate is fitted on a seeded sample of at most this many points and
     # scored by the silhouette on it (cost grows with the square of the sample).
     k_sample: int = Field(4000, ge=100, le=100_000)
-    k_max: int = Field(50, ge=2, le=1000)  # the largest k a request may ask for or try
+    k_max: int = Field(50, ge=2, le=1000)  # the largest k automatic choice tries
     nearest: int = Field(12, ge=1, le=200)  # images shown per cluster, nearest its centre first
 
 

@@ -7,6 +7,7 @@ from api.routes import (
     admin,
     attention,
     classify,
+    clusters,
     collections,
     docs,
     embed,
@@ -18,5 +19,6 @@ from api.routes import (
 
 # Every route: a query parameter given twice is refused (api.params.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
-for module in (embed, classify, search, attention, images, collections, health, page, docs, admin):
+for module in (embed, classify, search, attention, images, collections, clusters, health, page,
+               docs, admin):  # fmt: skip
     router.include_router(module.router)

@@ -123,7 +123,7 @@ def test_records_cache_and_interrupted(db, tmp_path):
     key = cache_key(physical, params, tuning, fingerprint(db, physical))
     assert results.cached(physical, key) is None
     record = new_record("rec", physical, params, tuning, key)
-    done = run_job(results, db, record, k_cap=50, threads=1)
+    done = run_job(results, db, record, threads=1)
     assert done["state"] == "done" and done["result"]["purity"] == 1.0
     assert results.cached(physical, key)["job"] == record["job"]
     assert results.load("rec", record["job"])["result"]["k"] == 3
@@ -139,7 +139,7 @@ def test_records_cache_and_interrupted(db, tmp_path):
     assert seen["state"] == "interrupted" and "start it again" in seen["error"]
     assert as_seen(cut, live=True)["state"] == "running"
     stopped = run_job(results, db, new_record("rec", physical, ClusterParams(k_max=3), tuning, "k"),
-                      50, 1, should_stop=lambda: True)  # fmt: skip
+                      1, should_stop=lambda: True)  # fmt: skip
     assert stopped["state"] == "interrupted"
     on_disk = json.loads((tmp_path / "clusters" / physical / f"{stopped['job']}.json").read_text())
     assert on_disk["state"] == "interrupted"
