@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoserve import collections_cli
 
     collections_cli.add_parsers(sub)  # collections list|delete
+    from dinoserve import clusters_cli
+
+    clusters_cli.add_parsers(sub)  # clusters NAME
     return p
 
 
