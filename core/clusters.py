@@ -110,18 +110,23 @@ def read_embeddings(
     """Every point of `physical` with its vector, L2-normalised, and the fingerprint of what was
     read (the same as `fingerprint` gives for an unchanged collection)."""
     total = db.count(physical)
-    ids, uris, labels, rows, vecs = [], [], [], [], []
+    # One (N, D) array filled in place: a list of row arrays stacked at the end would hold the
+    # vectors twice at the peak.
+    x = np.empty((total, db.dim(physical)), np.float32)
+    ids, uris, labels, rows = [], [], [], []
     for p in db.iter_points(physical, FIELDS, page=page, vectors=True):
         if p.vector is None:
             continue
+        if len(ids) == len(x):  # points added while reading
+            x = np.concatenate([x, np.empty_like(x[: max(1, len(x) // 4)])])
+        x[len(ids)] = p.vector
         ids.append(p.id)
         uris.append(p.payload.get("uri"))
         labels.append(p.payload.get("label"))
         rows.append(_row(p))
-        vecs.append(np.asarray(p.vector, np.float32))
         if progress and len(ids) % page == 0:
             progress("reading", len(ids), total)
-    x = np.stack(vecs) if vecs else np.zeros((0, db.dim(physical)), np.float32)
+    x = x[: len(ids)]
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return Embeddings(ids, uris, labels, x, _digest(rows))
 
@@ -225,7 +230,11 @@ def cluster(
     centres = model.cluster_centers_ / np.maximum(
         np.linalg.norm(model.cluster_centers_, axis=1, keepdims=True), 1e-12
     )
-    sims = np.einsum("nd,nd->n", x, centres[assigned])  # each point's cosine to its centre
+    # Each point's cosine to its centre, in chunks: (chunk, k) at a time, never a copy of x.
+    sims = np.concatenate([
+        np.take_along_axis(x[i : i + 8192] @ centres.T, assigned[i : i + 8192, None], 1)[:, 0]
+        for i in range(0, n, 8192)
+    ]) if n else np.zeros(0, np.float32)  # fmt: skip
     sizes = np.bincount(assigned, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], c))  # renumbered: largest first
     clusters = []
