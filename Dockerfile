@@ -66,12 +66,13 @@ COPY --from=build /opt/venv /opt/venv
 RUN useradd --create-home --uid 10001 --user-group dinoserve \
     && mkdir -p /data/models /data/state /data/runs /data/blobs \
     && chown -R dinoserve:dinoserve /data
-# Model registry, embedded Qdrant + index reports, and training runs live outside the image: an
-# immutable image serves whatever package the models volume holds (CURRENT), and the state
-# survives container replacement. The serve host is 0.0.0.0 here (127.0.0.1 outside containers).
+# Model registry, embedded Qdrant + index reports + cluster results, and training runs live
+# outside the image: an immutable image serves whatever package the models volume holds
+# (CURRENT), and the state survives container replacement. The serve host is 0.0.0.0 here (127.0.0.1 outside containers).
 ENV DINOSERVE_MODELS_DIR=/data/models \
     DINOSERVE_QDRANT_PATH=/data/state/qdrant \
     DINOSERVE_INDEX_DIR=/data/state/index \
+    DINOSERVE_DISCOVERY__CLUSTERS_DIR=/data/state/clusters \
     DINOSERVE_BLOB_DIR=/data/blobs \
     DINOSERVE_SERVE__HOST=0.0.0.0
 VOLUME ["/data/models", "/data/state", "/data/runs", "/data/blobs"]

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api.cluster_jobs import ClusterJobs
 from api.index_jobs import IndexJobs
 from api.metrics import Metrics
 from api.refresh import Refresher
@@ -40,6 +41,7 @@ class Runtime:
     executor: ThreadPoolExecutor
     admin: Any = None  # api.refresh.Refresher
     indexing: Any = None  # api.index_jobs.IndexJobs
+    clusters: Any = None  # api.cluster_jobs.ClusterJobs (None: not in HTTP worker processes)
     writes: WriteGate = dataclasses.field(default_factory=WriteGate)  # collection writes
 
     @property
@@ -101,11 +103,13 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
     runtime.admin = Refresher(runtime)
     runtime.indexing = IndexJobs(runtime)
+    runtime.clusters = ClusterJobs(runtime)
     runtime.admin.start_watch()
     log.info("serving %s %s (%s)", meta.name, meta.version, settings.engine)
     try:
         yield {"runtime": runtime}
     finally:
+        await runtime.clusters.stop()
         await runtime.indexing.stop()
         await runtime.admin.stop()
         await runtime.serving.close()

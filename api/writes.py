@@ -196,6 +196,27 @@ class Writer:
             raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
         return point.payload
 
+    def relabel_many(
+        self, physical: str, ids: list[str], label: str | None, chunk: int = 1024
+    ) -> int:
+        """Set or remove (None) the label of many points (a cluster's members): those of `ids`
+        that still exist, a chunk per store call. Returns how many were labelled."""
+        done = 0
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            present = [p.id for p in self.db.retrieve(physical, part, ["uri"])]
+            try:
+                self.db.set_payload(physical, present, {"label": label})
+            except StoreError:
+                # As in `relabel`: a point deleted meanwhile fails the call; the rest again.
+                again = {p.id for p in self.db.retrieve(physical, present, ["uri"])}
+                if again == set(present):
+                    raise
+                present = [pid for pid in present if pid in again]
+                self.db.set_payload(physical, present, {"label": label})
+            done += len(present)
+        return done
+
     def delete(self, physical: str, pid: str) -> bool:
         """Delete a point, and its uploaded bytes when no point uses them any more. Returns
         whether the bytes were removed.

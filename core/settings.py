@@ -165,7 +165,8 @@ class RefreshSettings(BaseModel):
 
 
 class DiscoverySettings(BaseModel):
-    """Finding structure without labels (`DINOSERVE_DISCOVERY__*`): near-duplicates."""
+    """Discovery without labels (`DINOSERVE_DISCOVERY__*`): near-duplicates (core/duplicates.py)
+    and clusters of a collection's embeddings (core/clusters.py)."""
 
     # Least cosine similarity of two images that count as near-copies (GET /collections/{name}/
     # duplicates, `dinoserve duplicates`). Provisional: bench/copy_detection.py picks it once
@@ -175,6 +176,19 @@ class DiscoverySettings(BaseModel):
     # Neighbours asked per image: groups form through chains, so larger groups than this are
     # still found; more costs time (n queries of top-k).
     duplicate_k: int = Field(10, ge=1, le=100)
+
+    # Cluster jobs' results, one folder per physical collection (so per model version); they
+    # survive a restart and are reused while the collection is unchanged.
+    clusters_dir: Path = Path("var/discovery/clusters")
+    # Threads for k-means (BLAS/OpenMP): 1 leaves the other cores to requests while a job runs.
+    cluster_threads: int = Field(1, ge=1, le=256)
+    # Above this many points, MiniBatchKMeans instead of full k-means (n_init restarts).
+    minibatch_above: int = Field(20_000, ge=100)
+    # Automatic k: each candidate is fitted on a seeded sample of at most this many points and
+    # scored by the silhouette on it (cost grows with the square of the sample).
+    k_sample: int = Field(4000, ge=100, le=100_000)
+    k_max: int = Field(50, ge=2, le=1000)  # the largest k automatic choice tries
+    nearest: int = Field(12, ge=1, le=200)  # images shown per cluster, nearest its centre first
 
 
 class Settings(BaseSettings):

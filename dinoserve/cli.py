@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoserve import duplicates_cli
 
     duplicates_cli.add_parsers(sub)  # duplicates NAME
+
+    from dinoserve import clusters_cli
+
+    clusters_cli.add_parsers(sub)  # clusters NAME
     return p
 
 

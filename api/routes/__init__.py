@@ -7,6 +7,7 @@ from api.routes import (
     admin,
     attention,
     classify,
+    clusters,
     collections,
     docs,
     duplicates,
@@ -19,6 +20,6 @@ from api.routes import (
 
 # Every route: a query parameter given twice is refused (api.params.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
-for module in (embed, classify, search, attention, images, collections, duplicates, health, page,
-               docs, admin):  # fmt: skip
+modules = [embed, classify, search, attention, images, collections, duplicates, clusters]
+for module in (*modules, health, page, docs, admin):
     router.include_router(module.router)
