@@ -70,11 +70,16 @@ class ClusterJobs:
         d = self.rt.settings.discovery
         try:
             await asyncio.to_thread(
-                run_job, self.results, self.rt.store, record, d.cluster_threads,
+                run_job,
+                self.results,
+                self.rt.store,
+                record,
+                d.cluster_threads,
                 self._stop.is_set,
-            )  # fmt: skip
-            log.info("cluster job %s on %s: %s", record["job"], record["collection"],
-                     record["state"])  # fmt: skip
+            )
+            log.info(
+                "cluster job %s on %s: %s", record["job"], record["collection"], record["state"]
+            )
         except Exception:  # run_job saved it as failed; the service keeps serving
             log.exception("cluster job %s failed", record["job"])
         finally:

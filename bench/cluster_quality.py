@@ -58,11 +58,20 @@ def trained_package(data: Path, work: Path, epochs: int) -> Path:
     from training.export import export_run
     from training.train import train
 
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train={data}", f"data.cache_dir={work / 'cache'}", f"optim.epochs={epochs}",
-        "data.holdout_per_class=0", "eval.at_start=false", f"eval.every_epochs={epochs + 1}",
-        "run.threads=1", "data.num_workers=1", "run.tensorboard=false",
-    ])  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.train={data}",
+            f"data.cache_dir={work / 'cache'}",
+            f"optim.epochs={epochs}",
+            "data.holdout_per_class=0",
+            "eval.at_start=false",
+            f"eval.every_epochs={epochs + 1}",
+            "run.threads=1",
+            "data.num_workers=1",
+            "run.tensorboard=false",
+        ],
+    )
     result = train(cfg, work / "run")
     print(f"trained {result.steps} steps, {result.images_per_s:.0f} img/s", file=sys.stderr)
     return export_run(work / "run", work / "models", "tiny-cifar")
@@ -81,8 +90,9 @@ def quality(package: Path, data: Path, work: Path, name: str) -> dict:
 
     meta = read_meta(package)
     engine = load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))
-    embedder = Embedder(engine.embed, lambda img: preprocess_batch(meta, [img])[0],
-                        engine.model_version, engine.dim)  # fmt: skip
+    embedder = Embedder(
+        engine.embed, lambda img: preprocess_batch(meta, [img])[0], engine.model_version, engine.dim
+    )
     db = EdgeStore(work / f"qdrant-{name}", Layout())
     try:
         Indexer(db, embedder, "cifar", batch=64, workers=1).run(
@@ -94,10 +104,17 @@ def quality(package: Path, data: Path, work: Path, name: str) -> dict:
         seconds = time.perf_counter() - t0
     finally:
         db.close()
-    return {"what": "quality", "model": name, "package": str(package),
-            "provenance": meta.provenance.get("source") if meta.provenance else None,
-            "points": out["points"], "k": 10, "nmi": round(out["nmi"], 4),
-            "purity": round(out["purity"], 4), "cluster_seconds": round(seconds, 2)}  # fmt: skip
+    return {
+        "what": "quality",
+        "model": name,
+        "package": str(package),
+        "provenance": meta.provenance.get("source") if meta.provenance else None,
+        "points": out["points"],
+        "k": 10,
+        "nmi": round(out["nmi"], 4),
+        "purity": round(out["purity"], 4),
+        "cluster_seconds": round(seconds, 2),
+    }
 
 
 def timing(points: int, work: Path, algorithm: str) -> dict:
@@ -116,8 +133,12 @@ def timing(points: int, work: Path, algorithm: str) -> dict:
             physical = db.ensure_collection("synth", "bench", 384)
             for lo, vecs, _ in chunks(points, seed=0):
                 uris = [f"/synth/{lo + j}" for j in range(len(vecs))]
-                db.upsert(physical, [point_id(u) for u in uris], vecs,
-                          [{"uri": u, "sha256": u} for u in uris])  # fmt: skip
+                db.upsert(
+                    physical,
+                    [point_id(u) for u in uris],
+                    vecs,
+                    [{"uri": u, "sha256": u} for u in uris],
+                )
             db.point_alias("synth", physical)
             db.optimize(physical)
             return {"what": "fill", "points": db.count(physical)}
@@ -133,10 +154,17 @@ def timing(points: int, work: Path, algorithm: str) -> dict:
             t2 = time.perf_counter()
     finally:
         db.close()
-    return {"what": "timing", "algorithm": out["algorithm"], "points": out["points"], "k": 20,
-            "read_s": round(t1 - t0, 2), "cluster_s": round(t2 - t1, 2),
-            "total_s": round(t2 - t0, 2),
-            "rss_before_mib": rss0, "peak_rss_mib": _status_mib("VmHWM")}  # fmt: skip
+    return {
+        "what": "timing",
+        "algorithm": out["algorithm"],
+        "points": out["points"],
+        "k": 20,
+        "read_s": round(t1 - t0, 2),
+        "cluster_s": round(t2 - t1, 2),
+        "total_s": round(t2 - t0, 2),
+        "rss_before_mib": rss0,
+        "peak_rss_mib": _status_mib("VmHWM"),
+    }
 
 
 def _status_mib(field: str) -> int:
@@ -172,10 +200,22 @@ def main() -> None:
         if args.points:
             for algorithm in ("fill", "minibatch", "kmeans"):
                 child = subprocess.run(
-                    [sys.executable, "-m", "bench.cluster_quality", "--child", algorithm,
-                     "--points", str(args.points), "--work", str(work)],
-                    cwd=ROOT, check=True, capture_output=True, text=True,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.cluster_quality",
+                        "--child",
+                        algorithm,
+                        "--points",
+                        str(args.points),
+                        "--work",
+                        str(work),
+                    ],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
                 if algorithm == "fill":
@@ -188,8 +228,13 @@ def main() -> None:
             if args.epochs:
                 t0 = time.perf_counter()
                 trained = trained_package(data, work, args.epochs)
-                rows.append({"what": "training", "epochs": args.epochs,
-                             "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+                rows.append(
+                    {
+                        "what": "training",
+                        "epochs": args.epochs,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
                 packages.append((f"tiny, trained {args.epochs} epochs on the sample", trained))
             for i, (name, pkg) in enumerate(packages):
                 rows.append(quality(pkg, data, work, f"m{i}") | {"model": name})

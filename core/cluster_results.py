@@ -43,8 +43,12 @@ def new_job_id() -> str:
 def cache_key(physical: str, params: ClusterParams, tuning: Tuning, fingerprint: str) -> str:
     """What makes two results the same: the physical collection (so the model version), the
     request, the tuning and the collection's content."""
-    what = {"physical": physical, "params": params.as_dict(), "tuning": tuning.as_dict(),
-            "fingerprint": fingerprint}  # fmt: skip
+    what = {
+        "physical": physical,
+        "params": params.as_dict(),
+        "tuning": tuning.as_dict(),
+        "fingerprint": fingerprint,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -166,8 +170,12 @@ def run_job(
         with threadpool_limits(threads):
             emb = read_embeddings(db, physical, progress)
             result = cluster(emb, params, tuning, progress, should_stop)
-        record.update(state="done", fingerprint=emb.fingerprint, result=result,
-                      key=cache_key(physical, params, tuning, emb.fingerprint))  # fmt: skip
+        record.update(
+            state="done",
+            fingerprint=emb.fingerprint,
+            result=result,
+            key=cache_key(physical, params, tuning, emb.fingerprint),
+        )
         record["progress"] = {"phase": "done", "done": 1, "total": 1}
     except Stopped:
         record.update(state="interrupted", error=INTERRUPTED)

@@ -231,10 +231,18 @@ def cluster(
         np.linalg.norm(model.cluster_centers_, axis=1, keepdims=True), 1e-12
     )
     # Each point's cosine to its centre, in chunks: (chunk, k) at a time, never a copy of x.
-    sims = np.concatenate([
-        np.take_along_axis(x[i : i + 8192] @ centres.T, assigned[i : i + 8192, None], 1)[:, 0]
-        for i in range(0, n, 8192)
-    ]) if n else np.zeros(0, np.float32)  # fmt: skip
+    sims = (
+        np.concatenate(
+            [
+                np.take_along_axis(x[i : i + 8192] @ centres.T, assigned[i : i + 8192, None], 1)[
+                    :, 0
+                ]
+                for i in range(0, n, 8192)
+            ]
+        )
+        if n
+        else np.zeros(0, np.float32)
+    )
     sizes = np.bincount(assigned, minlength=k)
     order = sorted(range(k), key=lambda c: (-sizes[c], c))  # renumbered: largest first
     clusters = []
@@ -242,18 +250,24 @@ def cluster(
         idx = np.flatnonzero(assigned == c)
         idx = idx[np.argsort(-sims[idx], kind="stable")]
         nearest = [
-            {"id": emb.ids[i], "uri": emb.uris[i], "label": emb.labels[i],
-             "similarity": round(float(sims[i]), 4)}
+            {
+                "id": emb.ids[i],
+                "uri": emb.uris[i],
+                "label": emb.labels[i],
+                "similarity": round(float(sims[i]), 4),
+            }
             for i in idx[: tuning.nearest]
-        ]  # fmt: skip
-        clusters.append({
-            "cluster": number,
-            "size": len(idx),
-            **_label_stats([emb.labels[i] for i in idx]),
-            "nearest": nearest,
-            "members": [emb.ids[i] for i in idx],
-            "similarity": [round(float(s), 4) for s in sims[idx]],
-        })  # fmt: skip
+        ]
+        clusters.append(
+            {
+                "cluster": number,
+                "size": len(idx),
+                **_label_stats([emb.labels[i] for i in idx]),
+                "nearest": nearest,
+                "members": [emb.ids[i] for i in idx],
+                "similarity": [round(float(s), 4) for s in sims[idx]],
+            }
+        )
     renumber = np.empty(k, int)
     renumber[order] = np.arange(k)
     labelled = [i for i, label in enumerate(emb.labels) if label is not None]
@@ -261,8 +275,10 @@ def cluster(
     found = renumber[assigned[labelled]] if labelled else []
     purity = nmi = None
     if labelled:
-        majority = sum(Counter(t for t, f in zip(truth, found, strict=True) if f == c)
-                       .most_common(1)[0][1] for c in set(found.tolist()))  # fmt: skip
+        majority = sum(
+            Counter(t for t, f in zip(truth, found, strict=True) if f == c).most_common(1)[0][1]
+            for c in set(found.tolist())
+        )
         purity = majority / len(labelled)
         nmi = float(normalized_mutual_info_score(truth, found))
     return {

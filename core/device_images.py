@@ -187,8 +187,11 @@ def preprocess_encoded(
     if jpeg:
         order = sorted(jpeg)
         decoded = _device_decode([datas[i] for i in order], device)
-        good = [(i, orient(im, jpeg[i][2])) for i, im in zip(order, decoded, strict=True)
-                if im is not None]  # fmt: skip
+        good = [
+            (i, orient(im, jpeg[i][2]))
+            for i, im in zip(order, decoded, strict=True)
+            if im is not None
+        ]
         if good:
             batch = resize_crop_normalize([im for _, im in good], img_size, crop_pct, mean, std)
             for n, (i, im) in enumerate(good):

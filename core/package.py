@@ -179,8 +179,9 @@ def known_models(models_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     active = [p for p in root.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_file()]
-    return [p.name for p in sorted(active, key=lambda p: (p / CURRENT).stat().st_mtime_ns,
-                                   reverse=True)]  # fmt: skip
+    return [
+        p.name for p in sorted(active, key=lambda p: (p / CURRENT).stat().st_mtime_ns, reverse=True)
+    ]
 
 
 def resolve(models_dir: Path, model: str) -> Path:

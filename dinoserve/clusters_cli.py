@@ -89,8 +89,10 @@ def hand_off(
             "DINOSERVE_SERVE__HOST and DINOSERVE_SERVE__PORT to the service's address, or stop "
             "the process that holds the store"
         ) from exc
-    print(f"the service at {svc.base} owns the store: it runs the job ({record['job']})",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"the service at {svc.base} owns the store: it runs the job ({record['job']})",
+        file=sys.stderr,
+    )
     while record["state"] == "running":
         time.sleep(poll_s)
         record = _http("GET", f"{url}/{record['job']}", key)
@@ -115,8 +117,7 @@ def table(record: dict[str, Any], shown: int = 3) -> str:
     return "\n".join(lines)
 
 
-def cmd_clusters(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
     params = params_from(args)
     try:
         try:
@@ -136,8 +137,7 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     elif record["state"] == "done":
         print(table(record))
     if record["state"] != "done":
-        print(f"dinoserve: error: clustering {record['state']}: {record['error']}",
-              file=sys.stderr)  # fmt: skip
+        print(f"dinoserve: error: clustering {record['state']}: {record['error']}", file=sys.stderr)
         return 1
     return 0
 
@@ -151,4 +151,4 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--k-max", type=int, default=20, help="automatic k: largest tried (20)")
     c.add_argument("--seed", type=int, default=0, help="seed of k-means and the sample (0)")
     c.add_argument("--json", action="store_true", help="the job's record as JSON")
-    c.set_defaults(func=cmd_clusters)
+    c.set_defaults(func=cmd_clusters, reads_settings=True)

@@ -32,8 +32,9 @@ def local(settings: Settings, name: str, threshold: float, limit: int) -> dict[s
                 bar.total = total
                 bar.update(done - bar.n)
 
-            found = find_duplicates(db, physical, threshold, settings.discovery.duplicate_k,
-                                    progress=progress)  # fmt: skip
+            found = find_duplicates(
+                db, physical, threshold, settings.discovery.duplicate_k, progress=progress
+            )
     finally:
         db.close()
     return {"collection": name, "physical_collection": physical, **found.page(0, limit)}

@@ -230,8 +230,9 @@ def _drop_written_before(data: dict[str, Any]) -> None:
         section, _, name = key.rpartition(".")
         node = data.get(section)
         if isinstance(node, dict) and node.pop(name, None) is not None:
-            log.info("ignoring %s from a run written by an earlier version (it was never read)",
-                     key)  # fmt: skip
+            log.info(
+                "ignoring %s from a run written by an earlier version (it was never read)", key
+            )
 
 
 def load_config(

@@ -18,9 +18,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = (
-    "circle", "square", "triangle", "diamond", "cross",
-    "ring", "star", "hexagon", "xmark", "halfmoon",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "cross",
+    "ring",
+    "star",
+    "hexagon",
+    "xmark",
+    "halfmoon",
+)
 
 
 def _polygon(cx: float, cy: float, r: float, n: int, rot: float, inner: float = 1.0):

@@ -45,10 +45,12 @@ class ClusterRequest(BaseModel):
     )
     k_min: int = Field(2, ge=2, le=1000, description="automatic k: the smallest tried")
     k_max: int = Field(
-        20, ge=2, le=1000,
+        20,
+        ge=2,
+        le=1000,
         description="automatic k: the largest tried (at most points / 5 and "
         "DINOSERVE_DISCOVERY__K_MAX)",
-    )  # fmt: skip
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="k-means' and the sample's seed")
 
     @model_validator(mode="after")
@@ -66,9 +68,12 @@ class LabelRequest(BaseModel):
 
     label: Label | None = Field(description="the label for the members; null removes theirs")
     max_distance: float | None = Field(
-        None, ge=0, le=2, allow_inf_nan=False,
+        None,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
         description="only members within this cosine distance (1 − similarity) of the centre",
-    )  # fmt: skip
+    )
 
 
 B = TypeVar("B", bound=BaseModel)
@@ -89,8 +94,9 @@ async def _json(request: Request, model: type[B], optional: bool = False) -> B:
 
 def _body_doc(model: type[BaseModel], required: bool) -> dict[str, Any]:
     schema = model.model_json_schema()
-    return {"requestBody": {"required": required,
-                            "content": {"application/json": {"schema": schema}}}}  # fmt: skip
+    return {
+        "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}
+    }
 
 
 def _jobs(rt: Runtime) -> ClusterJobs:
@@ -215,8 +221,11 @@ async def label_cluster(
     if body.max_distance is None:
         ids = list(c["members"])
     else:
-        ids = [i for i, s in zip(c["members"], c["similarity"], strict=True)
-               if 1 - s <= body.max_distance]  # fmt: skip
+        ids = [
+            i
+            for i, s in zip(c["members"], c["similarity"], strict=True)
+            if 1 - s <= body.max_distance
+        ]
     writer = _writer(rt)
     async with rt.writes.entry():
         physical = await rt.vectors.run(lambda: writer.target(name, rt.serving.version))

@@ -20,8 +20,11 @@ def test_discover_finds_and_names_clusters(start_server, browser, tmp_path):  # 
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    base = start_server(discovery={"clusters_dir": str(tmp_path / "clusters")},
-                        api_key="read", write_api_key="write")  # fmt: skip
+    base = start_server(
+        discovery={"clusters_dir": str(tmp_path / "clusters")},
+        api_key="read",
+        write_api_key="write",
+    )
     wait = WebDriverWait(browser, 60)
     browser.get(base + "/")
     prompt = wait.until(ec.alert_is_present())  # the page asks for the read key first
@@ -64,6 +67,10 @@ def test_discover_finds_and_names_clusters(start_server, browser, tmp_path):  # 
     browser.find_element(By.ID, "discover-tab").click()  # back to the classifier
     assert browser.find_element(By.TAG_NAME, "main").is_displayed()
     # The 401s that made the page ask for the keys are logged by the browser: those only.
-    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-              and not (e["source"] == "network" and "status of 401" in e["message"])]  # fmt: skip
+    severe = [
+        e
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE"
+        and not (e["source"] == "network" and "status of 401" in e["message"])
+    ]
     assert not severe, severe

@@ -67,8 +67,10 @@ def test_job_result_and_cache(make_client, discovery):
     first = client.get(f"/collections/shapes/clusters/{started['job']}/0?limit=3").json()
     assert first["size"] == clusters[0]["size"] and len(first["members"]) == 3
     assert [m["id"] for m in first["members"]] == [n["id"] for n in clusters[0]["nearest"][:3]]
-    rest = client.get(f"/collections/shapes/clusters/{started['job']}/0",
-                      params={"offset": first["next_offset"], "limit": 10_000}).json()  # fmt: skip
+    rest = client.get(
+        f"/collections/shapes/clusters/{started['job']}/0",
+        params={"offset": first["next_offset"], "limit": 10_000},
+    ).json()
     assert rest["next_offset"] is None and len(rest["members"]) == first["size"] - 3
 
 
@@ -176,13 +178,21 @@ def test_errors_in_the_one_shape(make_client, discovery):
     _error(client.get(f"/collections/nolabels/clusters/{done['job']}/2"), 404, "unknown_cluster")
     _error(client.get(f"/collections/shapes/clusters/{done['job']}"), 404, "unknown_job")
     _error(client.post(f"/collections/nolabels/clusters/{done['job']}/0/label", json={}), 422)
-    _error(client.post(f"/collections/nolabels/clusters/{done['job']}/0/label",
-                       json={"label": "a", "max_distance": 3}), 422)  # fmt: skip
+    _error(
+        client.post(
+            f"/collections/nolabels/clusters/{done['job']}/0/label",
+            json={"label": "a", "max_distance": 3},
+        ),
+        422,
+    )
     # `stale` holds another model version's embeddings: clusters, yes; labels through the
     # write path, no (as for PATCH).
     stale = run_clusters(client, "stale", k=2)
-    _error(client.post(f"/collections/stale/clusters/{stale['job']}/0/label", json={"label": "a"}),
-           409, "model_version_mismatch")  # fmt: skip
+    _error(
+        client.post(f"/collections/stale/clusters/{stale['job']}/0/label", json={"label": "a"}),
+        409,
+        "model_version_mismatch",
+    )
 
 
 def test_keys(make_client, discovery):

@@ -61,8 +61,12 @@ def test_clusters_hand_off_to_the_service_that_holds_the_store(
 
     assert main(["clusters", "blobs", "--k", "3"]) == 0  # free store: computed here, cached
     capsys.readouterr()
-    settings = Settings(model=str(tiny_package), write_api_key="w", api_key="r",
-                        inference=InferenceSettings(intra_op_threads=1))  # fmt: skip
+    settings = Settings(
+        model=str(tiny_package),
+        write_api_key="w",
+        api_key="r",
+        inference=InferenceSettings(intra_op_threads=1),
+    )
     running = [start_uvicorn(create_app(settings), port)]
     try:
         assert main(["clusters", "blobs", "--k", "3"]) == 2  # no key for the service

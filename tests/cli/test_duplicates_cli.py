@@ -18,13 +18,18 @@ def _store(path) -> list[str]:
     rng = np.random.default_rng(0)
     v = rng.normal(size=(40, 16)).astype(np.float32)
     v = np.concatenate([v, v[[0, 0, 0, 1]]])
-    uris = [f"/img/{i}.jpg" for i in range(40)] + ["/img/0b.jpg", "/img/0c.jpg", "/img/0d.jpg",
-                                                   "/img/1b.jpg"]  # fmt: skip
+    uris = [f"/img/{i}.jpg" for i in range(40)] + [
+        "/img/0b.jpg",
+        "/img/0c.jpg",
+        "/img/0d.jpg",
+        "/img/1b.jpg",
+    ]
     db = edge_store(path)
     physical = db.ensure_collection("dups", "20260101-000000-aaaa", 16)
     ids = [store.point_id(u) for u in uris]
-    db.upsert(physical, ids, v, [{"uri": u, "label": "cat" if u == "/img/1.jpg" else None}
-                                 for u in uris])  # fmt: skip
+    db.upsert(
+        physical, ids, v, [{"uri": u, "label": "cat" if u == "/img/1.jpg" else None} for u in uris]
+    )
     db.point_alias("dups", physical)
     db.close()
     return ids

@@ -58,12 +58,22 @@ def _reference_cls_attention(vit, x):
     ("arch", "kwargs", "size"),
     [
         # the tiny preset's path: patch 4 on 32 px, NHWC patch tokens with dynamic_img_size
-        ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2,
-                                  "num_heads": 2, "dynamic_img_size": True}, 32),
+        (
+            "vit_tiny_patch16_224",
+            {
+                "img_size": 32,
+                "patch_size": 4,
+                "embed_dim": 32,
+                "depth": 2,
+                "num_heads": 2,
+                "dynamic_img_size": True,
+            },
+            32,
+        ),
         # ViT-S/16-shaped (2 blocks for speed) with register tokens to skip
         ("vit_small_patch16_224", {"depth": 2, "reg_tokens": 4, "dynamic_img_size": True}, 224),
     ],
-)  # fmt: skip
+)
 def test_wrapper_matches_timm(arch, kwargs, size):
     torch.manual_seed(0)
     vit = timm.create_model(arch, num_classes=0, global_pool="token", **kwargs).eval()

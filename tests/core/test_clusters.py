@@ -35,8 +35,10 @@ def blobs(n_per: int, centres: int, dim: int = 16, spread: float = 0.05, seed: i
 def fill(db, name: str, x: np.ndarray, labels: list[str | None]) -> str:
     physical = db.ensure_collection(name, VERSION, x.shape[1])
     uris = [f"/data/{i:05d}.png" for i in range(len(x))]
-    payloads = [{"uri": u, "label": lab, "sha256": f"{i:064x}"}
-                for i, (u, lab) in enumerate(zip(uris, labels, strict=True))]  # fmt: skip
+    payloads = [
+        {"uri": u, "label": lab, "sha256": f"{i:064x}"}
+        for i, (u, lab) in enumerate(zip(uris, labels, strict=True))
+    ]
     db.upsert(physical, [store.point_id(u) for u in uris], x, payloads)
     db.point_alias(name, physical)
     return physical
@@ -138,8 +140,13 @@ def test_records_cache_and_interrupted(db, tmp_path):
     seen = as_seen(results.load("rec", cut["job"]), live=False)
     assert seen["state"] == "interrupted" and "start it again" in seen["error"]
     assert as_seen(cut, live=True)["state"] == "running"
-    stopped = run_job(results, db, new_record("rec", physical, ClusterParams(k_max=3), tuning, "k"),
-                      1, should_stop=lambda: True)  # fmt: skip
+    stopped = run_job(
+        results,
+        db,
+        new_record("rec", physical, ClusterParams(k_max=3), tuning, "k"),
+        1,
+        should_stop=lambda: True,
+    )
     assert stopped["state"] == "interrupted"
     on_disk = json.loads((tmp_path / "clusters" / physical / f"{stopped['job']}.json").read_text())
     assert on_disk["state"] == "interrupted"

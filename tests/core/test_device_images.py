@@ -45,8 +45,17 @@ def encoded() -> list[bytes]:
 
 
 def _run(meta, datas, **kw):
-    return preprocess_encoded(datas, meta.img_size, meta.mean, meta.std, meta.crop_pct, CPU,
-                              max_pixels=10**7, tensor_decode=True, **kw)  # fmt: skip
+    return preprocess_encoded(
+        datas,
+        meta.img_size,
+        meta.mean,
+        meta.std,
+        meta.crop_pct,
+        CPU,
+        max_pixels=10**7,
+        tensor_decode=True,
+        **kw,
+    )
 
 
 def test_every_exif_orientation_matches_pil():
@@ -88,16 +97,25 @@ def test_bad_and_oversized_images_fall_back_or_are_rejected(micro_package, encod
     assert set(out.rejected) >= {1, 3}
     assert {e.reason for e in out.rejected.values()} <= {"invalid", "empty"}
     assert out.index[0] == 0 and 4 in out.index and out.images.shape[0] == len(out.index)
-    small = preprocess_encoded(encoded[:1] + encoded[7:], meta.img_size, meta.mean, meta.std,
-                               meta.crop_pct, CPU, max_pixels=100, tensor_decode=True)  # fmt: skip
+    small = preprocess_encoded(
+        encoded[:1] + encoded[7:],
+        meta.img_size,
+        meta.mean,
+        meta.std,
+        meta.crop_pct,
+        CPU,
+        max_pixels=100,
+        tensor_decode=True,
+    )
     assert sorted(small.rejected) == [0, 1] and small.images.shape[0] == 0
     assert {e.reason for e in small.rejected.values()} == {"too_large"}
 
 
 def test_without_cuda_everything_takes_the_pil_path(micro_package, encoded):
     meta = read_meta(micro_package)
-    out = preprocess_encoded(encoded, meta.img_size, meta.mean, meta.std, meta.crop_pct, CPU,
-                             max_pixels=10**7)  # fmt: skip
+    out = preprocess_encoded(
+        encoded, meta.img_size, meta.mean, meta.std, meta.crop_pct, CPU, max_pixels=10**7
+    )
     assert out.fallback == len(encoded)
     want = preprocess_batch(meta, [decode_image(d, 10**7) for d in encoded])
     np.testing.assert_allclose(out.images.numpy(), want, atol=1e-6)
@@ -107,8 +125,9 @@ def test_without_cuda_everything_takes_the_pil_path(micro_package, encoded):
 def test_nvjpeg_matches_the_pil_path(micro_package, encoded):
     meta = read_meta(micro_package)
     cuda = torch.device("cuda")
-    out = preprocess_encoded(encoded, meta.img_size, meta.mean, meta.std, meta.crop_pct, cuda,
-                             max_pixels=10**7)  # fmt: skip
+    out = preprocess_encoded(
+        encoded, meta.img_size, meta.mean, meta.std, meta.crop_pct, cuda, max_pixels=10**7
+    )
     assert out.images.device.type == "cuda" and out.fallback == 1
     want = preprocess_batch(meta, [decode_image(d, 10**7) for d in encoded])
     assert np.abs(out.images.cpu().numpy() - want).mean() < 0.05

@@ -10,10 +10,19 @@ from core.package import IntegrityError, PackageError, PackageMeta
 
 def _meta(name: str = "m") -> PackageMeta:
     return PackageMeta(
-        name=name, arch="vit_tiny_patch16_224", timm_kwargs={"num_classes": 0}, img_size=32,
-        patch_size=4, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), crop_pct=1.0, embed_dim=32,
-        num_heads=2, grid=(8, 8), onnx={"fp32": package.OnnxVariant(file=package.ONNX_FP32)},
-    )  # fmt: skip
+        name=name,
+        arch="vit_tiny_patch16_224",
+        timm_kwargs={"num_classes": 0},
+        img_size=32,
+        patch_size=4,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.2, 0.2, 0.2),
+        crop_pct=1.0,
+        embed_dim=32,
+        num_heads=2,
+        grid=(8, 8),
+        onnx={"fp32": package.OnnxVariant(file=package.ONNX_FP32)},
+    )
 
 
 def _write(models: Path, name: str = "m", payload: bytes = b"onnx") -> Path:

@@ -31,8 +31,10 @@ def _fill(db, name: str, n: int, dim: int = 16, labels: bool = True) -> tuple[st
     db.point_alias(name, physical)
     x = _unit(n, dim)
     ids = [point_id(f"img{i}") for i in range(n)]
-    payloads = [{"uri": f"img{i}", "label": f"c{i % 3}" if labels and i % 2 else None,
-                 "sha256": f"h{i}"} for i in range(n)]  # fmt: skip
+    payloads = [
+        {"uri": f"img{i}", "label": f"c{i % 3}" if labels and i % 2 else None, "sha256": f"h{i}"}
+        for i in range(n)
+    ]
     db.upsert(physical, ids, x, payloads)
     return physical, x
 
@@ -101,8 +103,13 @@ def test_one_process_owns_the_store(tmp_path):
     with pytest.raises(StoreUnusable, match=f"in use by pid {os.getpid()}"):
         edge_store(tmp_path / "q")
     code = "from tests.stores import edge_store; import sys; edge_store(sys.argv[1])"
-    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q")], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "q")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert other.returncode != 0 and "is in use by pid" in other.stderr
     db.close()
     edge_store(tmp_path / "q").close()  # free again once closed
@@ -156,8 +163,11 @@ def small_disk(tmp_path):
     """A 64 MiB tmpfs (needs root, as in CI); unmounted at the end."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mnt

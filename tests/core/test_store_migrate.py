@@ -87,8 +87,12 @@ def test_export_copies_everything_and_resumes(tmp_path):
     x = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
     for version in ("v1", "v2"):
         physical = src.ensure_collection("photos", version, 8)
-        src.upsert(physical, [point_id(f"i{i}") for i in range(300)], x,
-                   [{"uri": f"i{i}", "sha256": f"h{i}"} for i in range(300)])  # fmt: skip
+        src.upsert(
+            physical,
+            [point_id(f"i{i}") for i in range(300)],
+            x,
+            [{"uri": f"i{i}", "sha256": f"h{i}"} for i in range(300)],
+        )
     src.point_alias("photos", "photos__v2")
     dst = memory_server()
 

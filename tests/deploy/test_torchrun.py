@@ -17,11 +17,28 @@ def test_dinoserve_train_under_torchrun_two_processes(synthetic_dir, tmp_path):
     out = tmp_path / "run"
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "dinoserve", "train", "--config", "configs/tiny.yaml", "--data", str(synthetic_dir),
-        "--out", str(out), *MICRO, f"data.cache_dir={tmp_path / 'cache'}", "optim.epochs=1",
-        "run.device=cpu", "data.holdout_per_class=2", "eval.at_start=true",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dinoserve",
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--data",
+        str(synthetic_dir),
+        "--out",
+        str(out),
+        *MICRO,
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "optim.epochs=1",
+        "run.device=cpu",
+        "data.holdout_per_class=2",
+        "eval.at_start=true",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("run: ")]

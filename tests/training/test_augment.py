@@ -79,9 +79,16 @@ def test_same_seed_same_views_different_seed_different_views():
 
 def test_full_crop_without_photometrics_is_identity_or_mirror():
     cfg = _cfg(
-        global_scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0),
-        solarize_p=0.0, local_number=0, global_size=40, mean=(0, 0, 0), std=(1, 1, 1),
-    )  # fmt: skip
+        global_scale=(1.0, 1.0),
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(0.0, 0.0, 0.0),
+        solarize_p=0.0,
+        local_number=0,
+        global_size=40,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     images = torch.rand(6, 3, 40, 40)
     views = MultiCropAugment(cfg)(images, torch.ones(6), torch.Generator().manual_seed(0))
     for v in views:

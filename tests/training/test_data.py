@@ -88,8 +88,10 @@ def test_holdout_split(synthetic_dir):
     rest, held = split_holdout(list_images(synthetic_dir), per_class=2)
     assert len(held.files) == 20 and len(rest.files) == 100
     assert not set(held.files) & set(rest.files)
-    by_class = {c: [f for f, lab in zip(rest.files, rest.labels, strict=True) if lab == c]
-                for c in range(10)}  # fmt: skip
+    by_class = {
+        c: [f for f, lab in zip(rest.files, rest.labels, strict=True) if lab == c]
+        for c in range(10)
+    }
     for f, lab in zip(held.files, held.labels, strict=True):
         assert f.parent.name == held.classes[lab]
         assert f.name > max(p.name for p in by_class[lab])  # the last ones of the class

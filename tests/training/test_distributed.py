@@ -16,12 +16,24 @@ def test_two_process_gloo_keeps_centre_and_teacher_identical(synthetic_dir, tmp_
     # k-NN evaluation at the start and at the end, sharded over both ranks (2 held out per class).
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(WORKER), str(TINY_PRESET), str(tmp_path),
-        *MICRO, f"data.train={synthetic_dir}", f"data.cache_dir={tmp_path / 'cache'}",
-        "optim.epochs=2", "run.device=cpu", "data.holdout_per_class=2", "eval.at_start=true",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(TINY_PRESET),
+        str(tmp_path),
+        *MICRO,
+        f"data.train={synthetic_dir}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "optim.epochs=2",
+        "run.device=cpu",
+        "data.holdout_per_class=2",
+        "eval.at_start=true",
         "eval.every_epochs=2",
-    ]  # fmt: skip
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -24,9 +24,15 @@ def test_teacher_temp_warmup():
 
 def test_run_schedules_follow_the_paper():
     cfg = load_config(
-        None, ["optim.epochs=10", "optim.warmup_epochs=2", "data.batch_size=512",
-               "loss.warmup_teacher_temp_epochs=3", "optim.freeze_last_layer_epochs=1"],
-    )  # fmt: skip
+        None,
+        [
+            "optim.epochs=10",
+            "optim.warmup_epochs=2",
+            "data.batch_size=512",
+            "loss.warmup_teacher_temp_epochs=3",
+            "optim.freeze_last_layer_epochs=1",
+        ],
+    )
     ipe = 20
     s = build_schedules(cfg, ipe, world_size=2)
     assert s.total_iters == 200

@@ -12,9 +12,12 @@ from training.train import Trainer, train
 
 def test_short_run_writes_everything(micro_config, tmp_path):
     cfg = micro_config(
-        "optim.epochs=2", "data.holdout_per_class=2", "eval.every_epochs=1",
-        "eval.at_start=true", "run.tensorboard=true",
-    )  # fmt: skip
+        "optim.epochs=2",
+        "data.holdout_per_class=2",
+        "eval.every_epochs=1",
+        "eval.at_start=true",
+        "run.tensorboard=true",
+    )
     result = train(cfg, tmp_path)
     assert result.steps == 2 * (100 // 8)
     assert result.knn_start is not None and 0 <= result.knn_start <= 100
@@ -75,9 +78,12 @@ def test_last_layer_frozen_during_first_epoch(micro_config, tmp_path):
     assert all(torch.equal(b, a) for b, a in zip(before, after, strict=True))
     mlp_moved = any(
         not torch.equal(p, q)
-        for p, q in zip(trainer.model.student.head.mlp.parameters(),
-                        DINO(cfg).student.head.mlp.parameters(), strict=True)
-    )  # fmt: skip
+        for p, q in zip(
+            trainer.model.student.head.mlp.parameters(),
+            DINO(cfg).student.head.mlp.parameters(),
+            strict=True,
+        )
+    )
     assert mlp_moved
 
 
