@@ -16,10 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from core.engines import preprocess_batch
-from indexer.pipeline import Embedder, IndexReport, Stopped
+from indexer.pipeline import IndexReport, Stopped
 from indexer.run import IndexRequest, list_items, run_index
 
 if TYPE_CHECKING:
@@ -102,24 +99,21 @@ class IndexJobs:
         self._task = asyncio.create_task(self._run(req, items, self.status))
         return self.status
 
-    def _embedder(self) -> Embedder:
-        serving = self.rt.serving  # the version served when the job starts
-        engine, meta, executor = serving.engine, serving.meta, self.rt.executor
-
-        def embed(batch: np.ndarray) -> np.ndarray:
-            return executor.submit(engine.embed, batch).result()
-
-        return Embedder(
-            embed, lambda img: preprocess_batch(meta, [img])[0], meta.version, meta.embed_dim
-        )
-
     async def _run(self, req: IndexRequest, items: list, st: IndexStatus) -> None:
         t0 = time.perf_counter()
         try:
             report = await asyncio.to_thread(
-                run_index, self.rt.settings, self.rt.store, self._embedder(), req, False,
-                st.update, self._stop.is_set, items,
-            )  # fmt: skip
+                run_index,
+                self.rt.settings,
+                self.rt.store,
+                self.rt.serving.engine,  # the version served when the job starts
+                req,
+                progress=False,
+                on_batch=st.update,
+                should_stop=self._stop.is_set,
+                items=items,
+                executor=self.rt.executor,  # take turns with requests on the engine thread
+            )
             st.update(report, report.total)
             st.summary, st.failures_path = report.summary(), report.failures_path
             st.state = "done"

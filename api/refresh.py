@@ -112,7 +112,7 @@ class Refresher:
 
     async def _switch(self, name_dir: Path, p: Prepared) -> None:
         rt = self.rt
-        new = Serving.start(p.meta, p.engine, rt.executor, rt.settings, rt.metrics)
+        new = Serving.start(p.engine, rt.executor, rt.settings, rt.metrics)
         try:
             await asyncio.to_thread(switchover.commit, self.q, name_dir, p)
         except BaseException:
@@ -143,8 +143,8 @@ class Refresher:
             await self._catch_up_and_switch(name_dir, p, [])
         finally:
             self.busy = False
-        log.info("rolled back from %s to %s", served, p.meta.version)
-        return {"from_version": served, "to_version": p.meta.version, "collections": p.targets}
+        log.info("rolled back from %s to %s", served, p.version)
+        return {"from_version": served, "to_version": p.version, "collections": p.targets}
 
     async def describe(self) -> dict[str, Any]:
         """Versions of the served model, CURRENT, and each version's collections."""

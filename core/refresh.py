@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from core.engines import Engine
 from core.images import ImageRejected, decode_image
 from core.store import Point, Store
 from core.uris import reader
@@ -33,17 +33,6 @@ MAX_REPORTED = 100  # failures listed in a report (all are counted)
 # Payload a re-embedding writes anew from the bytes and the model; the rest is the user's
 # (label, uri, external ids, manifest columns) and is copied as it is.
 DERIVED = frozenset({"sha256", "width", "height", "model_version", "indexed_at"})
-
-
-class EmbedderLike(Protocol):
-    """What re-embedding needs of a model (indexer.pipeline.Embedder has this shape)."""
-
-    model_version: str
-    dim: int
-
-    def embed(self, batch: np.ndarray) -> np.ndarray: ...
-
-    def preprocess(self, img: Image.Image) -> np.ndarray: ...
 
 
 class Stopped(RuntimeError):
@@ -65,7 +54,7 @@ class ReembedReport:
 
 
 def _load(
-    uri: str, embedder: EmbedderLike, max_pixels: int, blob_dir: Path | None = None
+    uri: str, engine: Engine, max_pixels: int, blob_dir: Path | None = None
 ) -> tuple[np.ndarray, dict[str, Any]] | dict[str, str]:
     """(preprocessed image, payload update) or a failure record."""
     try:
@@ -76,14 +65,14 @@ def _load(
     except ImageRejected as exc:
         return {"uri": uri, "reason": exc.reason, "message": str(exc)}
     sha = hashlib.sha256(data).hexdigest()
-    return embedder.preprocess(img), {"sha256": sha, "width": img.width, "height": img.height}
+    return engine.preprocess(img), {"sha256": sha, "width": img.width, "height": img.height}
 
 
 def reembed(
     q: Store,
     source: str,
     target: str,
-    embedder: EmbedderLike,
+    engine: Engine,
     max_pixels: int,
     batch: int = 32,
     workers: int = 2,
@@ -93,13 +82,13 @@ def reembed(
     optimize: bool = True,
 ) -> ReembedReport:
     """Fill physical collection `target` (which must exist) with every point of `source`,
-    embedded by `embedder`.
+    embedded by `engine`.
 
     Args:
         q: the store.
         source: the physical collection of the served version.
-        target: `<name>__<embedder.model_version>`.
-        embedder: the new model.
+        target: `<name>__<engine.model_version>`.
+        engine: the new model.
         max_pixels: decoding limit (DINOSERVE_MAX_PIXELS).
         batch: points per scroll page, engine call and upsert.
         workers: threads reading and decoding images.
@@ -120,7 +109,7 @@ def reembed(
                 raise Stopped(f"stopped while re-embedding {source}")
             records, offset = q.scroll(source, None, offset, batch)
             seen.update(r.id for r in records)
-            _one_batch(q, records, target, embedder, max_pixels, pool, report, blob_dir)
+            _one_batch(q, records, target, engine, max_pixels, pool, report, blob_dir)
             if progress is not None:
                 progress(report)
             if offset is None:
@@ -147,7 +136,7 @@ def _one_batch(
     q: Store,
     records: list[Point],
     target: str,
-    embedder: EmbedderLike,
+    engine: Engine,
     max_pixels: int,
     pool: ThreadPoolExecutor,
     report: ReembedReport,
@@ -166,7 +155,7 @@ def _one_batch(
             q.set_payload(target, [r.id], {**{k: None for k in theirs}, **mine})
             report.synced += 1
     loaded = list(pool.map(
-        lambda r: _load(str(r.payload.get("uri", "")), embedder, max_pixels, blob_dir), todo
+        lambda r: _load(str(r.payload.get("uri", "")), engine, max_pixels, blob_dir), todo
     ))  # fmt: skip
     ok = [(r, x) for r, x in zip(todo, loaded, strict=True) if isinstance(x, tuple)]
     for x in loaded:
@@ -175,9 +164,9 @@ def _one_batch(
             if len(report.failures) < MAX_REPORTED:
                 report.failures.append(x)
     if ok:
-        vectors = embedder.embed(np.stack([arr for _, (arr, _) in ok]))
+        vectors = engine.embed(np.stack([arr for _, (arr, _) in ok]))
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        new = {"model_version": embedder.model_version, "indexed_at": now}
+        new = {"model_version": engine.model_version, "indexed_at": now}
         payloads = [{**r.payload, **update, **new} for r, (_, update) in ok]
         q.upsert(target, [r.id for r, _ in ok], vectors, payloads)
         report.written += len(ok)

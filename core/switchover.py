@@ -14,11 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from core import package, refresh, store
-from core.engines import Engine, load_engine, preprocess_batch
+from core.engines import Engine, load_engine
 from core.settings import Settings
 from core.store import Store
 from core.versions import VersionError, previous
@@ -69,27 +66,17 @@ class RefreshStatus:
         return asdict(self)
 
 
-class EngineEmbedder:
-    """An engine and its package's preprocessing in the shape core.refresh wants."""
-
-    def __init__(self, engine: Engine, meta: package.PackageMeta) -> None:
-        self.engine, self.meta = engine, meta
-        self.model_version, self.dim = engine.model_version, engine.dim
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self.engine.embed(batch)
-
-    def preprocess(self, img: Image.Image) -> np.ndarray:
-        return preprocess_batch(self.meta, [img])[0]
-
-
 @dataclass
 class Prepared:
-    engine: Engine
-    meta: package.PackageMeta
+    engine: Engine  # the version switched to (engine.meta: its package card)
     targets: dict[str, str]  # alias → new physical collection
     sources: dict[str, str]  # alias → the physical collection it points to now
     served: str | None = None  # the version switched away from
+
+    @property
+    def version(self) -> str:
+        """The version switched to."""
+        return self.engine.model_version
 
 
 def prepare(
@@ -110,9 +97,7 @@ def prepare(
         VersionError: too many images of a collection could not be read again.
     """
     status.phase = "loading"
-    package_dir = name_dir / target
-    engine = load_engine(package_dir, settings.engine, settings.inference)  # verifies sha256s
-    meta = package.read_meta(package_dir)
+    engine = load_engine(name_dir / target, settings.engine, settings.inference)  # verifies sha256s
     sources = q.collections_of_version(served) if served else {}
     status.phase = "reembedding"
     r = settings.refresh
@@ -123,7 +108,7 @@ def prepare(
             created.append(physical)
         q.ensure_collection(alias, target, engine.dim)
         report = refresh.reembed(
-            q, source, physical, EngineEmbedder(engine, meta), settings.max_pixels, r.batch,
+            q, source, physical, engine, settings.max_pixels, r.batch,
             r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
             blob_dir=settings.blob_dir,
         )  # fmt: skip
@@ -139,7 +124,7 @@ def prepare(
             )
         targets[alias] = physical
     status.phase = "switching"
-    return Prepared(engine, meta, targets, sources, served)
+    return Prepared(engine, targets, sources, served)
 
 
 def catch_up(
@@ -161,12 +146,12 @@ def catch_up(
     sources = q.collections_of_version(p.served) if p.served else dict(p.sources)
     r, total = settings.refresh, 0
     for alias, source in sorted(sources.items()):
-        physical = store.physical_name(alias, p.meta.version)
+        physical = store.physical_name(alias, p.version)
         if not q.exists(physical) and created is not None:
             created.append(physical)
-        q.ensure_collection(alias, p.meta.version, p.engine.dim)
+        q.ensure_collection(alias, p.version, p.engine.dim)
         report = refresh.reembed(
-            q, source, physical, EngineEmbedder(p.engine, p.meta), settings.max_pixels, r.batch,
+            q, source, physical, p.engine, settings.max_pixels, r.batch,
             r.workers, None, should_stop, blob_dir=settings.blob_dir, optimize=False,
         )  # fmt: skip
         n = refresh.changes(report)
@@ -182,7 +167,7 @@ def commit(q: Store, name_dir: Path, p: Prepared) -> None:
     """Flip every alias in one call, then move CURRENT; if CURRENT cannot move, flip back."""
     q.flip(p.targets)
     try:
-        package.switch_current(name_dir, p.meta.version)
+        package.switch_current(name_dir, p.version)
     except BaseException:
         q.flip(p.sources)
         raise
@@ -206,6 +191,5 @@ def prepare_rollback(q: Store, settings: Settings, name_dir: Path, served: str) 
     missing = [p for p in targets.values() if not q.exists(p)]
     if missing:
         raise VersionError(f"cannot roll back to {target}: {', '.join(missing)} no longer exist")
-    package_dir = name_dir / target
-    engine = load_engine(package_dir, settings.engine, settings.inference)
-    return Prepared(engine, package.read_meta(package_dir), targets, sources, served)
+    engine = load_engine(name_dir / target, settings.engine, settings.inference)
+    return Prepared(engine, targets, sources, served)

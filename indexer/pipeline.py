@@ -16,49 +16,27 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from core import store
 from core.blobs import is_blob
+from core.engines import Engine
 from core.images import ImageRejected, decode_image
 from core.store import Store
 from core.uris import TAR_SCHEME, reader, split_tar
 from indexer.sources import RESERVED, Item, in_shard
 
+if TYPE_CHECKING:  # torch is imported only where device decoding is used
+    from indexer.device import DeviceDecode
+
 log = logging.getLogger(__name__)
-
-
-class Embedder:
-    """What the pipeline needs of a model: preprocessing, batched embedding and identity.
-
-    Args:
-        embed: (N, 3, H, W) float32 → (N, D) L2-normalised float32.
-        preprocess: RGB image → (3, H, W) float32.
-        model_version: stored with every point and in the physical collection's name.
-        dim: embedding size.
-    """
-
-    def __init__(
-        self,
-        embed: Callable[[np.ndarray], np.ndarray],
-        preprocess: Callable[[Image.Image], np.ndarray],
-        model_version: str,
-        dim: int,
-    ) -> None:
-        self.embed, self.preprocess = embed, preprocess
-        self.model_version, self.dim = model_version, dim
-
-    # Device decoding (indexer/device.py) replaces these two: a whole batch decoded at once,
-    # and its rows stacked where they are.
-    decode_many: Callable[[list[bytes], Limits], list] | None = None
-    stack: Callable[[list], np.ndarray] = staticmethod(np.stack)  # type: ignore[assignment]
 
 
 class Stopped(RuntimeError):
@@ -140,11 +118,11 @@ def _stream_tar(items: list[Item]) -> Iterator[tuple[Item, bytes | Exception]]:
 
 
 def _decode(
-    item: Item, data: bytes, embedder: Embedder, limits: Limits
+    item: Item, data: bytes, engine: Engine, limits: Limits
 ) -> tuple[np.ndarray, int, int] | ImageRejected:
     try:
         img = decode_image(data, limits.max_pixels, limits.max_bytes)
-        return embedder.preprocess(img), img.width, img.height
+        return engine.preprocess(img), img.width, img.height
     except ImageRejected as exc:
         return exc
 
@@ -154,26 +132,33 @@ class Indexer:
 
     Args:
         db: the store (embedded or server).
-        embedder: the model.
+        engine: the model (its version names the physical collection).
         collection: logical name (the alias).
         batch: images per engine batch and per upsert.
         workers: decode threads.
         limits: per-image byte and pixel limits.
         blob_dir: DINOSERVE_BLOB_DIR: images uploaded over HTTP are read from there when a run
             carries them into a new model version's collection.
+        device: decode and preprocess each batch on the engine's device (indexer/device.py)
+            instead of in the decode threads.
+        executor: where engine calls run (a service's one engine thread, so that requests and
+            indexing take turns); None: in the calling thread.
     """
 
     def __init__(
         self,
         db: Store,
-        embedder: Embedder,
+        engine: Engine,
         collection: str,
         batch: int = 32,
         workers: int = 4,
         limits: Limits | None = None,
         blob_dir: Path | None = None,
+        device: DeviceDecode | None = None,
+        executor: Executor | None = None,
     ) -> None:
-        self.db, self.embedder, self.blob_dir = db, embedder, blob_dir
+        self.db, self.engine, self.blob_dir = db, engine, blob_dir
+        self.device, self.executor = device, executor
         self.collection = store.check_name(collection)
         self.batch, self.workers = max(1, batch), max(1, workers)
         self.limits = limits or Limits()
@@ -198,7 +183,7 @@ class Indexer:
         t0 = time.perf_counter()
         mine = [it for it in items if in_shard(it.uri, shard)]
         physical = self.db.ensure_collection(
-            self.collection, self.embedder.model_version, self.embedder.dim
+            self.collection, self.engine.model_version, self.engine.dim
         )
         served = self.db.resolve_alias(self.collection)
         if served is None:
@@ -289,10 +274,10 @@ class Indexer:
                 result.unchanged += 1
             else:
                 todo.append((pid, it, data, sha))
-        if self.embedder.decode_many is not None:
-            decoded = self.embedder.decode_many([t[2] for t in todo], self.limits)
+        if self.device is not None:
+            decoded = self.device.decode_many([t[2] for t in todo], self.limits)
         else:
-            decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
+            decoded = pool.map(lambda t: _decode(t[1], t[2], self.engine, self.limits), todo)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for (pid, it, _, sha), dec in zip(todo, decoded, strict=True):
             if isinstance(dec, ImageRejected):
@@ -309,7 +294,7 @@ class Indexer:
                     "sha256": sha,
                     "width": w,
                     "height": h,
-                    "model_version": self.embedder.model_version,
+                    "model_version": self.engine.model_version,
                     "indexed_at": now,
                 }
             )
@@ -317,8 +302,14 @@ class Indexer:
 
     def _embed(self, batch: _Prepared) -> np.ndarray:
         if not batch.arrays:
-            return np.zeros((0, self.embedder.dim), np.float32)
-        return self.embedder.embed(self.embedder.stack(batch.arrays))
+            return np.zeros((0, self.engine.dim), np.float32)
+        if self.device is not None:
+            embed, rows = self.device.embed, self.device.stack(batch.arrays)
+        else:
+            embed, rows = self.engine.embed, np.stack(batch.arrays)
+        if self.executor is None:
+            return embed(rows)
+        return self.executor.submit(embed, rows).result()
 
     def _uploads(self, served: str, items: list[Item], shard: tuple[int, int]) -> list[Item]:
         """The images uploaded over HTTP into `served` (the collection the alias points to,
