@@ -18,7 +18,7 @@ import torch
 from core.device_images import preprocess_encoded
 from core.engines import Engine
 from core.images import ImageRejected
-from indexer.pipeline import Limits
+from core.ingest import Limits
 
 
 class DeviceDecode:

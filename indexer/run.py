@@ -17,7 +17,7 @@ from core.settings import Settings
 from indexer.pipeline import Indexer, IndexReport, Limits
 from indexer.sources import Item, check_items, list_source, parse_shard
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported only where device decoding is used
     from indexer.device import DeviceDecode
 
 

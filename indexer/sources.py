@@ -11,32 +11,18 @@ import csv
 import json
 import tarfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.images import IMAGE_EXTENSIONS
+from core.ingest import RESERVED, Item
 from core.listing import is_image_name, label_of, wrapper_depth
 from core.store import point_id
 from core.uris import TAR_SCHEME
 
-RESERVED = {"uri", "label", "sha256", "width", "height", "model_version", "indexed_at"}
-
 
 class SourceError(ValueError):
     """The source cannot be listed (missing, unreadable manifest, bad shard spec)."""
-
-
-@dataclass(frozen=True)
-class Item:
-    uri: str
-    label: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None  # the point id, when not the UUIDv5 of `uri` (an uploaded image's)
-
-    @property
-    def point_id(self) -> str:
-        return self.id or point_id(self.uri)
 
 
 def _labelled(uris: list[str], parts: list[tuple[str, ...]], labels: str) -> list[Item]:
