@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from indexer.pipeline import IndexReport, Stopped
 from indexer.run import IndexRequest, list_items, run_index
+from indexer.sources import SourceError
 
 if TYPE_CHECKING:
     from api.runtime import Runtime
@@ -87,14 +88,20 @@ class IndexJobs:
         self._stop = threading.Event()
 
     def start(self, req: IndexRequest) -> IndexStatus:
-        """Check the request (the source must list; SourceError/ValueError otherwise) and start.
+        """Check the request (the source must list) and start.
 
         Raises:
             IndexBusy: a job is running.
+            SourceError: the source does not list.
         """
         if self.status.state == "running":
             raise IndexBusy(f"an indexing job is running (job {self.status.job})")
-        items = list_items(req)
+        try:
+            items = list_items(req)
+        except ValueError as exc:  # a bad name or path: the source is refused (422) either way
+            if isinstance(exc, SourceError):
+                raise
+            raise SourceError(str(exc)) from exc
         self.status = IndexStatus(uuid.uuid4().hex[:12], "running", req.as_dict())
         self._task = asyncio.create_task(self._run(req, items, self.status))
         return self.status
