@@ -7,6 +7,7 @@ that is served changes; the caller swaps its engine after commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# What the status shows of each collection's ReembedReport.
+STATUS_COUNTS = ("source", "target", "total", "done", "written", "unchanged", "failed")
 
 
 @dataclass
@@ -49,10 +54,7 @@ class RefreshStatus:
     def update(self, alias: str, r: refresh.ReembedReport) -> None:
         # New objects, rebound in one assignment: a reader in another thread (GET
         # /admin/refresh) never iterates a dict or list while it changes.
-        row = {
-            "source": r.source, "target": r.target, "total": r.total, "done": r.done,
-            "written": r.written, "unchanged": r.unchanged, "failed": r.failed,
-        }  # fmt: skip
+        row = {k: getattr(r, k) for k in STATUS_COUNTS}
         self.collections = {**self.collections, alias: row}
         seen = {f["uri"] for f in self.failures}
         new = [f for f in r.failures if f["uri"] not in seen]
@@ -107,11 +109,19 @@ def prepare(
         if not q.exists(physical):
             created.append(physical)
         q.ensure_collection(alias, target, engine.dim)
+        progress = functools.partial(status.update, alias)
         report = refresh.reembed(
-            q, source, physical, engine, settings.max_pixels, r.batch,
-            r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
+            q,
+            source,
+            physical,
+            engine,
+            settings.max_pixels,
+            r.batch,
+            r.workers,
+            progress,
+            should_stop,
             blob_dir=settings.blob_dir,
-        )  # fmt: skip
+        )
         status.update(alias, report)
         log.info(
             "re-embedded %s → %s: %d written, %d unchanged, %d left out of %d",
@@ -151,13 +161,27 @@ def catch_up(
             created.append(physical)
         q.ensure_collection(alias, p.version, p.engine.dim)
         report = refresh.reembed(
-            q, source, physical, p.engine, settings.max_pixels, r.batch,
-            r.workers, None, should_stop, blob_dir=settings.blob_dir, optimize=False,
-        )  # fmt: skip
+            q,
+            source,
+            physical,
+            p.engine,
+            settings.max_pixels,
+            r.batch,
+            r.workers,
+            None,
+            should_stop,
+            blob_dir=settings.blob_dir,
+            optimize=False,
+        )
         n = refresh.changes(report)
         if n:
-            log.info("caught up %s → %s: %d written, %d relabelled, %d deleted", source,
-                     physical, report.written, report.synced, report.deleted)  # fmt: skip
+            counts = (report.written, report.synced, report.deleted)
+            log.info(
+                "caught up %s → %s: %d written, %d relabelled, %d deleted",
+                source,
+                physical,
+                *counts,
+            )
         total += n
         p.sources[alias], p.targets[alias] = source, physical
     return total
