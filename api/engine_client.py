@@ -27,6 +27,7 @@ from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
 from core.images import ImageRejected
+from core.model import PackagedModel
 from core.settings import Settings
 from core.switchover import RefreshStatus
 
@@ -85,12 +86,12 @@ class EngineLink:
             self._socks.clear()
 
 
-class RemoteEngine:
-    """The Engine protocol over an EngineLink (embed and attention run in the engine process)."""
+class RemoteEngine(PackagedModel):
+    """The Engine protocol over an EngineLink: preprocessing here, embed and attention in the
+    engine process."""
 
     def __init__(self, link: EngineLink, meta: package.PackageMeta) -> None:
         self.link, self.meta = link, meta
-        self.model_version, self.dim = meta.version, meta.embed_dim
 
     def _rows(self, batch: np.ndarray) -> tuple:
         return encode_rows(batch, self.meta.mean, self.meta.std)
@@ -175,7 +176,7 @@ async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator
     meta = package.read_meta(Path(info["package_dir"]))
     engine = RemoteEngine(link, meta)
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine-link")
-    serving = RemoteServing.start(meta, engine, executor, settings, metrics)
+    serving = RemoteServing.start(engine, executor, settings, metrics)
     if info["device_decode"]:
         serving.link = link
     db = None

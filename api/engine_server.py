@@ -50,7 +50,7 @@ class EngineServer:
         self.settings = settings
         self.package_dir = package.resolve(settings.models_dir, settings.model)
         self.engine = load_engine(self.package_dir, settings.engine, settings.inference)
-        self.meta = package.read_meta(self.package_dir)
+        self.meta = self.engine.meta
         self.device_decode = settings.serve.device_decode != "cpu" and use_device_decode(
             settings.serve.device_decode, self.engine
         )

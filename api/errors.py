@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -92,6 +93,30 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _refusals() -> dict[type[Exception], tuple[int, str]]:
+    """The admin routes' refusals (api/routes/admin.py): exception → status and code."""
+    # Imported here: these modules import this one (its ApiError) themselves.
+    from api.index_jobs import IndexBusy, IndexRefused
+    from api.refresh import Busy
+    from core.versions import VersionError
+    from indexer.sources import SourceError
+
+    return {
+        Busy: (409, "refresh_running"),
+        VersionError: (409, "version_unavailable"),
+        IndexBusy: (409, "index_running"),
+        IndexRefused: (409, "not_with_workers"),
+        SourceError: (422, "bad_source"),
+    }
+
+
+def _refusal(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(status, code, str(exc))
+
+    return handle
+
+
 def install(app: FastAPI, retry_after_s: int = 5) -> None:
     """Register the handlers that translate exceptions into the JSON error shape.
 
@@ -100,6 +125,8 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         retry_after_s: the Retry-After sent with 503s.
     """
     retry = {"Retry-After": str(retry_after_s)}
+    for exc_type, (status, code) in _refusals().items():
+        app.add_exception_handler(exc_type, _refusal(status, code))
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

@@ -16,11 +16,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from core.engines import preprocess_batch
-from indexer.pipeline import Embedder, IndexReport, Stopped
+from indexer.pipeline import IndexReport, Stopped
 from indexer.run import IndexRequest, list_items, run_index
+from indexer.sources import SourceError
 
 if TYPE_CHECKING:
     from api.runtime import Runtime
@@ -90,28 +88,23 @@ class IndexJobs:
         self._stop = threading.Event()
 
     def start(self, req: IndexRequest) -> IndexStatus:
-        """Check the request (the source must list; SourceError/ValueError otherwise) and start.
+        """Check the request (the source must list) and start.
 
         Raises:
             IndexBusy: a job is running.
+            SourceError: the source does not list.
         """
         if self.status.state == "running":
             raise IndexBusy(f"an indexing job is running (job {self.status.job})")
-        items = list_items(req)
+        try:
+            items = list_items(req)
+        except ValueError as exc:  # a bad name or path: the source is refused (422) either way
+            if isinstance(exc, SourceError):
+                raise
+            raise SourceError(str(exc)) from exc
         self.status = IndexStatus(uuid.uuid4().hex[:12], "running", req.as_dict())
         self._task = asyncio.create_task(self._run(req, items, self.status))
         return self.status
-
-    def _embedder(self) -> Embedder:
-        serving = self.rt.serving  # the version served when the job starts
-        engine, meta, executor = serving.engine, serving.meta, self.rt.executor
-
-        def embed(batch: np.ndarray) -> np.ndarray:
-            return executor.submit(engine.embed, batch).result()
-
-        return Embedder(
-            embed, lambda img: preprocess_batch(meta, [img])[0], meta.version, meta.embed_dim
-        )
 
     async def _run(self, req: IndexRequest, items: list, st: IndexStatus) -> None:
         t0 = time.perf_counter()
@@ -120,12 +113,13 @@ class IndexJobs:
                 run_index,
                 self.rt.settings,
                 self.rt.store,
-                self._embedder(),
+                self.rt.serving.engine,  # the version served when the job starts
                 req,
-                False,
-                st.update,
-                self._stop.is_set,
-                items,
+                progress=False,
+                on_batch=st.update,
+                should_stop=self._stop.is_set,
+                items=items,
+                executor=self.rt.executor,  # take turns with requests on the engine thread
             )
             st.update(report, report.total)
             st.summary, st.failures_path = report.summary(), report.failures_path

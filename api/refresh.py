@@ -80,17 +80,25 @@ class Refresher:
         created: list[str] = []
         try:
             p = await asyncio.to_thread(
-                switchover.prepare, self.q, self.rt.settings, name_dir, served, target, st,
-                created, self._stop.is_set,
-            )  # fmt: skip
+                switchover.prepare,
+                self.q,
+                self.rt.settings,
+                name_dir,
+                served,
+                target,
+                st,
+                created=created,
+                should_stop=self._stop.is_set,
+            )
             st.phase = "catching_up"
             await self._catch_up_and_switch(name_dir, p, created)
             st.end()
             log.info("refresh %s done: serving %s (%s)", st.job, target, st.collections)
         except Exception as exc:  # any failure: report it, keep serving the old version
             reason = f"{type(exc).__name__}: {exc}"
-            log.error("refresh %s to %s failed, still serving %s: %s", st.job, target, served,
-                      reason)  # fmt: skip
+            log.error(
+                "refresh %s to %s failed, still serving %s: %s", st.job, target, served, reason
+            )
             try:
                 await asyncio.to_thread(switchover.abort, self.q, created)
             except Exception:
@@ -112,7 +120,7 @@ class Refresher:
 
     async def _switch(self, name_dir: Path, p: Prepared) -> None:
         rt = self.rt
-        new = Serving.start(p.meta, p.engine, rt.executor, rt.settings, rt.metrics)
+        new = Serving.start(p.engine, rt.executor, rt.settings, rt.metrics)
         try:
             await asyncio.to_thread(switchover.commit, self.q, name_dir, p)
         except BaseException:
@@ -143,8 +151,8 @@ class Refresher:
             await self._catch_up_and_switch(name_dir, p, [])
         finally:
             self.busy = False
-        log.info("rolled back from %s to %s", served, p.meta.version)
-        return {"from_version": served, "to_version": p.meta.version, "collections": p.targets}
+        log.info("rolled back from %s to %s", served, p.version)
+        return {"from_version": served, "to_version": p.version, "collections": p.targets}
 
     async def describe(self) -> dict[str, Any]:
         """Versions of the served model, CURRENT, and each version's collections."""
@@ -157,9 +165,13 @@ class Refresher:
         self._claim()
         try:
             return await asyncio.to_thread(
-                versions.gc, self.q, self.name_dir(), self.rt.serving.version,
-                self.rt.settings.refresh.keep_versions, self.rt.blobs,
-            )  # fmt: skip
+                versions.gc,
+                self.q,
+                self.name_dir(),
+                self.rt.serving.version,
+                keep=self.rt.settings.refresh.keep_versions,
+                blob_store=self.rt.blobs,
+            )
         finally:
             self.busy = False
 

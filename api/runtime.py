@@ -88,7 +88,7 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         return
     package_dir = package.resolve(settings.models_dir, settings.model)
     engine = await run_in_threadpool(load_engine, package_dir, settings.engine, settings.inference)
-    meta = package.read_meta(package_dir)
+    meta = engine.meta
     # Request handlers retry quickly and answer 503 (store.REQUEST); the refresh worker uses
     # the same store with the batch policy (Runtime.store).
     db = store.open_store(settings, store.request_policy(settings))
@@ -96,7 +96,7 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     # threads, instead of competing for the same cores.
     # Old and new engines of a refresh share it too.
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
-    serving = Serving.start(meta, engine, executor, settings, metrics)
+    serving = Serving.start(engine, executor, settings, metrics)
     metrics.model.info(_model_info(meta, settings.engine))
     runtime = Runtime(settings, serving, Vectors(db), metrics, executor)
     metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api.batcher import Batcher
 from api.metrics import Metrics
 from api.uploads import decode_each
-from core.engines import Engine, preprocess_batch
+from core.engines import Engine
 from core.package import PackageMeta
 from core.settings import Settings
 
@@ -31,21 +31,16 @@ class Serving:
     """One served model version; its fields are never reassigned after `start`.
 
     Args:
-        meta: the package's model.json.
-        engine: its loaded engine.
+        engine: the loaded engine, with its package's model.json (`engine.meta`).
         embedder, attender: started micro-batchers over `engine.embed` / `engine.attention`.
         max_pixels: the decoding limit (DINOSERVE_MAX_PIXELS).
     """
 
     def __init__(
-        self,
-        meta: PackageMeta,
-        engine: Engine,
-        embedder: Batcher,
-        attender: Batcher,
-        max_pixels: int,
+        self, engine: Engine, embedder: Batcher, attender: Batcher, max_pixels: int
     ) -> None:
-        self.meta, self.engine, self.max_pixels = meta, engine, max_pixels
+        self.meta: PackageMeta = engine.meta
+        self.engine, self.max_pixels = engine, max_pixels
         self.embedder, self.attender = embedder, attender
         self.users = 0  # requests holding this state (changed on the event loop only)
         self.decode_slots = asyncio.Semaphore(max(2, os.cpu_count() or 1))
@@ -53,7 +48,6 @@ class Serving:
     @classmethod
     def start(
         cls,
-        meta: PackageMeta,
         engine: Engine,
         executor: Executor,
         settings: Settings,
@@ -74,7 +68,7 @@ class Serving:
         )
         embedder.start()
         attender.start()
-        return cls(meta, engine, embedder, attender, settings.max_pixels)
+        return cls(engine, embedder, attender, settings.max_pixels)
 
     @property
     def version(self) -> str:
@@ -94,7 +88,7 @@ class Serving:
         def work() -> tuple[list[Image.Image], np.ndarray]:
             pics, crops = [], []
             for img in decode_each(images, self.max_pixels):
-                crops.append(preprocess_batch(self.meta, [img])[0])
+                crops.append(self.engine.preprocess(img))
                 if keep:
                     pics.append(img)
             return pics, np.stack(crops)

@@ -234,13 +234,12 @@ def decode_embed_rate(pkg: Path, files: list[Path], batch: int, device: str) -> 
     import torch
 
     from core.engines import load_engine
-    from core.package import read_meta
     from core.settings import InferenceSettings
-    from indexer.device import DeviceEmbedder
+    from indexer.device import DeviceDecode
     from indexer.pipeline import Limits
 
     engine = load_engine(pkg, "torch", InferenceSettings(device=device))
-    emb = DeviceEmbedder(engine, read_meta(pkg), tensor_decode=True)
+    emb = DeviceDecode(engine, tensor_decode=True)
     limits = Limits()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with ThreadPoolExecutor(16) as pool:

@@ -1,7 +1,8 @@
 """Inference engines behind one protocol: ONNX Runtime (the default) and torch.
 
 Both take the same preprocessed batch, (N, 3, H, W) float32 normalised (see `preprocess_batch`),
-and return L2-normalised float32 embeddings (N, D) and attention maps (N, heads, h, w).
+and return L2-normalised float32 embeddings (N, D) and attention maps (N, heads, h, w). Both are
+the model too (core/model.py): `meta`, `preprocess` and `embed_images` for decoded images.
 torch and onnxruntime are imported only by the engine that needs them.
 """
 
@@ -14,34 +15,35 @@ import numpy as np
 from PIL import Image
 
 from core import package
-from core.images import preprocess
+from core.model import PackagedModel, l2_normalize, preprocess_batch
 from core.settings import InferenceSettings
 from core.torch_engine import TorchEngine  # torch itself is imported when one is built
+
+__all__ = ["Engine", "OrtEngine", "TorchEngine", "l2_normalize", "load_engine", "preprocess_batch"]
 
 
 @runtime_checkable
 class Engine(Protocol):
-    model_version: str
-    dim: int
+    """A loaded model package: its card, its preprocessing and its network."""
+
+    meta: package.PackageMeta
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def preprocess(self, img: Image.Image) -> np.ndarray: ...
 
     def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def attention(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def preprocess_batch(meta: package.PackageMeta, images: list[Image.Image]) -> np.ndarray:
-    """DINO's evaluation transform for a package's image size, mean/std and crop_pct, stacked."""
-    return np.stack(
-        [preprocess(im, meta.img_size, meta.mean, meta.std, meta.crop_pct) for im in images]
-    )
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32, copy=False)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-class OrtEngine:
+class OrtEngine(PackagedModel):
     """ONNX Runtime on the best available provider (TensorRT → CUDA → CPU by default).
 
     Args:
@@ -62,7 +64,6 @@ class OrtEngine:
         providers = [p for p in s.providers if p in available] or ["CPUExecutionProvider"]
         path = Path(package_dir) / self.meta.onnx[s.onnx_variant].file
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        self.model_version, self.dim = self.meta.version, self.meta.embed_dim
 
     def _run(self, batch: np.ndarray, output: str) -> np.ndarray:
         feed = {"images": np.ascontiguousarray(batch, dtype=np.float32)}

@@ -9,45 +9,27 @@ Only when every collection is complete do the aliases move, all in one Qdrant ca
 The same pass, run again, is the catch-up after writes over HTTP (api/routes/collections.py)
 changed the source meanwhile: new or replaced images are embedded, changed labels (any payload
 that is not derived from the bytes) copied, and points deleted from the source deleted from the
-target; what already matches costs one read.
+target; what already matches costs one read. What has to be embedded goes through the same
+pipelined core as `dinoserve index` (core/ingest.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-from PIL import Image
+from core.engines import Engine
+from core.ingest import RESERVED, Batch, Ingest, Item, Limits, Stopped
+from core.store import Store
 
-from core.images import ImageRejected, decode_image
-from core.store import Point, Store
-from core.uris import reader
+__all__ = ["DERIVED", "MAX_REPORTED", "ReembedReport", "Stopped", "changes", "reembed"]
 
 MAX_REPORTED = 100  # failures listed in a report (all are counted)
 # Payload a re-embedding writes anew from the bytes and the model; the rest is the user's
 # (label, uri, external ids, manifest columns) and is copied as it is.
 DERIVED = frozenset({"sha256", "width", "height", "model_version", "indexed_at"})
-
-
-class EmbedderLike(Protocol):
-    """What re-embedding needs of a model (indexer.pipeline.Embedder has this shape)."""
-
-    model_version: str
-    dim: int
-
-    def embed(self, batch: np.ndarray) -> np.ndarray: ...
-
-    def preprocess(self, img: Image.Image) -> np.ndarray: ...
-
-
-class Stopped(RuntimeError):
-    """The refresh was asked to stop (service shutting down)."""
 
 
 @dataclass
@@ -63,27 +45,21 @@ class ReembedReport:
     failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)  # first MAX_REPORTED
 
-
-def _load(
-    uri: str, embedder: EmbedderLike, max_pixels: int, blob_dir: Path | None = None
-) -> tuple[np.ndarray, dict[str, Any]] | dict[str, str]:
-    """(preprocessed image, payload update) or a failure record."""
-    try:
-        data = reader(uri, blob_dir)()
-        img = decode_image(data, max_pixels)
-    except OSError as exc:
-        return {"uri": uri, "reason": "unreadable", "message": str(exc)}
-    except ImageRejected as exc:
-        return {"uri": uri, "reason": exc.reason, "message": str(exc)}
-    sha = hashlib.sha256(data).hexdigest()
-    return embedder.preprocess(img), {"sha256": sha, "width": img.width, "height": img.height}
+    def count(self, batch: Batch) -> None:
+        """Add one ingested batch."""
+        self.done += batch.size
+        self.written += len(batch.ids)
+        self.unchanged += batch.unchanged
+        self.failed += len(batch.failures)
+        room = MAX_REPORTED - len(self.failures)
+        self.failures.extend(batch.failures[: max(0, room)])
 
 
 def reembed(
     q: Store,
     source: str,
     target: str,
-    embedder: EmbedderLike,
+    engine: Engine,
     max_pixels: int,
     batch: int = 32,
     workers: int = 2,
@@ -93,13 +69,13 @@ def reembed(
     optimize: bool = True,
 ) -> ReembedReport:
     """Fill physical collection `target` (which must exist) with every point of `source`,
-    embedded by `embedder`.
+    embedded by `engine`.
 
     Args:
         q: the store.
         source: the physical collection of the served version.
-        target: `<name>__<embedder.model_version>`.
-        embedder: the new model.
+        target: `<name>__<engine.model_version>`.
+        engine: the new model.
         max_pixels: decoding limit (DINOSERVE_MAX_PIXELS).
         batch: points per scroll page, engine call and upsert.
         workers: threads reading and decoding images.
@@ -112,19 +88,16 @@ def reembed(
     Points of `target` that are not in `source` are deleted.
     """
     report = ReembedReport(source, target, total=q.count(source))
-    offset: Any = None
-    seen: set[str] = set()
-    with ThreadPoolExecutor(workers, thread_name_prefix="reembed") as pool:
-        while True:
-            if should_stop is not None and should_stop():
-                raise Stopped(f"stopped while re-embedding {source}")
-            records, offset = q.scroll(source, None, offset, batch)
-            seen.update(r.id for r in records)
-            _one_batch(q, records, target, embedder, max_pixels, pool, report, blob_dir)
-            if progress is not None:
-                progress(report)
-            if offset is None:
-                break
+    todo, seen = _compare(q, source, target, batch, report, should_stop)
+
+    def counted(b: Batch) -> None:
+        report.count(b)
+        if progress is not None:
+            progress(report)
+
+    limits = Limits(max_pixels=max_pixels, max_bytes=None)
+    ingest = Ingest(q, engine, target, batch, workers, limits, blob_dir)
+    ingest.run(todo, counted, should_stop)
     gone = [p.id for p in q.iter_points(target, ["sha256"]) if p.id not in seen]
     q.delete_points(target, gone)
     report.deleted = len(gone)
@@ -143,42 +116,38 @@ def _user(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if k not in DERIVED and v is not None}
 
 
-def _one_batch(
+def _compare(
     q: Store,
-    records: list[Point],
+    source: str,
     target: str,
-    embedder: EmbedderLike,
-    max_pixels: int,
-    pool: ThreadPoolExecutor,
+    page: int,
     report: ReembedReport,
-    blob_dir: Path | None = None,
-) -> None:
-    there = {p.id: p.payload for p in q.retrieve(target, [r.id for r in records])}
-    todo = []
-    for r in records:
-        old = there.get(r.id)
-        if old is None or old.get("sha256") != r.payload.get("sha256", ""):
-            todo.append(r)
-            continue
-        report.unchanged += 1
-        mine, theirs = _user(r.payload), _user(old)
-        if mine != theirs:  # relabelled (or label removed: null, which filters read as none)
-            q.set_payload(target, [r.id], {**{k: None for k in theirs}, **mine})
-            report.synced += 1
-    loaded = list(pool.map(
-        lambda r: _load(str(r.payload.get("uri", "")), embedder, max_pixels, blob_dir), todo
-    ))  # fmt: skip
-    ok = [(r, x) for r, x in zip(todo, loaded, strict=True) if isinstance(x, tuple)]
-    for x in loaded:
-        if isinstance(x, dict):
-            report.failed += 1
-            if len(report.failures) < MAX_REPORTED:
-                report.failures.append(x)
-    if ok:
-        vectors = embedder.embed(np.stack([arr for _, (arr, _) in ok]))
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        new = {"model_version": embedder.model_version, "indexed_at": now}
-        payloads = [{**r.payload, **update, **new} for r, (_, update) in ok]
-        q.upsert(target, [r.id for r, _ in ok], vectors, payloads)
-        report.written += len(ok)
-    report.done += len(records)
+    should_stop: Callable[[], bool] | None,
+) -> tuple[list[Item], set[str]]:
+    """One read of both collections: points already in `target` with the same sha256 are
+    counted unchanged (their user payload copied where it differs); the rest are returned as
+    items to ingest, with their ids, labels and payload. Also returns every id of `source`."""
+    todo: list[Item] = []
+    seen: set[str] = set()
+    offset: Any = None
+    while True:
+        if should_stop is not None and should_stop():
+            raise Stopped(f"stopped while re-embedding {source}")
+        records, offset = q.scroll(source, None, offset, page)
+        seen.update(r.id for r in records)
+        there = {p.id: p.payload for p in q.retrieve(target, [r.id for r in records])}
+        for r in records:
+            old = there.get(r.id)
+            if old is None or old.get("sha256") != r.payload.get("sha256", ""):
+                extra = {k: v for k, v in r.payload.items() if k not in RESERVED}
+                label = r.payload.get("label")
+                todo.append(Item(str(r.payload.get("uri", "")), label, extra, r.id))
+                continue
+            report.unchanged += 1
+            report.done += 1
+            mine, theirs = _user(r.payload), _user(old)
+            if mine != theirs:  # relabelled (or label removed: null, which filters read as none)
+                q.set_payload(target, [r.id], {**{k: None for k in theirs}, **mine})
+                report.synced += 1
+        if offset is None:
+            return todo, seen

@@ -7,6 +7,7 @@ that is served changes; the caller swaps its engine after commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -14,11 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from core import package, refresh, store
-from core.engines import Engine, load_engine, preprocess_batch
+from core.engines import Engine, load_engine
 from core.settings import Settings
 from core.store import Store
 from core.versions import VersionError, previous
@@ -28,6 +26,10 @@ log = logging.getLogger(__name__)
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# What the status shows of each collection's ReembedReport.
+STATUS_COUNTS = ("source", "target", "total", "done", "written", "unchanged", "failed")
 
 
 @dataclass
@@ -52,10 +54,7 @@ class RefreshStatus:
     def update(self, alias: str, r: refresh.ReembedReport) -> None:
         # New objects, rebound in one assignment: a reader in another thread (GET
         # /admin/refresh) never iterates a dict or list while it changes.
-        row = {
-            "source": r.source, "target": r.target, "total": r.total, "done": r.done,
-            "written": r.written, "unchanged": r.unchanged, "failed": r.failed,
-        }  # fmt: skip
+        row = {k: getattr(r, k) for k in STATUS_COUNTS}
         self.collections = {**self.collections, alias: row}
         seen = {f["uri"] for f in self.failures}
         new = [f for f in r.failures if f["uri"] not in seen]
@@ -69,27 +68,17 @@ class RefreshStatus:
         return asdict(self)
 
 
-class EngineEmbedder:
-    """An engine and its package's preprocessing in the shape core.refresh wants."""
-
-    def __init__(self, engine: Engine, meta: package.PackageMeta) -> None:
-        self.engine, self.meta = engine, meta
-        self.model_version, self.dim = engine.model_version, engine.dim
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self.engine.embed(batch)
-
-    def preprocess(self, img: Image.Image) -> np.ndarray:
-        return preprocess_batch(self.meta, [img])[0]
-
-
 @dataclass
 class Prepared:
-    engine: Engine
-    meta: package.PackageMeta
+    engine: Engine  # the version switched to (engine.meta: its package card)
     targets: dict[str, str]  # alias → new physical collection
     sources: dict[str, str]  # alias → the physical collection it points to now
     served: str | None = None  # the version switched away from
+
+    @property
+    def version(self) -> str:
+        """The version switched to."""
+        return self.engine.model_version
 
 
 def prepare(
@@ -110,9 +99,7 @@ def prepare(
         VersionError: too many images of a collection could not be read again.
     """
     status.phase = "loading"
-    package_dir = name_dir / target
-    engine = load_engine(package_dir, settings.engine, settings.inference)  # verifies sha256s
-    meta = package.read_meta(package_dir)
+    engine = load_engine(name_dir / target, settings.engine, settings.inference)  # verifies sha256s
     sources = q.collections_of_version(served) if served else {}
     status.phase = "reembedding"
     r = settings.refresh
@@ -122,11 +109,19 @@ def prepare(
         if not q.exists(physical):
             created.append(physical)
         q.ensure_collection(alias, target, engine.dim)
+        progress = functools.partial(status.update, alias)
         report = refresh.reembed(
-            q, source, physical, EngineEmbedder(engine, meta), settings.max_pixels, r.batch,
-            r.workers, lambda rep, a=alias: status.update(a, rep), should_stop,
+            q,
+            source,
+            physical,
+            engine,
+            settings.max_pixels,
+            r.batch,
+            r.workers,
+            progress,
+            should_stop,
             blob_dir=settings.blob_dir,
-        )  # fmt: skip
+        )
         status.update(alias, report)
         log.info(
             "re-embedded %s → %s: %d written, %d unchanged, %d left out of %d",
@@ -139,7 +134,7 @@ def prepare(
             )
         targets[alias] = physical
     status.phase = "switching"
-    return Prepared(engine, meta, targets, sources, served)
+    return Prepared(engine, targets, sources, served)
 
 
 def catch_up(
@@ -161,18 +156,32 @@ def catch_up(
     sources = q.collections_of_version(p.served) if p.served else dict(p.sources)
     r, total = settings.refresh, 0
     for alias, source in sorted(sources.items()):
-        physical = store.physical_name(alias, p.meta.version)
+        physical = store.physical_name(alias, p.version)
         if not q.exists(physical) and created is not None:
             created.append(physical)
-        q.ensure_collection(alias, p.meta.version, p.engine.dim)
+        q.ensure_collection(alias, p.version, p.engine.dim)
         report = refresh.reembed(
-            q, source, physical, EngineEmbedder(p.engine, p.meta), settings.max_pixels, r.batch,
-            r.workers, None, should_stop, blob_dir=settings.blob_dir, optimize=False,
-        )  # fmt: skip
+            q,
+            source,
+            physical,
+            p.engine,
+            settings.max_pixels,
+            r.batch,
+            r.workers,
+            None,
+            should_stop,
+            blob_dir=settings.blob_dir,
+            optimize=False,
+        )
         n = refresh.changes(report)
         if n:
-            log.info("caught up %s → %s: %d written, %d relabelled, %d deleted", source,
-                     physical, report.written, report.synced, report.deleted)  # fmt: skip
+            counts = (report.written, report.synced, report.deleted)
+            log.info(
+                "caught up %s → %s: %d written, %d relabelled, %d deleted",
+                source,
+                physical,
+                *counts,
+            )
         total += n
         p.sources[alias], p.targets[alias] = source, physical
     return total
@@ -182,7 +191,7 @@ def commit(q: Store, name_dir: Path, p: Prepared) -> None:
     """Flip every alias in one call, then move CURRENT; if CURRENT cannot move, flip back."""
     q.flip(p.targets)
     try:
-        package.switch_current(name_dir, p.meta.version)
+        package.switch_current(name_dir, p.version)
     except BaseException:
         q.flip(p.sources)
         raise
@@ -206,6 +215,5 @@ def prepare_rollback(q: Store, settings: Settings, name_dir: Path, served: str) 
     missing = [p for p in targets.values() if not q.exists(p)]
     if missing:
         raise VersionError(f"cannot roll back to {target}: {', '.join(missing)} no longer exist")
-    package_dir = name_dir / target
-    engine = load_engine(package_dir, settings.engine, settings.inference)
-    return Prepared(engine, package.read_meta(package_dir), targets, sources, served)
+    engine = load_engine(name_dir / target, settings.engine, settings.inference)
+    return Prepared(engine, targets, sources, served)

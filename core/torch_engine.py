@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from core import package
+from core.model import PackagedModel, l2_normalize
 from core.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def chunks(n: int, buckets: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-class TorchEngine:
+class TorchEngine(PackagedModel):
     """The package's network in PyTorch (see core.vit.EmbedAttention).
 
     Args:
@@ -84,7 +85,6 @@ class TorchEngine:
             self.net = torch.compile(self.net, mode=mode, dynamic=False)
         pad = s.pad_to_buckets if s.pad_to_buckets is not None else self.compiled
         self.buckets: list[int] = sorted(s.buckets) if pad else []
-        self.model_version, self.dim = self.meta.version, self.meta.embed_dim
         self.warmup_s = 0.0
         if s.warmup and self.buckets and (self.compiled or cuda):
             self.warmup_s = self.warm()
@@ -148,8 +148,6 @@ class TorchEngine:
         return torch.nn.functional.normalize(self.forward_tensor(x)[0], dim=-1)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        from core.engines import l2_normalize
-
         return l2_normalize(self._forward(batch)[0])
 
     def attention(self, batch: np.ndarray) -> np.ndarray:

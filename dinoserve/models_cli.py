@@ -188,7 +188,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         with open_store(settings) as q:
             p = switchover.prepare_rollback(q, settings, name_dir, served)
             switchover.commit(q, name_dir, p)
-        out = {"from_version": served, "to_version": p.meta.version, "collections": p.targets}
+        out = {"from_version": served, "to_version": p.version, "collections": p.targets}
     print(f"rolled back {out['from_version']} → {out['to_version']}: {out['collections']}")
     return 0
 

@@ -2,9 +2,9 @@
 and preprocessed on the GPU in one go (core/device_images.py), then embedded there in large
 batches; only the (N, D) embeddings come back to the host.
 
-It plugs into indexer/pipeline.py as an Embedder with two extra members: `decode_many` (the
-producer thread's decode of a whole batch, on its own CUDA stream so it overlaps the engine's
-work on the previous batch) and `stack` (rows → one device batch).
+It plugs into indexer/pipeline.py as the Indexer's `device`: `decode_many` (the producer
+thread's decode of a whole batch, on its own CUDA stream so it overlaps the engine's work on the
+previous batch), `stack` (rows → one device batch) and `embed` (that batch → embeddings).
 """
 
 from __future__ import annotations
@@ -16,26 +16,22 @@ import numpy as np
 import torch
 
 from core.device_images import preprocess_encoded
-from core.engines import Engine, preprocess_batch
+from core.engines import Engine
 from core.images import ImageRejected
-from core.package import PackageMeta
-from indexer.pipeline import Embedder, Limits
+from core.ingest import Limits
 
 
-class DeviceEmbedder(Embedder):
-    """An Embedder whose decode and preprocessing run on the engine's device.
+class DeviceDecode:
+    """Decoding and preprocessing of whole batches on the engine's device.
 
     Args:
         engine: the loaded engine (the torch engine keeps the batch on its device; any other
-            gets it as numpy).
-        meta: the package's model.json (preprocessing).
+            gets it as numpy); its `meta` says how to preprocess.
         tensor_decode: decode JPEGs with torchvision (None: where nvJPEG is, i.e. on CUDA).
     """
 
-    def __init__(self, engine: Engine, meta: PackageMeta, tensor_decode: bool | None = None):
-        super().__init__(self._embed_rows, lambda img: preprocess_batch(meta, [img])[0],
-                         engine.model_version, engine.dim)  # fmt: skip
-        self.engine, self.meta, self.tensor_decode = engine, meta, tensor_decode
+    def __init__(self, engine: Engine, tensor_decode: bool | None = None) -> None:
+        self.engine, self.tensor_decode = engine, tensor_decode
         self.device: torch.device = getattr(engine, "device", torch.device("cpu"))
         cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if cuda else None
@@ -44,7 +40,7 @@ class DeviceEmbedder(Embedder):
         self, datas: list[bytes], limits: Limits
     ) -> list[tuple[torch.Tensor, int, int] | ImageRejected]:
         """(row (3, S, S) on the device, width, height) or why not, per encoded image."""
-        m = self.meta
+        m = self.engine.meta
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             out = preprocess_encoded(
                 datas, m.img_size, m.mean, m.std, m.crop_pct, self.device,
@@ -62,7 +58,8 @@ class DeviceEmbedder(Embedder):
     def stack(self, rows: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(rows)
 
-    def _embed_rows(self, batch: torch.Tensor) -> np.ndarray:
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        """L2-normalised embeddings (N, D) of a stacked device batch, back on the host."""
         embed_tensor = getattr(self.engine, "embed_tensor", None)
         if embed_tensor is not None:
             return embed_tensor(batch).float().cpu().numpy()

@@ -1,74 +1,31 @@
-"""The indexing run: read → hash → skip unchanged → decode → embed → upsert, overlapped.
-
-A producer thread reads, hashes and decodes batch k+1 (decoding in a worker pool) while the
-main thread embeds batch k and a writer thread upserts batch k−1. A point is written only with
-its embedding and the sha256 of the bytes it came from, so a run killed at any moment and
-started again ends with exactly the right points: unchanged images are skipped, the rest done.
+"""The indexing run of one source into one logical collection: the alias, a shard's share of
+the items, images uploaded over HTTP carried into a new version's collection, pruning and the
+report — around the ingestion core (core/ingest.py: read → hash → skip unchanged → decode →
+embed → upsert, overlapped), which a refresh's re-embedding runs too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import queue
-import tarfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from core import store
 from core.blobs import is_blob
-from core.images import ImageRejected, decode_image
+from core.engines import Engine
+from core.ingest import RESERVED, Batch, BatchDecode, Ingest, Item, Limits, Stopped
 from core.store import Store
-from core.uris import TAR_SCHEME, reader, split_tar
-from indexer.sources import RESERVED, Item, in_shard
+from indexer.sources import in_shard
+
+__all__ = ["IndexReport", "Indexer", "Limits", "Stopped"]
 
 log = logging.getLogger(__name__)
-
-
-class Embedder:
-    """What the pipeline needs of a model: preprocessing, batched embedding and identity.
-
-    Args:
-        embed: (N, 3, H, W) float32 → (N, D) L2-normalised float32.
-        preprocess: RGB image → (3, H, W) float32.
-        model_version: stored with every point and in the physical collection's name.
-        dim: embedding size.
-    """
-
-    def __init__(
-        self,
-        embed: Callable[[np.ndarray], np.ndarray],
-        preprocess: Callable[[Image.Image], np.ndarray],
-        model_version: str,
-        dim: int,
-    ) -> None:
-        self.embed, self.preprocess = embed, preprocess
-        self.model_version, self.dim = model_version, dim
-
-    # Device decoding (indexer/device.py) replaces these two: a whole batch decoded at once,
-    # and its rows stacked where they are.
-    decode_many: Callable[[list[bytes], Limits], list] | None = None
-    stack: Callable[[list], np.ndarray] = staticmethod(np.stack)  # type: ignore[assignment]
-
-
-class Stopped(RuntimeError):
-    """The run was asked to stop (the service is shutting down)."""
-
-
-@dataclass
-class Limits:
-    max_pixels: int = 40_000_000
-    max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -92,88 +49,38 @@ class IndexReport:
         )
 
 
-@dataclass
-class _Prepared:
-    ids: list[str] = field(default_factory=list)
-    arrays: list[np.ndarray] = field(default_factory=list)
-    payloads: list[dict] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
-    unchanged: int = 0
-    size: int = 0
-
-
-def _stream_bytes(
-    items: list[Item], pool: ThreadPoolExecutor, window: int, blob_dir: Path | None = None
-) -> Iterator[tuple[Item, bytes | Exception]]:
-    """Bytes of each item; tar members are streamed in one pass of each archive, files read by
-    the pool `window` at a time (never the whole source in memory)."""
-    tar_items = [it for it in items if it.uri.startswith(TAR_SCHEME)]
-    if tar_items:
-        yield from _stream_tar(tar_items)
-    files = [it for it in items if not it.uri.startswith(TAR_SCHEME)]
-
-    def read(it: Item) -> bytes | Exception:
-        try:
-            return reader(it.uri, blob_dir)()
-        except OSError as exc:
-            return exc
-
-    for start in range(0, len(files), window):
-        part = files[start : start + window]
-        yield from zip(part, pool.map(read, part), strict=True)
-
-
-def _stream_tar(items: list[Item]) -> Iterator[tuple[Item, bytes | Exception]]:
-    by_archive: dict[str, dict[str, Item]] = {}
-    for it in items:
-        archive, member = split_tar(it.uri)
-        by_archive.setdefault(archive, {})[member] = it
-    for archive, wanted in by_archive.items():
-        with tarfile.open(archive, "r|*") as tar:  # streaming: one sequential pass
-            for m in tar:
-                it = wanted.pop(m.name, None)
-                if it is not None:
-                    f = tar.extractfile(m)
-                    yield it, (f.read() if f else OSError("not a regular file"))
-        for it in wanted.values():
-            yield it, OSError("member disappeared from the archive")
-
-
-def _decode(
-    item: Item, data: bytes, embedder: Embedder, limits: Limits
-) -> tuple[np.ndarray, int, int] | ImageRejected:
-    try:
-        img = decode_image(data, limits.max_pixels, limits.max_bytes)
-        return embedder.preprocess(img), img.width, img.height
-    except ImageRejected as exc:
-        return exc
-
-
 class Indexer:
     """Indexes one source into one logical collection.
 
     Args:
         db: the store (embedded or server).
-        embedder: the model.
+        engine: the model (its version names the physical collection).
         collection: logical name (the alias).
         batch: images per engine batch and per upsert.
         workers: decode threads.
         limits: per-image byte and pixel limits.
         blob_dir: DINOSERVE_BLOB_DIR: images uploaded over HTTP are read from there when a run
             carries them into a new model version's collection.
+        device: decode and preprocess each batch on the engine's device (indexer/device.py)
+            instead of in the decode threads.
+        executor: where engine calls run (a service's one engine thread, so that requests and
+            indexing take turns); None: in the calling thread.
     """
 
     def __init__(
         self,
         db: Store,
-        embedder: Embedder,
+        engine: Engine,
         collection: str,
         batch: int = 32,
         workers: int = 4,
         limits: Limits | None = None,
         blob_dir: Path | None = None,
+        device: BatchDecode | None = None,
+        executor: Executor | None = None,
     ) -> None:
-        self.db, self.embedder, self.blob_dir = db, embedder, blob_dir
+        self.db, self.engine, self.blob_dir = db, engine, blob_dir
+        self.device, self.executor = device, executor
         self.collection = store.check_name(collection)
         self.batch, self.workers = max(1, batch), max(1, workers)
         self.limits = limits or Limits()
@@ -198,7 +105,7 @@ class Indexer:
         t0 = time.perf_counter()
         mine = [it for it in items if in_shard(it.uri, shard)]
         physical = self.db.ensure_collection(
-            self.collection, self.embedder.model_version, self.embedder.dim
+            self.collection, self.engine.model_version, self.engine.dim
         )
         served = self.db.resolve_alias(self.collection)
         if served is None:
@@ -212,38 +119,31 @@ class Indexer:
         report = IndexReport(self.collection, physical, total=len(mine))
         failures: list[dict] = []
         bar = tqdm(total=len(mine), unit="img", disable=not progress, desc=f"index {physical}")
-        prepared: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        producer = threading.Thread(
-            target=self._produce, args=(mine, physical, prepared, stop), daemon=True
+
+        def counted(batch: Batch) -> None:
+            report.indexed += len(batch.ids)
+            report.unchanged += batch.unchanged
+            report.failed += len(batch.failures)
+            failures.extend(batch.failures)
+            bar.update(batch.size)
+            bar.set_postfix(new=report.indexed, same=report.unchanged, bad=report.failed)
+            if on_batch is not None:
+                on_batch(report, bar.n)
+
+        ingest = Ingest(
+            self.db,
+            self.engine,
+            physical,
+            batch=self.batch,
+            workers=self.workers,
+            limits=self.limits,
+            blob_dir=self.blob_dir,
+            device=self.device,
+            executor=self.executor,
         )
-        producer.start()
-        pending: Future | None = None
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="upsert") as writer:
-                while (batch := prepared.get()) is not None:
-                    if isinstance(batch, BaseException):
-                        raise batch
-                    vectors = self._embed(batch)
-                    if pending is not None:
-                        pending.result()  # one upsert in flight; errors surface here
-                    pending = writer.submit(
-                        self.db.upsert, physical, batch.ids, vectors, batch.payloads
-                    )
-                    report.indexed += len(batch.ids)
-                    report.unchanged += batch.unchanged
-                    report.failed += len(batch.failures)
-                    failures += batch.failures
-                    bar.update(batch.size)
-                    bar.set_postfix(new=report.indexed, same=report.unchanged, bad=report.failed)
-                    if on_batch is not None:
-                        on_batch(report, bar.n)
-                    if should_stop is not None and should_stop():
-                        raise Stopped(f"stopped while indexing {physical}")
-                if pending is not None:
-                    pending.result()
+            ingest.run(mine, counted, should_stop)
         finally:
-            stop.set()
             bar.close()
         if prune:
             report.pruned = self._prune(physical, mine, shard)
@@ -255,70 +155,6 @@ class Indexer:
             report.failures_path = str(failures_path)
         report.seconds = time.perf_counter() - t0
         return report
-
-    def _produce(
-        self, items: list[Item], physical: str, out: queue.Queue, stop: threading.Event
-    ) -> None:
-        try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-                stream = _stream_bytes(items, pool, 2 * self.batch, self.blob_dir)
-                while not stop.is_set():
-                    chunk = [x for _, x in zip(range(self.batch), stream, strict=False)]
-                    if not chunk:
-                        break
-                    out.put(self._prepare(chunk, physical, pool))
-            out.put(None)
-        except BaseException as exc:
-            out.put(exc)
-
-    def _prepare(
-        self, chunk: list[tuple[Item, bytes | Exception]], physical: str, pool: ThreadPoolExecutor
-    ) -> _Prepared:
-        result = _Prepared(size=len(chunk))
-        ids = [it.point_id for it, _ in chunk]
-        existing = self.db.existing_hashes(physical, ids)
-        todo = []
-        for pid, (it, data) in zip(ids, chunk, strict=True):
-            if isinstance(data, Exception):
-                result.failures.append(
-                    {"uri": it.uri, "reason": "unreadable", "message": str(data)}
-                )
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if existing.get(pid) == sha:
-                result.unchanged += 1
-            else:
-                todo.append((pid, it, data, sha))
-        if self.embedder.decode_many is not None:
-            decoded = self.embedder.decode_many([t[2] for t in todo], self.limits)
-        else:
-            decoded = pool.map(lambda t: _decode(t[1], t[2], self.embedder, self.limits), todo)
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        for (pid, it, _, sha), dec in zip(todo, decoded, strict=True):
-            if isinstance(dec, ImageRejected):
-                result.failures.append({"uri": it.uri, "reason": dec.reason, "message": str(dec)})
-                continue
-            arr, w, h = dec
-            result.ids.append(pid)
-            result.arrays.append(arr)
-            result.payloads.append(
-                {
-                    **it.extra,
-                    "uri": it.uri,
-                    "label": it.label,
-                    "sha256": sha,
-                    "width": w,
-                    "height": h,
-                    "model_version": self.embedder.model_version,
-                    "indexed_at": now,
-                }
-            )
-        return result
-
-    def _embed(self, batch: _Prepared) -> np.ndarray:
-        if not batch.arrays:
-            return np.zeros((0, self.embedder.dim), np.float32)
-        return self.embedder.embed(self.embedder.stack(batch.arrays))
 
     def _uploads(self, served: str, items: list[Item], shard: tuple[int, int]) -> list[Item]:
         """The images uploaded over HTTP into `served` (the collection the alias points to,

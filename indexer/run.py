@@ -5,15 +5,20 @@ API, api/index_jobs.py), with the same request and the same report."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import store
-from core.engines import load_engine, preprocess_batch
-from core.package import read_meta, resolve
+from core.engines import Engine, load_engine
+from core.package import resolve
 from core.settings import Settings
-from indexer.pipeline import Embedder, Indexer, IndexReport, Limits
+from indexer.pipeline import Indexer, IndexReport, Limits
 from indexer.sources import Item, check_items, list_source, parse_shard
+
+if TYPE_CHECKING:  # torch is imported only where device decoding is used
+    from indexer.device import DeviceDecode
 
 
 @dataclass(frozen=True)
@@ -44,39 +49,37 @@ class IndexRequest:
         return asdict(self)
 
 
-def embedder_from_settings(settings: Settings) -> Embedder:
-    """The served model (DINOSERVE_MODEL under DINOSERVE_MODELS_DIR) as an indexer Embedder."""
-    package_dir = resolve(settings.models_dir, settings.model)
-    meta = read_meta(package_dir)
-    engine = load_engine(package_dir, settings.engine, settings.inference)
-    if settings.indexer.device_decode != "cpu":
-        from core.device_images import use_device_decode
-        from indexer.device import DeviceEmbedder
+def device_decode_for(settings: Settings, engine: Engine) -> DeviceDecode | None:
+    """Decoding on the engine's device when DINOSERVE_INDEXER__DEVICE_DECODE asks for it
+    (`auto`: the engine runs on CUDA); None: the decode threads do it."""
+    if settings.indexer.device_decode == "cpu":
+        return None
+    from core.device_images import use_device_decode
 
-        if use_device_decode(settings.indexer.device_decode, engine):
-            return DeviceEmbedder(engine, meta, tensor_decode=True)
-    return Embedder(
-        engine.embed,
-        lambda img: preprocess_batch(meta, [img])[0],
-        engine.model_version,
-        engine.dim,
-    )
+    if not use_device_decode(settings.indexer.device_decode, engine):
+        return None
+    from indexer.device import DeviceDecode
+
+    return DeviceDecode(engine, tensor_decode=True)
 
 
 def run_index(
     settings: Settings,
     db: store.Store,
-    embedder: Embedder,
+    engine: Engine,
     req: IndexRequest,
     progress: bool = True,
     on_batch: Callable[[IndexReport, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     items: list[Item] | None = None,
+    device: DeviceDecode | None = None,
+    executor: Executor | None = None,
 ) -> IndexReport:
-    """Index `req` into `db` with `embedder` (see Indexer.run for the callbacks).
+    """Index `req` into `db` with `engine` (see Indexer.run for the callbacks).
 
     Args:
         items: the source's listing, when the caller already made it (`list_items`).
+        device, executor: where batches are decoded and engine calls run (see Indexer).
     """
     name = store.check_name(req.collection or settings.collection)
     spec = parse_shard(req.shard)
@@ -84,12 +87,14 @@ def run_index(
         items = list_items(req)
     indexer = Indexer(
         db,
-        embedder,
+        engine,
         name,
         batch=req.batch or settings.indexer.batch,
         workers=req.workers or settings.indexer.workers,
         limits=Limits(settings.max_pixels, settings.indexer.max_image_bytes),
         blob_dir=settings.blob_dir,
+        device=device,
+        executor=executor,
     )
     suffix = f".shard{spec[0]}of{spec[1]}" if spec[1] > 1 else ""
     fail_path = (
@@ -121,7 +126,9 @@ def index_source(settings: Settings, req: IndexRequest, progress: bool = True) -
     items = list_items(req)
     db = store.open_store(settings)
     try:
-        embedder = embedder_from_settings(settings)
-        return run_index(settings, db, embedder, req, progress, items=items)
+        package_dir = resolve(settings.models_dir, settings.model)
+        engine = load_engine(package_dir, settings.engine, settings.inference)
+        device = device_decode_for(settings, engine)
+        return run_index(settings, db, engine, req, progress, items=items, device=device)
     finally:
         db.close()

@@ -11,49 +11,32 @@ import csv
 import json
 import tarfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.images import IMAGE_EXTENSIONS
+from core.ingest import RESERVED, Item
+from core.listing import is_image_name, label_of, wrapper_depth
+from core.store import point_id
 from core.uris import TAR_SCHEME
-
-RESERVED = {"uri", "label", "sha256", "width", "height", "model_version", "indexed_at"}
 
 
 class SourceError(ValueError):
     """The source cannot be listed (missing, unreadable manifest, bad shard spec)."""
 
 
-@dataclass(frozen=True)
-class Item:
-    uri: str
-    label: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None  # the point id, when not the UUIDv5 of `uri` (an uploaded image's)
-
-    @property
-    def point_id(self) -> str:
-        return self.id or str(uuid.uuid5(uuid.NAMESPACE_URL, self.uri))
-
-
-def is_image_name(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
-
-
-def _label_from(rel_parts: tuple[str, ...], labels: str) -> str | None:
-    return rel_parts[0] if labels == "dirs" and len(rel_parts) > 1 else None
+def _labelled(uris: list[str], parts: list[tuple[str, ...]], labels: str) -> list[Item]:
+    """Items with labels by core.listing's rule (wrapper folders skipped), or none."""
+    if labels != "dirs":
+        return [Item(uri) for uri in uris]
+    depth = wrapper_depth(parts)
+    return [Item(uri, label_of(p, depth)) for uri, p in zip(uris, parts, strict=True)]
 
 
 def list_directory(root: Path, labels: str) -> list[Item]:
     root = root.resolve()
-    items = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and is_image_name(p.name):
-            parts = p.relative_to(root).parts
-            items.append(Item(str(p), _label_from(parts, labels)))
-    return items
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and is_image_name(p.name)]
+    return _labelled([str(p) for p in files], [p.relative_to(root).parts for p in files], labels)
 
 
 def list_tar(archive: Path, labels: str) -> list[Item]:
@@ -61,22 +44,7 @@ def list_tar(archive: Path, labels: str) -> list[Item]:
     with tarfile.open(archive) as tar:
         names = sorted(m.name for m in tar.getmembers() if m.isfile() and is_image_name(m.name))
     parts = [tuple(p for p in n.split("/") if p not in ("", ".")) for n in names]
-    # Folders every member shares (train/<class>/x.jpg) wrap the classes; they are not labels.
-    depth = _wrapping_depth(parts) if labels == "dirs" else 0
-    return [
-        Item(f"{TAR_SCHEME}{archive}#{n}", _label_from(p[depth:], labels))
-        for n, p in zip(names, parts, strict=True)
-    ]
-
-
-def _wrapping_depth(all_parts: list[tuple[str, ...]]) -> int:
-    """How many leading folders every member shares (those wrap the class folders)."""
-    depth = 0
-    while all_parts and all(len(p) > depth + 2 for p in all_parts):
-        if len({p[depth] for p in all_parts}) != 1:
-            break
-        depth += 1
-    return depth
+    return _labelled([f"{TAR_SCHEME}{archive}#{n}" for n in names], parts, labels)
 
 
 def list_manifest(manifest: Path) -> list[Item]:
@@ -141,8 +109,9 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 
 
 def in_shard(uri: str, shard: tuple[int, int]) -> bool:
+    """Whether the point of `uri` (id: core.store.point_id) belongs to shard i of N."""
     i, n = shard
-    return n == 1 or uuid.uuid5(uuid.NAMESPACE_URL, uri).int % n == i
+    return n == 1 or uuid.UUID(point_id(uri)).int % n == i
 
 
 def check_items(items: list[Item], source: str | Path, labels: str, prune: bool = False) -> None:

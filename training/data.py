@@ -24,14 +24,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from core.images import IMAGE_EXTENSIONS, to_rgb
+from core.images import to_rgb
+from core.listing import is_image_name, label_of, wrapper_depth
 
 log = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
-
-
-def is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not Path(name).name.startswith(".")
 
 
 def unpack_archive(archive: Path, cache_dir: Path) -> Path:
@@ -49,7 +46,7 @@ def unpack_archive(archive: Path, cache_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".unpack-"))
     try:
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and is_image(m.name)]
+            members = [m for m in tar.getmembers() if m.isfile() and is_image_name(m.name)]
             tar.extractall(tmp, members=members, filter="data")
         os.replace(tmp, target)
     except FileExistsError:  # another process won the race; its copy is complete
@@ -81,18 +78,18 @@ class ImageList:
 
 
 def list_images(root: Path) -> ImageList:
-    """All images under `root`, sorted; the first-level folder name is the class (if any)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image(p.name))
+    """All images under `root`, sorted; the class is the first folder below any wrapper folder
+    (e.g. train/ inside an archive), as the indexer labels them (core/listing.py)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
     if not files:
         raise FileNotFoundError(f"{root}: no images found")
-    top = [p.relative_to(root).parts for p in files]
-    classes = sorted({parts[0] for parts in top if len(parts) > 1})
+    parts = [p.relative_to(root).parts for p in files]
+    depth = wrapper_depth(parts)
+    names = [label_of(p, depth) for p in parts]
+    classes = sorted({n for n in names if n is not None})
     index = {c: i for i, c in enumerate(classes)}
-    labels = [index[parts[0]] if len(parts) > 1 else -1 for parts in top]
-    # A single wrapping folder (e.g. train/ inside an archive) is not a class.
-    if len(classes) == 1 and any(p.is_dir() for p in (root / classes[0]).iterdir()):
-        return list_images(root / classes[0])
-    return ImageList(root, files, labels, classes)
+    labels = [index[n] if n is not None else -1 for n in names]
+    return ImageList(root.joinpath(*parts[0][:depth]), files, labels, classes)
 
 
 def bounded_size(width: int, height: int, max_side: int) -> tuple[int, int]:

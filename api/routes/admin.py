@@ -15,12 +15,9 @@ from fastapi.responses import JSONResponse
 from api.auth import key_matches, presented_key
 from api.deps import RuntimeDep
 from api.errors import ApiError
-from api.index_jobs import IndexBusy, IndexRefused, IndexStatus
+from api.index_jobs import IndexStatus
 from api.openapi import AUTH, errors
-from api.refresh import Busy
-from core.versions import VersionError
 from indexer.run import IndexRequest
-from indexer.sources import SourceError
 
 
 def require_admin(request: Request, rt: RuntimeDep) -> None:
@@ -40,29 +37,25 @@ def require_admin(request: Request, rt: RuntimeDep) -> None:
         raise ApiError(403, "forbidden", "wrong admin key")
 
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses=errors(*AUTH))  # fmt: skip
+# Refusals (a job running, no such version, a bad source) are answered by api/errors.py.
+router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=errors(*AUTH)
+)
 
 
-def _conflict(exc: Exception) -> ApiError:
-    if isinstance(exc, Busy):
-        return ApiError(409, "refresh_running", str(exc))
-    return ApiError(409, "version_unavailable", str(exc))
-
-
-@router.post("/refresh", summary="Re-embed every served collection with another model version",
-             status_code=202, responses=errors(409, 422))  # fmt: skip
+@router.post(
+    "/refresh",
+    summary="Re-embed every served collection with another model version",
+    status_code=202,
+    responses=errors(409, 422),
+)
 async def start_refresh(
     rt: RuntimeDep,
     version: Annotated[str | None, Query(description="default: newest version not served")] = None,
 ) -> JSONResponse:
     """Starts in the background (202 and a job id); follow it with GET /admin/refresh. The old
     version keeps serving until every collection is re-embedded; a failure changes nothing."""
-    try:
-        status = rt.admin.start(version)
-    except (Busy, VersionError) as exc:
-        raise _conflict(exc) from exc
-    return JSONResponse(status.as_dict(), status_code=202)
+    return JSONResponse(rt.admin.start(version).as_dict(), status_code=202)
 
 
 @router.get("/refresh", summary="State and progress of the last refresh")
@@ -71,19 +64,19 @@ async def refresh_status(rt: RuntimeDep) -> dict[str, Any]:
     return rt.admin.status.as_dict()
 
 
-@router.post("/rollback", summary="Serve the previous model version again",
-             responses=errors(409))  # fmt: skip
+@router.post("/rollback", summary="Serve the previous model version again", responses=errors(409))
 async def rollback(rt: RuntimeDep) -> dict[str, Any]:
     """Flips the aliases back to the previous version's collections (kept since its refresh),
     switches the engine and CURRENT. 409 when none is kept or a refresh is running."""
-    try:
-        return await rt.admin.rollback()
-    except (Busy, VersionError) as exc:
-        raise _conflict(exc) from exc
+    return await rt.admin.rollback()
 
 
-@router.post("/index", summary="Index a folder, tar or manifest on the service's machine",
-             status_code=202, responses=errors(409, 422))  # fmt: skip
+@router.post(
+    "/index",
+    summary="Index a folder, tar or manifest on the service's machine",
+    status_code=202,
+    responses=errors(409, 422),
+)
 async def start_index(
     rt: RuntimeDep,
     source: Annotated[str, Query(description="folder or tar/tar.gz on the service's machine")] = "",
@@ -96,16 +89,16 @@ async def start_index(
 ) -> JSONResponse:
     """What `dinoserve index` does, run by the service that owns the embedded store (the CLI
     hands its job here). Starts in the background (202); follow it with GET /admin/index."""
-    req = IndexRequest(source, collection, labels, manifest, None, None, shard, prune, failures)
-    try:
-        status = rt.indexing.start(req)
-    except IndexBusy as exc:
-        raise ApiError(409, "index_running", str(exc)) from exc
-    except IndexRefused as exc:
-        raise ApiError(409, "not_with_workers", str(exc)) from exc
-    except (SourceError, ValueError) as exc:
-        raise ApiError(422, "bad_source", str(exc)) from exc
-    return JSONResponse(status.as_dict(), status_code=202)
+    req = IndexRequest(
+        source=source,
+        collection=collection,
+        labels=labels,
+        manifest=manifest,
+        shard=shard,
+        prune=prune,
+        failures=failures,
+    )
+    return JSONResponse(rt.indexing.start(req).as_dict(), status_code=202)
 
 
 @router.get("/index", summary="State and progress of the last indexing job")
@@ -115,21 +108,17 @@ async def index_status(rt: RuntimeDep) -> dict[str, Any]:
     return status.as_dict() if status is not None else IndexStatus().as_dict()
 
 
-@router.get("/models", summary="Versions of the served model and their collections",
-            responses=errors(409))  # fmt: skip
+@router.get(
+    "/models", summary="Versions of the served model and their collections", responses=errors(409)
+)
 async def models(rt: RuntimeDep) -> dict[str, Any]:
-    try:
-        return await rt.admin.describe()
-    except VersionError as exc:
-        raise _conflict(exc) from exc
+    return await rt.admin.describe()
 
 
-@router.post("/gc", summary="Delete old model versions and their collections",
-             responses=errors(409))  # fmt: skip
+@router.post(
+    "/gc", summary="Delete old model versions and their collections", responses=errors(409)
+)
 async def gc(rt: RuntimeDep) -> dict[str, Any]:
     """Keeps DINOSERVE_REFRESH__KEEP_VERSIONS up to the served one (never it or the previous
     one) and every newer version."""
-    try:
-        return await rt.admin.gc()
-    except (Busy, VersionError) as exc:
-        raise _conflict(exc) from exc
+    return await rt.admin.gc()

@@ -14,33 +14,28 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from core.engines import load_engine, preprocess_batch
-from core.package import read_meta
+from core.engines import Engine, load_engine
 from core.settings import InferenceSettings, Settings
-from indexer.pipeline import Embedder, Indexer
+from indexer.pipeline import Indexer
 from indexer.sources import Item, list_source
 from tests.stores import copy_store_dir, edge_store
 
 ONE_THREAD = InferenceSettings(intra_op_threads=1, inter_op_threads=1)
 
 
-def embedder_for(package_dir: Path, version: str | None = None) -> Embedder:
-    """The real engine of a package as the indexer's Embedder (optionally under another version,
-    to fake a collection built by an older model)."""
-    meta = read_meta(package_dir)
+def engine_for(package_dir: Path, version: str | None = None) -> Engine:
+    """The real ONNX Runtime engine of a package, on one thread (optionally reporting another
+    version, to fake a collection built by an older model)."""
     engine = load_engine(package_dir, "onnxruntime", ONE_THREAD)
-    return Embedder(
-        engine.embed,
-        lambda img: preprocess_batch(meta, [img])[0],
-        version or engine.model_version,
-        engine.dim,
-    )
+    if version is not None:
+        engine.meta = engine.meta.model_copy(update={"version": version})
+    return engine
 
 
-def index_into(path: Path, embedder: Embedder, collection: str, items: list[Item]) -> None:
+def index_into(path: Path, engine: Engine, collection: str, items: list[Item]) -> None:
     client = edge_store(path)
     try:
-        Indexer(client, embedder, collection, batch=64, workers=1).run(items, progress=False)
+        Indexer(client, engine, collection, batch=64, workers=1).run(items, progress=False)
     finally:
         client.close()
 
@@ -50,11 +45,11 @@ def indexed_store(micro_package, synthetic_dir, tmp_path_factory) -> Path:
     """Collections: `shapes` (120 labelled), `nolabels` (20 without labels) and `stale`
     (built under another model version)."""
     path = tmp_path_factory.mktemp("qdrant")
-    embedder = embedder_for(micro_package)
+    engine = engine_for(micro_package)
     items = list_source(synthetic_dir, "dirs")
-    index_into(path, embedder, "shapes", items)
-    index_into(path, embedder, "nolabels", list_source(synthetic_dir)[:20])
-    index_into(path, embedder_for(micro_package, "19990101-000000-old"), "stale", items[:10])
+    index_into(path, engine, "shapes", items)
+    index_into(path, engine, "nolabels", list_source(synthetic_dir)[:20])
+    index_into(path, engine_for(micro_package, "19990101-000000-old"), "stale", items[:10])
     return path
 
 

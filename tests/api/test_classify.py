@@ -3,7 +3,7 @@ import base64
 import pytest
 
 from api.knn import knn_vote
-from tests.api.conftest import embedder_for, index_into
+from tests.api.conftest import engine_for, index_into
 
 
 def _file(data: bytes) -> dict:
@@ -61,7 +61,7 @@ def test_accuracy_on_held_out_images(tiny_package, tmp_path, make_client):
 
     memory = make_synthetic(tmp_path / "memory", 30, 32, seed=11)
     queries = make_synthetic(tmp_path / "queries", 10, 32, seed=12)
-    index_into(tmp_path / "q", embedder_for(tiny_package), "train", list_source(memory, "dirs"))
+    index_into(tmp_path / "q", engine_for(tiny_package), "train", list_source(memory, "dirs"))
     client = make_client(model=str(tiny_package), qdrant_path=tmp_path / "q", collection="train")
     right = total = 0
     for path in sorted(queries.rglob("*.png")):

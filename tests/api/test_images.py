@@ -6,7 +6,7 @@ from PIL import Image
 
 from core import store
 from indexer.sources import list_source
-from tests.api.conftest import embedder_for, index_into
+from tests.api.conftest import engine_for, index_into
 
 
 def test_thumbnail_of_an_indexed_image(client, synthetic_dir):
@@ -33,7 +33,7 @@ def test_large_tar_member_and_vanished_source(micro_package, tmp_path, make_clie
     archive = tmp_path / "set.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(tmp_path / "src", arcname="train")
-    embedder = embedder_for(micro_package)
+    embedder = engine_for(micro_package)
     index_into(tmp_path / "q", embedder, "tarred", list_source(archive, "dirs"))
     index_into(tmp_path / "q", embedder, "files", list_source(tmp_path / "src", "dirs"))
     (folder / "b.png").unlink()

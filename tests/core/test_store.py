@@ -17,7 +17,7 @@ from core.store.edge import ALIASES, EdgeStore
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.conftest import ROOT
-from tests.indexer.fakes import DIM, fake_embedder
+from tests.fakes import DIM, FakeEngine
 from tests.stores import edge_store, memory_server
 
 
@@ -42,7 +42,7 @@ def _fill(db, name: str, n: int, dim: int = 16, labels: bool = True) -> tuple[st
 def test_a_query_straight_after_indexing_finds_every_point(synthetic_dir, tmp_path):
     db = edge_store(tmp_path / "q")
     items = list_source(synthetic_dir, "dirs")
-    emb = fake_embedder()
+    emb = FakeEngine()
     Indexer(db, emb, "photos", batch=16).run(items, progress=False)
     physical = db.resolve("photos")
     points = list(db.iter_points(physical, ["uri"], vectors=True))

@@ -4,13 +4,13 @@ import sys
 
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
-from tests.indexer.fakes import fake_embedder
+from tests.fakes import FakeEngine
 from tests.stores import edge_store
 
 if __name__ == "__main__":
     source, qdrant_path, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     client = edge_store(qdrant_path)
-    emb = fake_embedder(delay_s=delay)
+    emb = FakeEngine(delay_s=delay)
     real_embed = emb.embed
 
     def embed_and_say(batch):

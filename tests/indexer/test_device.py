@@ -5,13 +5,12 @@ import pytest
 
 from core.device_images import use_device_decode
 from core.engines import load_engine
-from core.package import read_meta
 from core.settings import InferenceSettings, Settings
-from indexer.device import DeviceEmbedder
+from indexer.device import DeviceDecode
 from indexer.pipeline import Indexer
-from indexer.run import embedder_from_settings
+from indexer.run import device_decode_for
 from indexer.sources import list_source
-from tests.api.conftest import embedder_for
+from tests.api.conftest import engine_for
 from tests.stores import memory_server
 from training.synthetic import make_synthetic
 
@@ -25,9 +24,9 @@ def jpegs(tmp_path_factory):
     return root
 
 
-def _index(embedder, jpegs):
+def _index(engine, jpegs, device=None):
     client = memory_server()
-    report = Indexer(client, embedder, "photos", batch=16, workers=1).run(
+    report = Indexer(client, engine, "photos", batch=16, workers=1, device=device).run(
         list_source(jpegs), progress=False
     )
     points = {
@@ -39,9 +38,9 @@ def _index(embedder, jpegs):
 
 def test_device_path_indexes_the_same_points(micro_package, jpegs):
     engine = load_engine(micro_package, "torch", InferenceSettings(intra_op_threads=1))
-    device = DeviceEmbedder(engine, read_meta(micro_package), tensor_decode=True)
-    got_report, got = _index(device, jpegs)
-    want_report, want = _index(embedder_for(micro_package), jpegs)
+    device = DeviceDecode(engine, tensor_decode=True)
+    got_report, got = _index(engine, jpegs, device)
+    want_report, want = _index(engine_for(micro_package), jpegs)
     assert (got_report.indexed, got_report.failed) == (want_report.indexed, 1) == (50, 1)
     assert got.keys() == want.keys()
     for pid, (payload, vec) in got.items():
@@ -56,9 +55,9 @@ def test_settings_choose_the_path(micro_package, monkeypatch):
     assert use_device_decode("device", engine) and not use_device_decode("cpu", engine)
     monkeypatch.setenv("DINOSERVE_MODEL", str(micro_package))
     monkeypatch.setenv("DINOSERVE_ENGINE", "torch")
-    assert not isinstance(embedder_from_settings(Settings()), DeviceEmbedder)
+    assert device_decode_for(Settings(), engine) is None
     monkeypatch.setenv("DINOSERVE_INDEXER__DEVICE_DECODE", "device")
-    assert isinstance(embedder_from_settings(Settings()), DeviceEmbedder)
+    assert isinstance(device_decode_for(Settings(), engine), DeviceDecode)
     monkeypatch.setenv("DINOSERVE_INDEXER__DEVICE_DECODE", "gpu")
     with pytest.raises(ValueError, match="device_decode"):
         Settings()

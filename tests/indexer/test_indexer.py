@@ -11,7 +11,7 @@ from PIL import Image
 from core import store
 from indexer.pipeline import Indexer, Limits
 from indexer.sources import SourceError, list_source, parse_shard
-from tests.indexer.fakes import DIM, fake_embedder
+from tests.fakes import DIM, FakeEngine
 from tests.stores import all_points, edge_store, memory_server
 
 
@@ -33,7 +33,7 @@ _all_points = all_points
 
 
 def test_directory_with_labels_alias_and_payload(images, client):
-    report = Indexer(client, fake_embedder(), "photos", batch=16).run(
+    report = Indexer(client, FakeEngine(), "photos", batch=16).run(
         list_source(images, "dirs"), progress=False
     )
     assert (report.indexed, report.unchanged, report.failed) == (120, 0, 0)
@@ -51,12 +51,12 @@ def test_directory_with_labels_alias_and_payload(images, client):
 
 
 def test_no_labels_unless_asked(images, client):
-    Indexer(client, fake_embedder(), "nolabels").run(list_source(images), progress=False)
+    Indexer(client, FakeEngine(), "nolabels").run(list_source(images), progress=False)
     assert all(p["label"] is None for p in _all_points(client, "nolabels").values())
 
 
 def test_rerun_skips_unchanged_and_picks_up_changes(images, client):
-    indexer = Indexer(client, fake_embedder(), "photos", batch=16)
+    indexer = Indexer(client, FakeEngine(), "photos", batch=16)
     indexer.run(list_source(images, "dirs"), progress=False)
     again = indexer.run(list_source(images, "dirs"), progress=False)
     assert (again.indexed, again.unchanged) == (0, 120)
@@ -69,7 +69,7 @@ def test_rerun_skips_unchanged_and_picks_up_changes(images, client):
 
 
 def test_prune_removes_points_whose_source_is_gone(images, client):
-    indexer = Indexer(client, fake_embedder(), "photos")
+    indexer = Indexer(client, FakeEngine(), "photos")
     indexer.run(list_source(images, "dirs"), progress=False)
     gone = sorted(images.rglob("*.png"))[:5]
     for p in gone:
@@ -88,7 +88,7 @@ def test_bad_files_are_skipped_and_reported(images, client, tmp_path):
     (bad / "truncated.png").write_bytes(good_bytes[: len(good_bytes) // 3])
     Image.new("RGB", (1200, 1000)).save(bad / "huge.png")  # 1.2 Mpx, over the limit below
     failures = tmp_path / "failures.jsonl"
-    report = Indexer(client, fake_embedder(), "photos", limits=Limits(max_pixels=1_000_000)).run(
+    report = Indexer(client, FakeEngine(), "photos", limits=Limits(max_pixels=1_000_000)).run(
         list_source(images, "dirs"), failures_path=failures, progress=False
     )
     assert (report.indexed, report.failed) == (120, 4)
@@ -107,12 +107,12 @@ def test_manifest_csv_and_jsonl_with_extra_payload(images, client, tmp_path):
             w.writerow([str(p.relative_to(images)), f"L{i % 2}", f"ann{i}"])
     jsonl_path = tmp_path / "manifest.jsonl"
     jsonl_path.write_text("".join(json.dumps({"path": str(p), "label": "x"}) + "\n" for p in files))
-    Indexer(client, fake_embedder(), "csv").run(list_source("", manifest=csv_path), progress=False)
+    Indexer(client, FakeEngine(), "csv").run(list_source("", manifest=csv_path), progress=False)
     points = _all_points(client, "csv")
     full = all_points(client, "csv", ["photographer", "label"])
     assert len(points) == 6
     assert sorted(p["photographer"] for p in full.values()) == [f"ann{i}" for i in range(6)]
-    Indexer(client, fake_embedder(), "jsonl").run(list_source("", manifest=jsonl_path),
+    Indexer(client, FakeEngine(), "jsonl").run(list_source("", manifest=jsonl_path),
                                                   progress=False)  # fmt: skip
     assert set(_all_points(client, "jsonl")) == set(points)  # same URIs → same ids
 
@@ -122,7 +122,7 @@ def test_tar_sources_with_labels(images, client, tmp_path, mode, suffix):
     archive = tmp_path / f"set{suffix}"
     with tarfile.open(archive, mode) as tar:
         tar.add(images, arcname="train")  # a wrapping folder, then the classes
-    report = Indexer(client, fake_embedder(), "tar").run(list_source(archive, "dirs"),
+    report = Indexer(client, FakeEngine(), "tar").run(list_source(archive, "dirs"),
                                                          progress=False)  # fmt: skip
     assert report.indexed == 120
     labels = {p["label"] for p in _all_points(client, "tar").values()}
@@ -133,7 +133,7 @@ def test_shards_cover_the_source_exactly_once(images, client):
     items = list_source(images, "dirs")
     seen: list[str] = []
     for i in range(3):
-        report = Indexer(client, fake_embedder(), f"s{i}").run(
+        report = Indexer(client, FakeEngine(), f"s{i}").run(
             items, shard=parse_shard(f"{i}/3"), progress=False
         )
         assert 0 < report.total < 120
@@ -151,19 +151,19 @@ def test_shard_spec_validation():
 def test_on_disk_store_persists(images, tmp_path):
     path = tmp_path / "qdrant"
     c = edge_store(path)
-    Indexer(c, fake_embedder(), "photos").run(list_source(images, "dirs"), progress=False)
+    Indexer(c, FakeEngine(), "photos").run(list_source(images, "dirs"), progress=False)
     c.close()
     c = edge_store(path)
     assert c.count(c.resolve("photos")) == 120
-    report = Indexer(c, fake_embedder(), "photos").run(list_source(images, "dirs"), progress=False)
+    report = Indexer(c, FakeEngine(), "photos").run(list_source(images, "dirs"), progress=False)
     assert report.unchanged == 120
     c.close()
 
 
 def test_new_model_version_gets_its_own_physical_collection(images, client):
     items = list_source(images, "dirs")
-    Indexer(client, fake_embedder(version="v1"), "photos").run(items, progress=False)
-    report = Indexer(client, fake_embedder(version="v2"), "photos").run(items, progress=False)
+    Indexer(client, FakeEngine(version="v1"), "photos").run(items, progress=False)
+    report = Indexer(client, FakeEngine(version="v2"), "photos").run(items, progress=False)
     assert report.physical == "photos__v2" and report.indexed == 120
     # The alias keeps serving v1 until a refresh flips it; embeddings never mix.
     assert client.resolve_alias("photos") == "photos__v1"
@@ -173,11 +173,11 @@ def test_new_model_version_gets_its_own_physical_collection(images, client):
 def test_bad_collection_names(client):
     for bad in ("", "a__b", "../x", "x" * 80, "sp ace"):
         with pytest.raises(ValueError):
-            Indexer(client, fake_embedder(), bad)
+            Indexer(client, FakeEngine(), bad)
 
 
 def test_embeddings_are_stored_normalised(images, client):
-    Indexer(client, fake_embedder(), "photos").run(list_source(images, "dirs"), progress=False)
+    Indexer(client, FakeEngine(), "photos").run(list_source(images, "dirs"), progress=False)
     recs, _ = client.scroll(client.resolve("photos"), limit=5, vectors=True)
     for r in recs:
         assert abs(np.linalg.norm(r.vector) - 1) < 1e-5

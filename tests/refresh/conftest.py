@@ -23,7 +23,7 @@ from core.package import WEIGHTS, read_meta
 from core.settings import Settings
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
-from tests.api.conftest import ONE_THREAD, embedder_for
+from tests.api.conftest import ONE_THREAD, engine_for
 from tests.api.test_browser import _free_port
 from tests.servers import start_uvicorn, stop_uvicorn
 from tests.stores import edge_store
@@ -87,12 +87,12 @@ class Env:
 
 def index_v1(client, env: Env) -> None:
     """`shapes` (60 labelled), `more` (20 unlabelled) by v1; `stale` (10) by an old version."""
-    v1 = embedder_for(env.name_dir / env.v1)
+    v1 = engine_for(env.name_dir / env.v1)
     items = list_source(env.images, "dirs")
     Indexer(client, v1, "shapes", batch=32, workers=1).run(items, progress=False)
     Indexer(client, v1, "more", batch=32, workers=1).run(list_source(env.images)[:20],
                                                          progress=False)  # fmt: skip
-    old = embedder_for(env.name_dir / env.v1, "19990101-000000-old")
+    old = engine_for(env.name_dir / env.v1, "19990101-000000-old")
     Indexer(client, old, "stale", batch=32, workers=1).run(items[:10], progress=False)
 
 

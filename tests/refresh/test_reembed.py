@@ -11,7 +11,7 @@ from core import refresh, versions
 from core.images import decode_image
 from core.package import current_version
 from core.store import Store
-from tests.api.conftest import embedder_for
+from tests.api.conftest import engine_for
 from tests.stores import edge_store
 
 
@@ -27,7 +27,7 @@ def _points(q: Store, name: str) -> dict[str, tuple[dict, list[float]]]:
 
 
 def test_reembed_writes_every_point_with_the_new_model_and_resumes(env, q):
-    v2 = embedder_for(env.name_dir / env.v2)
+    v2 = engine_for(env.name_dir / env.v2)
     target = q.ensure_collection("shapes", env.v2, v2.dim)
     seen: list[int] = []
     report = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000, batch=16,
@@ -55,7 +55,7 @@ def test_unreadable_images_are_reported_and_left_out(env, q):
     gone = sorted(env.images.rglob("*.png"))[:2]
     for p in gone:
         p.unlink()
-    v2 = embedder_for(env.name_dir / env.v2)
+    v2 = engine_for(env.name_dir / env.v2)
     target = q.ensure_collection("shapes", env.v2, v2.dim)
     report = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000)
     assert (report.written, report.failed) == (58, 2)

@@ -20,7 +20,7 @@ from core.package import META
 from core.store import base as store_base
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
-from tests.indexer.fakes import DIM, fake_embedder
+from tests.fakes import DIM, FakeEngine
 from tests.security.test_uploads import error
 from tests.stores import all_points, memory_server
 
@@ -93,7 +93,7 @@ def _check_points(client, items) -> None:
 
 def test_indexer_survives_a_qdrant_restart_mid_run(synthetic_dir, outage, fast_backoff):
     client = memory_server()
-    emb = fake_embedder()
+    emb = FakeEngine()
     client.ensure_collection("photos", emb.model_version, DIM)
     items = list_source(synthetic_dir, "dirs")
     qdrant = outage(client)
@@ -109,7 +109,7 @@ def test_indexer_survives_a_qdrant_restart_mid_run(synthetic_dir, outage, fast_b
 
 def test_indexer_outage_longer_than_its_retries_then_rerun(synthetic_dir, outage, fast_backoff):
     client = memory_server()
-    emb = fake_embedder()
+    emb = FakeEngine()
     client.ensure_collection("photos", emb.model_version, DIM)
     items = list_source(synthetic_dir, "dirs")
     qdrant = outage(client)
