@@ -68,9 +68,11 @@ class EngineLink:
         except (OSError, WireError) as exc:
             self._drop()  # a reply may be half read: never reuse this connection
             raise ApiError(
-                503, "engine_unavailable", f"the engine process is not reachable: {exc}",
-                {"Retry-After": str(self.retry_after_s)},
-            ) from exc  # fmt: skip
+                status=503,
+                code="engine_unavailable",
+                message=f"the engine process is not reachable: {exc}",
+                headers={"Retry-After": str(self.retry_after_s)},
+            ) from exc
         if kind == "ok":
             return value
         if kind == "api_error":
