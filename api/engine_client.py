@@ -23,13 +23,13 @@ from api.engine_wire import WireError, call, encode_rows
 from api.errors import ApiError
 from api.index_jobs import NoIndexJobs
 from api.metrics import Metrics
+from api.refresh import SingleProcessAdmin
 from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
 from core.images import ImageRejected
 from core.model import PackagedModel
 from core.settings import Settings
-from core.switchover import RefreshStatus
 
 
 class EngineLink:
@@ -68,9 +68,11 @@ class EngineLink:
         except (OSError, WireError) as exc:
             self._drop()  # a reply may be half read: never reuse this connection
             raise ApiError(
-                503, "engine_unavailable", f"the engine process is not reachable: {exc}",
-                {"Retry-After": str(self.retry_after_s)},
-            ) from exc  # fmt: skip
+                status=503,
+                code="engine_unavailable",
+                message=f"the engine process is not reachable: {exc}",
+                headers={"Retry-After": str(self.retry_after_s)},
+            ) from exc
         if kind == "ok":
             return value
         if kind == "api_error":
@@ -132,39 +134,6 @@ class RemoteVectors:
         return method
 
 
-class SingleProcessAdmin:
-    """Refresh and rollback swap the engine inside one process: with worker processes they are
-    refused (409) and the CLI does them (`dinoserve models …`, then restart)."""
-
-    def __init__(self) -> None:
-        self.status = RefreshStatus()
-
-    def _refuse(self) -> ApiError:
-        return ApiError(
-            409, "not_with_workers",
-            "model refresh and rollback run in a single-process service "
-            "(DINOSERVE_SERVE__WORKERS=1); with worker processes, use the CLI and restart",
-        )  # fmt: skip
-
-    def start(self, version: str | None = None) -> Any:
-        raise self._refuse()
-
-    async def rollback(self) -> Any:
-        raise self._refuse()
-
-    async def describe(self) -> Any:
-        raise self._refuse()
-
-    async def gc(self) -> Any:
-        raise self._refuse()
-
-    def start_watch(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
 @asynccontextmanager
 async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator[dict]:
     """The runtime of one HTTP worker: a remote engine behind the usual Serving and batchers."""
@@ -186,8 +155,15 @@ async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator
         db = store.open_store(settings, store.request_policy(settings))
         vectors = Vectors(db)
     metrics.model.info(_model_info(meta, settings.engine))
-    runtime = Runtime(settings, serving, vectors, metrics, executor, admin=SingleProcessAdmin(),
-                      indexing=NoIndexJobs())  # fmt: skip
+    runtime = Runtime(
+        settings,
+        serving,
+        vectors,
+        metrics,
+        executor,
+        admin=SingleProcessAdmin(),
+        indexing=NoIndexJobs(),
+    )
     metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)
     metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
     try:

@@ -1,8 +1,9 @@
-"""Refresh, rollback and gc inside the service, which owns the embedded Qdrant: one operation at
-a time, the re-embedding in a worker thread, and nothing served changes until it is complete.
+"""The admin adapter of the refresh job (core/refresh_job.py) inside the service, which owns the
+embedded Qdrant: one operation at a time, the job in a worker thread, and the engine swap.
 
-The order of a switch: start the new engine's batchers → flip every alias in one call → move
-CURRENT → swap `Runtime.serving` (one assignment) → retire the old state once its requests end.
+The order of a switch: catch-up passes while writes go on → writes held off (api/writes.py), a
+last pass → start the new engine's batchers → commit (flip every alias in one call, move
+CURRENT) → swap the served state (one assignment) → retire the old state once its requests end.
 Requests search `<collection>__<their version>` directly, so they stay consistent between the
 flip and the swap; the old collections stay until `models gc`.
 """
@@ -14,16 +15,19 @@ import contextlib
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from api.errors import ApiError
 from api.serving import Serving
-from core import switchover, versions
+from api.writes import WriteGate
+from core import refresh_job, versions
+from core.blobs import Blobs
+from core.engines import Engine
+from core.refresh_job import Prepared, RefreshJob, RefreshStatus
+from core.settings import Settings
 from core.store import Store
-from core.switchover import Prepared, RefreshStatus
-
-if TYPE_CHECKING:
-    from api.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,28 @@ class Busy(RuntimeError):
 
 
 class Refresher:
-    """The service's admin operations on the served model (see api/routes/admin.py)."""
+    """The service's admin operations on the served model (see api/routes/admin.py).
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    Args:
+        q: the service's own store (the embedded one allows one process), batch retries.
+        settings: the service settings.
+        writes: the gate of collection writes, held closed for the last catch-up and the flip.
+        serving: the served state now (read for its version).
+        start: builds and starts the serving state of a new engine (its batchers).
+        swap: serves a new state from the next request on; returns the old one.
+    """
+
+    def __init__(
+        self,
+        q: Store,
+        settings: Settings,
+        writes: WriteGate,
+        serving: Callable[[], Serving],
+        start: Callable[[Engine], Serving],
+        swap: Callable[[Serving], Serving],
+    ) -> None:
+        self.q, self.settings, self.writes = q, settings, writes
+        self._serving, self._start, self._swap = serving, start, swap
         self.status = RefreshStatus()
         self.busy = False  # set and cleared on the event loop only
         self._task: asyncio.Task[None] | None = None
@@ -46,13 +68,11 @@ class Refresher:
         self._watch_failed: set[str] = set()
 
     @property
-    def q(self) -> Store:
-        """The service's own store (the embedded one allows one process), batch retries."""
-        return self.rt.store
+    def served(self) -> str:
+        return self._serving().version
 
     def name_dir(self) -> Path:
-        s = self.rt.settings
-        return versions.registry_dir(s.models_dir, s.model)
+        return versions.registry_dir(self.settings.models_dir, self.settings.model)
 
     def _claim(self) -> None:
         if self.busy:
@@ -66,70 +86,49 @@ class Refresher:
             Busy: one is running.
             VersionError: unknown version, nothing to refresh to, or a pinned package path.
         """
-        name_dir, served = self.name_dir(), self.rt.serving.version
+        name_dir, served = self.name_dir(), self.served
         target = versions.refresh_target(name_dir, served, version)
         if target == served:
             raise versions.VersionError(f"{target} is already served")
         self._claim()
-        self.status = RefreshStatus.begin(uuid.uuid4().hex[:12], served, target)
-        self._task = asyncio.create_task(self._refresh(name_dir, served, target, self.status))
-        log.info("refresh %s: %s → %s started", self.status.job, served, target)
-        return self.status
+        status = RefreshStatus.begin(uuid.uuid4().hex[:12], served, target)
+        job = RefreshJob(self.q, self.settings, name_dir, status, should_stop=self._stop.is_set)
+        self.status = status
+        self._task = asyncio.create_task(self._run(job))
+        log.info("refresh %s: %s → %s started", status.job, served, target)
+        return status
 
-    async def _refresh(self, name_dir: Path, served: str, target: str, st: RefreshStatus) -> None:
-        created: list[str] = []
+    async def _run(self, job: RefreshJob) -> None:
+        loop = asyncio.get_running_loop()
+
+        def switch(job: RefreshJob, p: Prepared) -> None:  # in the job's thread
+            job.status.phase = "catching_up"
+            on_loop = self._catch_up_and_switch(job, p)
+            asyncio.run_coroutine_threadsafe(on_loop, loop).result()
+
         try:
-            p = await asyncio.to_thread(
-                switchover.prepare,
-                self.q,
-                self.rt.settings,
-                name_dir,
-                served,
-                target,
-                st,
-                created=created,
-                should_stop=self._stop.is_set,
-            )
-            st.phase = "catching_up"
-            await self._catch_up_and_switch(name_dir, p, created)
-            st.end()
-            log.info("refresh %s done: serving %s (%s)", st.job, target, st.collections)
-        except Exception as exc:  # any failure: report it, keep serving the old version
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "refresh %s to %s failed, still serving %s: %s", st.job, target, served, reason
-            )
-            try:
-                await asyncio.to_thread(switchover.abort, self.q, created)
-            except Exception:
-                log.exception("refresh %s: could not drop %s", st.job, created)
-            st.end(reason)
+            await asyncio.to_thread(job.run, switch)
         finally:
             self.busy = False
 
-    async def _catch_up_and_switch(self, name_dir: Path, p: Prepared, created: list[str]) -> None:
+    async def _catch_up_and_switch(self, job: RefreshJob, p: Prepared) -> None:
         """Bring the targets in line with the writes made while they were built, then switch
-        with writes held off (api/writes.py): no write answered 200 is lost."""
-        settings, stop = self.rt.settings, self._stop.is_set
-        for _ in range(settings.refresh.catch_up_passes):  # writes go on meanwhile
-            if not await asyncio.to_thread(switchover.catch_up, self.q, settings, p, created, stop):
+        with writes held off: no write answered 200 is lost."""
+        for _ in range(self.settings.refresh.catch_up_passes):  # writes go on meanwhile
+            if not await asyncio.to_thread(job.catch_up, p):
                 break
-        async with self.rt.writes.closed():
-            await asyncio.to_thread(switchover.catch_up, self.q, settings, p, created, stop)
-            await self._switch(name_dir, p)
+        async with self.writes.closed():
+            await asyncio.to_thread(job.catch_up, p)
+            new = self._start(p.engine)
+            try:
+                await asyncio.to_thread(job.commit, p)
+            except BaseException:
+                await new.close()
+                raise
+            old = self._swap(new)  # before writes resume: they go to the served version
+        self._spawn(old.retire(self.settings.refresh.drain_timeout_s))
 
-    async def _switch(self, name_dir: Path, p: Prepared) -> None:
-        rt = self.rt
-        new = Serving.start(p.engine, rt.executor, rt.settings, rt.metrics)
-        try:
-            await asyncio.to_thread(switchover.commit, self.q, name_dir, p)
-        except BaseException:
-            await new.close()
-            raise
-        old = rt.swap(new)
-        self._spawn(old.retire(rt.settings.refresh.drain_timeout_s))
-
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -141,14 +140,13 @@ class Refresher:
             Busy: a refresh or rollback is running.
             VersionError: no previous version, or its collections were deleted.
         """
-        name_dir, served = self.name_dir(), self.rt.serving.version
+        name_dir, served = self.name_dir(), self.served
         self._claim()
         try:
-            p = await asyncio.to_thread(
-                switchover.prepare_rollback, self.q, self.rt.settings, name_dir, served
-            )
+            job = RefreshJob.rollback(self.q, self.settings, name_dir, served)
+            p = await asyncio.to_thread(job.prepare_rollback)
             # The previous version's collections lack what was written since the refresh.
-            await self._catch_up_and_switch(name_dir, p, [])
+            await self._catch_up_and_switch(job, p)
         finally:
             self.busy = False
         log.info("rolled back from %s to %s", served, p.version)
@@ -156,21 +154,19 @@ class Refresher:
 
     async def describe(self) -> dict[str, Any]:
         """Versions of the served model, CURRENT, and each version's collections."""
-        return await asyncio.to_thread(
-            versions.describe, self.q, self.name_dir(), self.rt.serving.version
-        )
+        return await asyncio.to_thread(refresh_job.describe, self.q, self.name_dir(), self.served)
 
     async def gc(self) -> dict[str, Any]:
         """Delete versions beyond DINOSERVE_REFRESH__KEEP_VERSIONS and their collections."""
         self._claim()
         try:
             return await asyncio.to_thread(
-                versions.gc,
+                refresh_job.gc,
                 self.q,
                 self.name_dir(),
-                self.rt.serving.version,
-                keep=self.rt.settings.refresh.keep_versions,
-                blob_store=self.rt.blobs,
+                self.served,
+                keep=self.settings.refresh.keep_versions,
+                blob_store=Blobs(self.settings.blob_dir, self.settings.blob_fsync),
             )
         finally:
             self.busy = False
@@ -178,7 +174,7 @@ class Refresher:
     def start_watch(self) -> None:
         """With DINOSERVE_REFRESH__WATCH_INTERVAL_S > 0, refresh when CURRENT names another
         version (e.g. moved by an external job on a Qdrant server)."""
-        interval = self.rt.settings.refresh.watch_interval_s
+        interval = self.settings.refresh.watch_interval_s
         if interval > 0:
             self._watch = asyncio.create_task(self._watch_loop(interval))
 
@@ -187,7 +183,7 @@ class Refresher:
             await asyncio.sleep(interval)
             try:
                 current = versions.current_or_none(self.name_dir())
-                if current in (None, self.rt.serving.version) or self.busy:
+                if current in (None, self.served) or self.busy:
                     continue
                 if current in self._watch_failed:
                     continue  # failed once: wait for a person (or a new CURRENT)
@@ -211,3 +207,37 @@ class Refresher:
             await self._task
         for task in list(self._background):
             await task
+
+
+class SingleProcessAdmin:
+    """Refresh and rollback swap the engine inside one process: with worker processes they are
+    refused (409) and the CLI does them (`dinoserve models …`, then restart)."""
+
+    def __init__(self) -> None:
+        self.status = RefreshStatus()
+
+    def _refuse(self) -> ApiError:
+        return ApiError(
+            status=409,
+            code="not_with_workers",
+            message="model refresh and rollback run in a single-process service "
+            "(DINOSERVE_SERVE__WORKERS=1); with worker processes, use the CLI and restart",
+        )
+
+    def start(self, version: str | None = None) -> RefreshStatus:
+        raise self._refuse()
+
+    async def rollback(self) -> dict[str, Any]:
+        raise self._refuse()
+
+    async def describe(self) -> dict[str, Any]:
+        raise self._refuse()
+
+    async def gc(self) -> dict[str, Any]:
+        raise self._refuse()
+
+    def start_watch(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None

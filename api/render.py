@@ -14,13 +14,22 @@ from PIL import Image
 
 # Anchors of the "inferno" colormap (dark → bright), interpolated to a 256-entry table.
 _ANCHORS = np.array(
-    [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
-     (250, 193, 39), (252, 255, 164)], np.float64,
-)  # fmt: skip
+    [
+        (0, 0, 4),
+        (40, 11, 84),
+        (101, 21, 110),
+        (159, 42, 99),
+        (212, 72, 66),
+        (245, 125, 21),
+        (250, 193, 39),
+        (252, 255, 164),
+    ],
+    np.float64,
+)
+_AT = np.linspace(0, 1, len(_ANCHORS))  # where each anchor sits on [0, 1]
 _LUT = np.stack(
-    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c])
-     for c in range(3)], axis=-1,
-).astype(np.uint8)  # fmt: skip
+    [np.interp(np.linspace(0, 1, 256), _AT, _ANCHORS[:, c]) for c in range(3)], axis=-1
+).astype(np.uint8)
 GAP = 4
 
 
@@ -58,8 +67,8 @@ def render_attention(
         tile: side of each square tile in pixels.
     """
     heads = attention.shape[0]
-    base = np.asarray(image.convert("RGB").resize((tile, tile), Image.Resampling.BICUBIC),
-                      np.float32)  # fmt: skip
+    square = image.convert("RGB").resize((tile, tile), Image.Resampling.BICUBIC)
+    base = np.asarray(square, np.float32)
     cols = heads + 1
     canvas = np.full((2 * tile + GAP, cols * tile + (cols - 1) * GAP, 3), 255, np.float32)
 

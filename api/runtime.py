@@ -4,6 +4,7 @@ its worker thread, the micro-batchers, the Qdrant client and the metrics."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.cluster_jobs import ClusterJobs
 from api.index_jobs import IndexJobs
 from api.metrics import Metrics
-from api.refresh import Refresher
+from api.refresh import Refresher, SingleProcessAdmin
 from api.serving import Serving
 from api.vectors import Vectors
 from api.writes import WriteGate
@@ -39,7 +40,7 @@ class Runtime:
     vectors: Vectors
     metrics: Metrics
     executor: ThreadPoolExecutor
-    admin: Any = None  # api.refresh.Refresher
+    admin: Refresher | SingleProcessAdmin | None = None  # set in the lifespan
     indexing: Any = None  # api.index_jobs.IndexJobs
     clusters: Any = None  # api.cluster_jobs.ClusterJobs (None: not in HTTP worker processes)
     writes: WriteGate = dataclasses.field(default_factory=WriteGate)  # collection writes
@@ -67,8 +68,12 @@ class Runtime:
 
 
 def _model_info(meta: package.PackageMeta, engine: str) -> dict[str, str]:
-    return {"name": meta.name, "version": meta.version, "engine": engine,
-            "embed_dim": str(meta.embed_dim)}  # fmt: skip
+    return {
+        "name": meta.name,
+        "version": meta.version,
+        "engine": engine,
+        "embed_dim": str(meta.embed_dim),
+    }
 
 
 @asynccontextmanager
@@ -101,7 +106,16 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     runtime = Runtime(settings, serving, Vectors(db), metrics, executor)
     metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)
     metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
-    runtime.admin = Refresher(runtime)
+    runtime.admin = Refresher(
+        runtime.store,
+        settings,
+        runtime.writes,
+        serving=lambda: runtime.serving,
+        start=functools.partial(
+            Serving.start, executor=executor, settings=settings, metrics=metrics
+        ),
+        swap=runtime.swap,
+    )
     runtime.indexing = IndexJobs(runtime)
     runtime.clusters = ClusterJobs(runtime)
     runtime.admin.start_watch()

@@ -3,10 +3,10 @@ deletions, and the gate that keeps them from being lost across a refresh.
 
 A write goes to the physical collection the alias points to, and only when that holds the
 served model version's embeddings. A refresh re-embeds while writes go on, catches up with them
-in further passes (core.switchover.catch_up), then closes the gate: new writes answer 409 with
-Retry-After, the refresh waits for those in flight, runs a last catch-up pass, flips the aliases
-and swaps the served model, and opens the gate again. So every write that was answered 200 is
-in the collection that is served afterwards.
+in further passes (core.refresh_job.RefreshJob.catch_up), then closes the gate: new writes answer
+409 with Retry-After, the refresh waits for those in flight, runs a last catch-up pass, flips the
+aliases and swaps the served model, and opens the gate again. So every write that was answered
+200 is in the collection that is served afterwards.
 
 Uploaded bytes are kept content-addressed (core.blobs); a point names them as `blob://<sha256>`.
 A blob is removed with the last point, in any collection, that names it: moved aside, the

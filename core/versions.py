@@ -1,4 +1,5 @@
-"""Which model versions a refresh, a rollback and `models gc` act on (the registry's policy).
+"""Which model versions a refresh, a rollback and `models gc` act on (the registry's policy;
+the store work they lead to is core.refresh_job's).
 
 Versions sort by time (`YYYYMMDD-HHMMSS-<hash>`). The *served* version is what a running service
 answers with, else the registry's CURRENT. Rollback goes to the newest version older than the
@@ -8,13 +9,9 @@ and the `keep - 1` older ones before it, so the served and the previous version 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any
 
-from core import blobs, package
-from core.blobs import Blobs
-from core.store import Store
+from core import package
 
 
 class VersionError(LookupError):
@@ -39,6 +36,7 @@ def registry_dir(models_dir: Path, model: str) -> Path:
 
 
 def current_or_none(name_dir: Path) -> str | None:
+    """The version CURRENT names, or None when there is no CURRENT (nothing activated yet)."""
     try:
         return package.current_version(name_dir)
     except package.PackageError:
@@ -83,39 +81,3 @@ def gc_candidates(name_dir: Path, served: str, keep: int) -> list[str]:
     """
     older = [v for v in package.list_versions(name_dir) if v < served]
     return older[: max(0, len(older) - (max(keep, 2) - 1))]
-
-
-def describe(q: Store | None, name_dir: Path, served: str | None) -> dict[str, Any]:
-    """Versions of a model (oldest first) with CURRENT, the served one, and — when Qdrant is
-    reachable — each version's physical collections, their point counts and aliases."""
-    current = current_or_none(name_dir)
-    physical: dict[str, list[str]] = {}
-    live: dict[str, str] = {}
-    if q is not None:
-        live = {p: a for a, p in q.aliases().items()}
-        physical = q.physical_by_version()
-    rows = []
-    for v in package.list_versions(name_dir):
-        cols = {
-            p: {"points": q.count(p), "alias": live.get(p)} for p in sorted(physical.get(v, []))
-        } if q is not None else None  # fmt: skip
-        rows.append({"version": v, "current": v == current, "served": v == served,
-                     "collections": cols})  # fmt: skip
-    return {"model": name_dir.name, "current": current, "served": served, "versions": rows}
-
-
-def gc(
-    q: Store | None, name_dir: Path, served: str, keep: int, blob_store: Blobs | None = None
-) -> dict[str, Any]:
-    """Delete the versions `gc_candidates` names: their packages and physical collections
-    (collections only when `q` is given; never one an alias points to), and then the uploaded
-    images (`blob_store`) that no remaining point names."""
-    victims = gc_candidates(name_dir, served, keep)
-    dropped: list[str] = []
-    if q is not None and victims:
-        by_version = q.physical_by_version()
-        dropped = q.delete_collections([n for v in victims for n in by_version.get(v, [])])
-    for v in victims:
-        shutil.rmtree(name_dir / v)
-    swept = blobs.sweep(q, blob_store) if q is not None and blob_store and dropped else 0
-    return {"deleted_versions": victims, "deleted_collections": dropped, "deleted_blobs": swept}

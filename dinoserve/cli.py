@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         # A command that reads DINOSERVE_* gets them read once, here, and passed down; the
-        # others (train, synth) run whatever they hold, and models_cli's read their own.
+        # others (train, synth) run whatever they hold.
         if not getattr(args, "reads_settings", False):
             return args.func(args)
         settings = Settings()  # a bad DINOSERVE_* value fails here (pydantic → exit 2)

@@ -2,7 +2,8 @@
 
 A running service owns the embedded Qdrant (one process may open it), so when one answers at
 DINOSERVE_SERVE__HOST/PORT the commands ask it through its admin API (DINOSERVE_ADMIN_API_KEY);
-with no service they do the work in-process with core.switchover. `--local` skips the service
+with no service they run the same refresh job in-process (core/refresh_job.py). `--local` skips
+the service
 (a Qdrant server can be shared: an external job may re-index while a service serves).
 """
 
@@ -20,8 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from core import package, store, switchover, versions
+from core import package, refresh_job, store, versions
 from core.blobs import Blobs
+from core.refresh_job import RefreshJob, RefreshStatus
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,15 @@ class Service:
     def _advice(self, status: int, code: str, message: str) -> str:
         """What a command-line user does about a refusal (not the HTTP headers to send)."""
         if status == 401:
-            return (f"the service at {self.base} needs its admin key: set "
-                    "DINOSERVE_ADMIN_API_KEY to it and run the command again")  # fmt: skip
+            return (
+                f"the service at {self.base} needs its admin key: set "
+                "DINOSERVE_ADMIN_API_KEY to it and run the command again"
+            )
         if status == 403 and code == "admin_disabled":
-            return (f"the service at {self.base} has its admin routes off: restart it with "
-                    "DINOSERVE_ADMIN_API_KEY set, or stop it and use --local")  # fmt: skip
+            return (
+                f"the service at {self.base} has its admin routes off: restart it with "
+                "DINOSERVE_ADMIN_API_KEY set, or stop it and use --local"
+            )
         if status == 403:
             return f"DINOSERVE_ADMIN_API_KEY is not the admin key of the service at {self.base}"
         return message
@@ -55,8 +61,8 @@ class Service:
     def call(self, method: str, path: str, **params: str) -> dict[str, Any] | None:
         """The JSON answer, or None when nothing listens there."""
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        req = urllib.request.Request(f"{self.base}{path}{'?' + query if query else ''}",
-                                     method=method)  # fmt: skip
+        url = f"{self.base}{path}?{query}" if query else f"{self.base}{path}"
+        req = urllib.request.Request(url, method=method)
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
         try:
@@ -97,8 +103,7 @@ def _service(args: argparse.Namespace, settings: Settings) -> Service | None:
     return None if args.local else Service(settings)
 
 
-def cmd_refresh(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_refresh(args: argparse.Namespace, settings: Settings) -> int:
     svc = _service(args, settings)
     if svc is not None and (st := svc.call("POST", "/admin/refresh", version=args.version)):
         print(f"service {svc.base}: refresh {st['from_version']} → {st['to_version']}")
@@ -121,31 +126,21 @@ def _report(st: dict[str, Any]) -> int:
     return 0
 
 
-def refresh_local(settings: Settings, version: str | None) -> switchover.RefreshStatus:
-    """Refresh in this process: re-embed, flip the aliases, move CURRENT."""
+def refresh_local(settings: Settings, version: str | None) -> RefreshStatus:
+    """Refresh in this process: re-embed, flip the aliases, move CURRENT (the job's `run`)."""
     name_dir = versions.registry_dir(settings.models_dir, settings.model)
     served = versions.current_or_none(name_dir)
     target = versions.refresh_target(name_dir, served, version)
-    status = switchover.RefreshStatus.begin("local", served, target)
+    status = RefreshStatus.begin("local", served, target)
     if target == served or served is None:  # nothing indexed under a served version yet
         package.switch_current(name_dir, target)
         status.end()
         return status
     with open_store(settings) as q:
-        created: list[str] = []
-        try:
-            p = switchover.prepare(q, settings, name_dir, served, target, status, created)
-            switchover.commit(q, name_dir, p)
-            status.end()
-        except Exception as exc:
-            log.error("refresh to %s failed: %s", target, exc)
-            switchover.abort(q, created)
-            status.end(f"{type(exc).__name__}: {exc}")
-    return status
+        return RefreshJob(q, settings, name_dir, status).run()
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     svc = _service(args, settings)
     try:
         info = svc.call("GET", "/admin/models") if svc is not None else None
@@ -156,45 +151,50 @@ def cmd_list(args: argparse.Namespace) -> int:
         # collections (its store is locked) need the admin key.
         log.warning("collections not shown: %s", str(exc).split(": ", 1)[1])
         name_dir = versions.registry_dir(settings.models_dir, settings.model)
-        info = versions.describe(None, name_dir, versions.current_or_none(name_dir))
+        info = refresh_job.describe(None, name_dir, versions.current_or_none(name_dir))
     if info is None:
         name_dir = versions.registry_dir(settings.models_dir, settings.model)
         current = versions.current_or_none(name_dir)
         try:
             with open_store(settings) as q:
-                info = versions.describe(q, name_dir, current)
+                info = refresh_job.describe(q, name_dir, current)
         except (CliError, store.StoreError) as exc:
             log.warning("collections unknown: %s", exc)
-            info = versions.describe(None, name_dir, current)
+            info = refresh_job.describe(None, name_dir, current)
     print(f"model {info['model']}  (* CURRENT, > served)")
     for row in info["versions"]:
         mark = ("*" if row["current"] else " ") + (">" if row["served"] else " ")
-        cols = row["collections"]
-        shown = "" if cols is None else ", ".join(
-            f"{name} {c['points']} pts" + (f" ← {c['alias']}" if c["alias"] else "")
-            for name, c in cols.items()
-        ) or "no collections"  # fmt: skip
-        print(f"{mark} {row['version']}  {shown}")
+        print(f"{mark} {row['version']}  {_collections_line(row['collections'])}")
     return 0
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    settings = Settings()
+def _collections_line(cols: dict[str, dict[str, Any]] | None) -> str:
+    """`shapes__v2 60 pts ← shapes, …` (empty when the store was not at hand)."""
+    if cols is None:
+        return ""
+    shown = [
+        f"{name} {c['points']} pts" + (f" ← {c['alias']}" if c["alias"] else "")
+        for name, c in cols.items()
+    ]
+    return ", ".join(shown) or "no collections"
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     svc = _service(args, settings)
     out = svc.call("POST", "/admin/rollback") if svc is not None else None
     if out is None:
         name_dir = versions.registry_dir(settings.models_dir, settings.model)
         served = package.current_version(name_dir)
         with open_store(settings) as q:
-            p = switchover.prepare_rollback(q, settings, name_dir, served)
-            switchover.commit(q, name_dir, p)
+            job = RefreshJob.rollback(q, settings, name_dir, served)
+            p = job.prepare_rollback()
+            job.commit(p)
         out = {"from_version": served, "to_version": p.version, "collections": p.targets}
     print(f"rolled back {out['from_version']} → {out['to_version']}: {out['collections']}")
     return 0
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
-    settings = Settings()
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     svc = _service(args, settings)
     out = svc.call("POST", "/admin/gc") if svc is not None else None
     if out is None:
@@ -202,10 +202,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
         served = package.current_version(name_dir)
         with open_store(settings) as q:
             blob_store = Blobs(settings.blob_dir, settings.blob_fsync)
-            out = versions.gc(q, name_dir, served, settings.refresh.keep_versions, blob_store)
-    print(f"deleted versions: {out['deleted_versions'] or 'none'}; "
-          f"collections: {out['deleted_collections'] or 'none'}; "
-          f"uploaded images no longer used: {out.get('deleted_blobs', 0)}")  # fmt: skip
+            out = refresh_job.gc(
+                q, name_dir, served, keep=settings.refresh.keep_versions, blob_store=blob_store
+            )
+    print(
+        f"deleted versions: {out['deleted_versions'] or 'none'}; "
+        f"collections: {out['deleted_collections'] or 'none'}; "
+        f"uploaded images no longer used: {out.get('deleted_blobs', 0)}"
+    )
     return 0
 
 
@@ -216,25 +220,26 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--poll-s", type=float, default=2.0, help="progress interval (service)")
     m = sub.add_parser("models", help="list, roll back or gc versions of the served model")
     msub = m.add_subparsers(dest="models_command", required=True)
+    gc_help = "delete versions beyond DINOSERVE_REFRESH__KEEP_VERSIONS"
     parsers = [
         (r, cmd_refresh),
         (msub.add_parser("list", help="versions, CURRENT, collections and counts"), cmd_list),
         (msub.add_parser("rollback", help="serve the previous version again"), cmd_rollback),
-        (msub.add_parser("gc", help="delete versions beyond DINOSERVE_REFRESH__KEEP_VERSIONS"),
-         cmd_gc),
-    ]  # fmt: skip
+        (msub.add_parser("gc", help=gc_help), cmd_gc),
+    ]
     for p, func in parsers:
-        p.add_argument("--local", action="store_true",
-                       help="do it in this process, even if a service answers")  # fmt: skip
-        p.set_defaults(func=_guarded(func))
+        p.add_argument(
+            "--local", action="store_true", help="do it in this process, even if a service answers"
+        )
+        p.set_defaults(func=_guarded(func), reads_settings=True)
 
 
 def _guarded(func: Any) -> Any:
     """Refusals become one line on stderr and exit status 2, as the other commands do."""
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
-            return func(args)
+            return func(args, settings)
         except (CliError, versions.VersionError, store.StoreError) as exc:
             print(f"dinoserve: error: {exc}", file=sys.stderr)
             return 2

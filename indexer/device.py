@@ -43,9 +43,16 @@ class DeviceDecode:
         m = self.engine.meta
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             out = preprocess_encoded(
-                datas, m.img_size, m.mean, m.std, m.crop_pct, self.device,
-                limits.max_pixels, limits.max_bytes, self.tensor_decode,
-            )  # fmt: skip
+                datas,
+                img_size=m.img_size,
+                mean=m.mean,
+                std=m.std,
+                crop_pct=m.crop_pct,
+                device=self.device,
+                max_pixels=limits.max_pixels,
+                max_bytes=limits.max_bytes,
+                tensor_decode=self.tensor_decode,
+            )
         if self.stream is not None:
             self.stream.synchronize()  # this (producer) thread waits; the engine's work does not
         result: list[Any] = [None] * len(datas)

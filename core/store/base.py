@@ -255,9 +255,14 @@ class Store(ABC):
         rows = []
         for physical in self.collections():
             logical, _, version = physical.partition(SEP)
-            rows.append({"name": logical, "alias": by_physical.get(physical),
-                         "physical": physical, "model_version": version or None,
-                         "points": self.count(physical)})  # fmt: skip
+            row = {
+                "name": logical,
+                "alias": by_physical.get(physical),
+                "physical": physical,
+                "model_version": version or None,
+                "points": self.count(physical),
+            }
+            rows.append(row)
         return rows
 
     def delete_logical(self, name: str) -> list[str]:

@@ -3,8 +3,9 @@ from dinoserve.cli import main
 from tests.stores import edge_store
 
 
-def test_index_command_with_a_real_package(micro_package, synthetic_dir, tmp_path, monkeypatch,
-                                           capsys):  # fmt: skip
+def test_index_command_with_a_real_package(
+    micro_package, synthetic_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("DINOSERVE_MODEL", str(micro_package))
     monkeypatch.setenv("DINOSERVE_QDRANT_PATH", str(tmp_path / "qdrant"))
     monkeypatch.setenv("DINOSERVE_INDEX_DIR", str(tmp_path / "index"))
@@ -34,8 +35,9 @@ def test_index_command_errors_are_clear(tmp_path, monkeypatch, capsys):
     assert "DINOSERVE_INDEXER__BATCH=0 (indexer.batch)" in capsys.readouterr().err
 
 
-def test_index_needs_a_source_and_never_indexes_the_working_directory(tmp_path, monkeypatch,
-                                                                      capsys):  # fmt: skip
+def test_index_needs_a_source_and_never_indexes_the_working_directory(
+    tmp_path, monkeypatch, capsys
+):
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
@@ -46,8 +48,7 @@ def test_index_needs_a_source_and_never_indexes_the_working_directory(tmp_path, 
     assert not (tmp_path / "qdrant").exists()
 
 
-def test_index_reports_an_empty_folder_and_dirs_labels_on_a_flat_one(tmp_path, monkeypatch,
-                                                                     capsys):  # fmt: skip
+def test_index_reports_an_empty_folder_and_dirs_labels_on_a_flat_one(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     monkeypatch.setenv("DINOSERVE_QDRANT_PATH", str(tmp_path / "qdrant"))

@@ -93,8 +93,12 @@ def test_bad_files_are_skipped_and_reported(images, client, tmp_path):
     )
     assert (report.indexed, report.failed) == (120, 4)
     rows = {Path(r["uri"]).name: r["reason"] for r in map(json.loads, failures.open())}
-    assert rows == {"zero.png": "empty", "text.jpg": "invalid", "truncated.png": "invalid",
-                    "huge.png": "too_large"}  # fmt: skip
+    assert rows == {
+        "zero.png": "empty",
+        "text.jpg": "invalid",
+        "truncated.png": "invalid",
+        "huge.png": "too_large",
+    }
 
 
 def test_manifest_csv_and_jsonl_with_extra_payload(images, client, tmp_path):
@@ -112,8 +116,7 @@ def test_manifest_csv_and_jsonl_with_extra_payload(images, client, tmp_path):
     full = all_points(client, "csv", ["photographer", "label"])
     assert len(points) == 6
     assert sorted(p["photographer"] for p in full.values()) == [f"ann{i}" for i in range(6)]
-    Indexer(client, FakeEngine(), "jsonl").run(list_source("", manifest=jsonl_path),
-                                                  progress=False)  # fmt: skip
+    Indexer(client, FakeEngine(), "jsonl").run(list_source("", manifest=jsonl_path), progress=False)
     assert set(_all_points(client, "jsonl")) == set(points)  # same URIs → same ids
 
 
@@ -122,8 +125,7 @@ def test_tar_sources_with_labels(images, client, tmp_path, mode, suffix):
     archive = tmp_path / f"set{suffix}"
     with tarfile.open(archive, mode) as tar:
         tar.add(images, arcname="train")  # a wrapping folder, then the classes
-    report = Indexer(client, FakeEngine(), "tar").run(list_source(archive, "dirs"),
-                                                         progress=False)  # fmt: skip
+    report = Indexer(client, FakeEngine(), "tar").run(list_source(archive, "dirs"), progress=False)
     assert report.indexed == 120
     labels = {p["label"] for p in _all_points(client, "tar").values()}
     assert labels == {d.name for d in images.iterdir()}

@@ -27,8 +27,15 @@ def _upload(db, physical: str, blobs: Blobs, data: bytes, label: str) -> str:
     sha = blobs.put(data)
     pid = store.point_id("client/photo-1")
     vec = np.ones((1, DIM), np.float32) / np.sqrt(DIM)
-    payload = {"uri": blob_uri(sha), "label": label, "source_uri": "client/photo-1",
-               "sha256": sha, "width": 32, "height": 32, "model_version": "fake-v1"}  # fmt: skip
+    payload = {
+        "uri": blob_uri(sha),
+        "label": label,
+        "source_uri": "client/photo-1",
+        "sha256": sha,
+        "width": 32,
+        "height": 32,
+        "model_version": "fake-v1",
+    }
     db.upsert(physical, [pid], vec, [payload])
     return pid
 
@@ -59,8 +66,7 @@ def test_a_new_versions_run_re_embeds_uploads_from_the_blob_store(images, tmp_pa
         old = v1.run(list_source(images, "dirs"), progress=False).physical
         data = (images / "ring" / "00003.png").read_bytes()
         pid = _upload(db, old, blobs, data, "uploaded")
-        v2 = Indexer(db, FakeEngine(version="fake-v2"), "photos", batch=16,
-                     blob_dir=blobs.root)  # fmt: skip
+        v2 = Indexer(db, FakeEngine(version="fake-v2"), "photos", batch=16, blob_dir=blobs.root)
         report = v2.run(list_source(images, "dirs"), progress=False)
         assert report.physical == "photos__fake-v2" and report.indexed == 121
         assert db.resolve_alias("photos") == old  # a refresh (or an operator) flips it

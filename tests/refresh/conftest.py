@@ -90,8 +90,9 @@ def index_v1(client, env: Env) -> None:
     v1 = engine_for(env.name_dir / env.v1)
     items = list_source(env.images, "dirs")
     Indexer(client, v1, "shapes", batch=32, workers=1).run(items, progress=False)
-    Indexer(client, v1, "more", batch=32, workers=1).run(list_source(env.images)[:20],
-                                                         progress=False)  # fmt: skip
+    Indexer(client, v1, "more", batch=32, workers=1).run(
+        list_source(env.images)[:20], progress=False
+    )
     old = engine_for(env.name_dir / env.v1, "19990101-000000-old")
     Indexer(client, old, "stale", batch=32, workers=1).run(items[:10], progress=False)
 

@@ -103,11 +103,11 @@ def test_failed_reembed_changes_nothing_served(env, serve, monkeypatch):
     real = refresh.reembed
     calls = []
 
-    def failing(q, source, target, embedder, max_pixels, batch, workers, progress, stop, **kw):
+    def failing(q, source, target, engine, **kw):
         calls.append(source)
         if source.startswith("shapes"):  # the second collection fails after its first batch
-            progress = boom
-        return real(q, source, target, embedder, max_pixels, batch, workers, progress, stop, **kw)
+            kw["progress"] = boom
+        return real(q, source, target, engine, **kw)
 
     def boom(report) -> None:
         raise OSError("disk full (injected)")

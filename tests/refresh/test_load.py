@@ -33,8 +33,8 @@ def _load(base: str, request, answers: list[Answer], stop: threading.Event) -> N
             try:
                 r = request(http)
                 body = r.json()
-                answers.append(Answer(t, r.status_code, body.get("model_version"),
-                                      body.get("physical_collection"), r.text[:300]))  # fmt: skip
+                version, physical = body.get("model_version"), body.get("physical_collection")
+                answers.append(Answer(t, r.status_code, version, physical, r.text[:300]))
             except httpx.HTTPError as exc:  # a dropped connection is a failed request too
                 answers.append(Answer(t, 0, None, None, repr(exc)))
 
@@ -57,10 +57,11 @@ def test_refresh_and_rollback_under_load(env, server):
     query = env.holdout[0].read_bytes()
     loads = [
         lambda h: h.get("/search", params={"image": str(indexed[3]), "k": 5}),
-        lambda h: h.post("/classify", params={"k": 5},
-                         files={"image": ("q.png", query, "image/png")}),
+        lambda h: h.post(
+            "/classify", params={"k": 5}, files={"image": ("q.png", query, "image/png")}
+        ),
         lambda h: h.post("/search", files={"image": ("q.png", query, "image/png")}),
-    ]  # fmt: skip
+    ]
     answers: list[list[Answer]] = [[] for _ in loads]
     stop = threading.Event()
     threads = [

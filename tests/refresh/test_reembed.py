@@ -30,8 +30,14 @@ def test_reembed_writes_every_point_with_the_new_model_and_resumes(env, q):
     v2 = engine_for(env.name_dir / env.v2)
     target = q.ensure_collection("shapes", env.v2, v2.dim)
     seen: list[int] = []
-    report = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000, batch=16,
-                             progress=lambda r: seen.append(r.done))  # fmt: skip
+
+    def progress(r: refresh.ReembedReport) -> None:
+        seen.append(r.done)
+
+    source = f"shapes__{env.v1}"
+    report = refresh.reembed(
+        q, source, target, v2, max_pixels=40_000_000, batch=16, progress=progress
+    )
     assert (report.total, report.written, report.failed) == (60, 60, 0)
     assert seen == [16, 32, 48, 60]
     old, new = _points(q, f"shapes__{env.v1}"), _points(q, target)

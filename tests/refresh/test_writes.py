@@ -112,12 +112,18 @@ def test_concurrent_writes_during_a_refresh_and_a_rollback_lose_nothing(env, tmp
 
     for pid in ids[:20]:  # relabel
         expected[pid] = "relabelled"
-        ops.put(lambda h, p=pid: h.patch(f"/collections/shapes/images/{p}",
-                                         json={"label": "relabelled"}, headers=WRITE))  # fmt: skip
+        ops.put(
+            lambda h, p=pid: h.patch(
+                f"/collections/shapes/images/{p}", json={"label": "relabelled"}, headers=WRITE
+            )
+        )
     for pid in ids[20:25]:  # remove the label
         expected[pid] = None
-        ops.put(lambda h, p=pid: h.patch(f"/collections/shapes/images/{p}",
-                                         json={"label": None}, headers=WRITE))  # fmt: skip
+        ops.put(
+            lambda h, p=pid: h.patch(
+                f"/collections/shapes/images/{p}", json={"label": None}, headers=WRITE
+            )
+        )
     for pid in ids[25:45]:  # delete
         del expected[pid]
         ops.put(lambda h, p=pid: h.delete(f"/collections/shapes/images/{p}", headers=WRITE))
@@ -200,8 +206,10 @@ def test_concurrent_writes_during_a_refresh_and_a_rollback_lose_nothing(env, tmp
 
     assert not log.failed, log.failed[:5]
     during = [d for d in log.done if refresh_window[0] <= d[0] and d[1] <= refresh_window[1]]
-    print(f"{len(log.done)} writes ({len(during)} during the refresh, {log.refused} refused "
-          f"and retried while it flipped), {log.reads} reads")  # fmt: skip
+    print(
+        f"{len(log.done)} writes ({len(during)} during the refresh, {log.refused} refused "
+        f"and retried while it flipped), {log.reads} reads"
+    )
     assert len(log.done) >= N_WRITES + 5 and during, "the writes ran while the refresh did"
     db = edge_store(env.qdrant_path)
     try:
