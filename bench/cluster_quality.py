@@ -80,22 +80,17 @@ def trained_package(data: Path, work: Path, epochs: int) -> Path:
 def quality(package: Path, data: Path, work: Path, name: str) -> dict:
     """Index `data` with `package`, cluster at k = 10, score against the folders' labels."""
     from core.clusters import ClusterParams, cluster, read_embeddings
-    from core.engines import load_engine, preprocess_batch
-    from core.package import read_meta
+    from core.engines import load_engine
     from core.settings import InferenceSettings
     from core.store import Layout
     from core.store.edge import EdgeStore
-    from indexer.pipeline import Embedder, Indexer
+    from indexer.pipeline import Indexer
     from indexer.sources import list_source
 
-    meta = read_meta(package)
     engine = load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))
-    embedder = Embedder(
-        engine.embed, lambda img: preprocess_batch(meta, [img])[0], engine.model_version, engine.dim
-    )
     db = EdgeStore(work / f"qdrant-{name}", Layout())
     try:
-        Indexer(db, embedder, "cifar", batch=64, workers=1).run(
+        Indexer(db, engine, "cifar", batch=64, workers=1).run(
             list_source(data, "dirs"), progress=False
         )
         t0 = time.perf_counter()
@@ -108,7 +103,7 @@ def quality(package: Path, data: Path, work: Path, name: str) -> dict:
         "what": "quality",
         "model": name,
         "package": str(package),
-        "provenance": meta.provenance.get("source") if meta.provenance else None,
+        "provenance": engine.meta.provenance.get("source") if engine.meta.provenance else None,
         "points": out["points"],
         "k": 10,
         "nmi": round(out["nmi"], 4),

@@ -155,17 +155,12 @@ def random_package(config: Path, out: Path) -> Path:
     return write_package(build_vit(meta["arch"], meta["timm_kwargs"]), meta, out, "random-init")
 
 
-def embedder(package: Path):
-    """The package's ONNX model on one thread, as the indexer's Embedder."""
-    from core.engines import load_engine, preprocess_batch
-    from core.package import read_meta
+def engine_for(package: Path):
+    """The package's ONNX model on one thread (the engine is the model: it preprocesses too)."""
+    from core.engines import load_engine
     from core.settings import InferenceSettings
-    from indexer.pipeline import Embedder
 
-    meta = read_meta(package)
-    engine = load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))
-    prep = lambda img: preprocess_batch(meta, [img])[0]  # noqa: E731
-    return Embedder(engine.embed, prep, engine.model_version, engine.dim)
+    return load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))
 
 
 def copy_detection(args: argparse.Namespace, work: Path) -> dict:
@@ -179,7 +174,7 @@ def copy_detection(args: argparse.Namespace, work: Path) -> dict:
     db = edge_store(work / "qdrant")
     t0 = time.perf_counter()
     items = [Item(uri) for uri in sorted(truth)]
-    report = Indexer(db, embedder(Path(package)), "copies", batch=256, workers=1).run(
+    report = Indexer(db, engine_for(Path(package)), "copies", batch=256, workers=1).run(
         items, progress=False
     )
     physical = db.resolve("copies")
