@@ -15,8 +15,6 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from core import store
@@ -49,26 +47,6 @@ def local(settings: Settings, db: store.Store, name: str, params: ClusterParams)
     return run_job(results, db, record, d.cluster_threads)
 
 
-def _http(method: str, url: str, key: str | None, body: dict | None = None) -> dict[str, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(exc.reason)
-        if exc.code in (401, 403):
-            message += " (set DINOSERVE_WRITE_API_KEY or DINOSERVE_ADMIN_API_KEY to its key)"
-        raise CliError(f"{method} {url}: {exc.code} {message}") from exc
-
-
 def hand_off(
     settings: Settings, name: str, params: ClusterParams, locked: str, poll_s: float = 0.5
 ) -> dict:
@@ -77,25 +55,27 @@ def hand_off(
     Raises:
         CliError: no service answers, or it refused the job.
     """
-    svc = Service(settings)
     key = settings.write_api_key or settings.admin_api_key
-    url = f"{svc.base}/collections/{name}/clusters"
+    svc = Service(settings, key, key_var="DINOSERVE_WRITE_API_KEY", key_name="write key")
+    path = f"/collections/{name}/clusters"
     body = {k: v for k, v in params.as_dict().items() if v is not None}
-    try:
-        record = _http("POST", url, key, body)
-    except urllib.error.URLError as exc:
+    record = svc.call("POST", path, body)
+    if record is None:
         raise CliError(
-            f"{locked}, but no service answers at {svc.base} ({exc.reason}): set "
-            "DINOSERVE_SERVE__HOST and DINOSERVE_SERVE__PORT to the service's address, or stop "
-            "the process that holds the store"
-        ) from exc
+            f"{locked}, but no service answers at {svc.base}: set DINOSERVE_SERVE__HOST and "
+            "DINOSERVE_SERVE__PORT to the service's address, or stop the process that holds "
+            "the store"
+        )
     print(
         f"the service at {svc.base} owns the store: it runs the job ({record['job']})",
         file=sys.stderr,
     )
     while record["state"] == "running":
         time.sleep(poll_s)
-        record = _http("GET", f"{url}/{record['job']}", key)
+        answer = svc.call("GET", f"{path}/{record['job']}")
+        if answer is None:
+            raise CliError(f"the service at {svc.base} stopped answering (job {record['job']})")
+        record = answer
     return record
 
 

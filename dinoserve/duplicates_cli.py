@@ -46,8 +46,8 @@ def remote(settings: Settings, name: str, threshold: float, limit: int, locked: 
     Raises:
         CliError: no service answers, or it refused.
     """
-    svc = Service(settings)
-    svc.key = settings.api_key or settings.admin_api_key or settings.write_api_key
+    key = settings.api_key or settings.admin_api_key or settings.write_api_key
+    svc = Service(settings, key, key_var="DINOSERVE_API_KEY", key_name="API key")
     path = f"/collections/{name}/duplicates"
     body = svc.call("GET", path, threshold=str(threshold), limit=str(max(1, min(limit, 500))))
     if body is None:

@@ -34,20 +34,28 @@ class CliError(RuntimeError):
 
 
 class Service:
-    """The admin API of a service at the configured address, if one is listening."""
+    """The HTTP API of a service at the configured address, if one is listening: the admin
+    routes by default, or others with the key named by `key_var` (the variable to set)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        key: str | None = None,
+        key_var: str = "DINOSERVE_ADMIN_API_KEY",
+        key_name: str = "admin key",
+    ) -> None:
         host = settings.serve.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         self.base = f"http://{host}:{settings.serve.port}"
-        self.key = settings.admin_api_key
+        self.key = settings.admin_api_key if key is None else key
+        self.key_var, self.key_name = key_var, key_name
 
     def _advice(self, status: int, code: str, message: str) -> str:
         """What a command-line user does about a refusal (not the HTTP headers to send)."""
         if status == 401:
             return (
-                f"the service at {self.base} needs its admin key: set "
-                "DINOSERVE_ADMIN_API_KEY to it and run the command again"
+                f"the service at {self.base} needs its {self.key_name}: set {self.key_var} to "
+                "it and run the command again"
             )
         if status == 403 and code == "admin_disabled":
             return (
@@ -55,14 +63,19 @@ class Service:
                 "DINOSERVE_ADMIN_API_KEY set, or stop it and use --local"
             )
         if status == 403:
-            return f"DINOSERVE_ADMIN_API_KEY is not the admin key of the service at {self.base}"
+            return f"{self.key_var} is not the {self.key_name} of the service at {self.base}"
         return message
 
-    def call(self, method: str, path: str, **params: str) -> dict[str, Any] | None:
-        """The JSON answer, or None when nothing listens there."""
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, **params: str
+    ) -> dict[str, Any] | None:
+        """The JSON answer, or None when nothing listens there; `body` is sent as JSON."""
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         url = f"{self.base}{path}?{query}" if query else f"{self.base}{path}"
-        req = urllib.request.Request(url, method=method)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
         try:
