@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -41,8 +40,8 @@ class Runtime:
     metrics: Metrics
     executor: ThreadPoolExecutor
     admin: Refresher | SingleProcessAdmin | None = None  # set in the lifespan
-    indexing: Any = None  # api.index_jobs.IndexJobs
-    clusters: Any = None  # api.cluster_jobs.ClusterJobs (None: not in HTTP worker processes)
+    indexing: IndexJobs | None = None
+    clusters: ClusterJobs | None = None  # None: not in HTTP worker processes
     writes: WriteGate = dataclasses.field(default_factory=WriteGate)  # collection writes
 
     @property
