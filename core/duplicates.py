@@ -29,6 +29,16 @@ from core.store import Store
 
 FIELDS = ("uri", "label")
 TOLERANCE = 1e-6  # float rounding: an exact copy scores 0.99999994, still "≥ 1.0"
+# HNSW search breadth of the finder's queries: near-copies are a point's very nearest
+# neighbours, which a narrow search finds as well as the layout's 128 for general search, at
+# 2.3× the speed (30k points: 592/600 planted copies found at ef 16, 32, 64 and 128 alike;
+# 0.34 vs 0.77 ms a query; bench/RESULTS.md, "Near-duplicates at 100k").
+MIN_EF = 32
+
+
+def search_ef(k: int) -> int:
+    """The finder's HNSW breadth for k neighbours: at least MIN_EF, and twice what it keeps."""
+    return max(MIN_EF, 2 * (k + 1))
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,8 @@ def find_duplicates(
         points = [p for p in points if p.vector is not None]
         if points:
             vectors = np.asarray([p.vector for p in points], dtype=np.float32)
-            hits = db.search_many(physical, vectors, k + 1, fields=())  # +1: the point itself
+            # k + 1: the point itself comes back too.
+            hits = db.search_many(physical, vectors, k + 1, fields=(), ef=search_ef(k))
             for p, near in zip(points, hits, strict=True):
                 i = index.setdefault(p.id, len(index))
                 payloads[i] = p.payload

@@ -95,9 +95,16 @@ class Store(ABC):
         self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
     ) -> list[Point]: ...
     def _search_many(
-        self, physical: str, vectors: list[list[float]], k: int, match: Match, fields: Sequence[str]
+        self,
+        physical: str,
+        vectors: list[list[float]],
+        k: int,
+        match: Match,
+        fields: Sequence[str],
+        ef: int,
     ) -> list[list[Point]]:
-        """One search per vector; a backend that can plan them as one batch overrides this."""
+        """One search per vector (at the layout's ef); a backend that can plan them as one
+        batch overrides this."""
         return [self._search(physical, v, k, match, fields) for v in vectors]
 
     @abstractmethod
@@ -346,14 +353,18 @@ class Store(ABC):
         k: int,
         match: Match | None = None,
         fields: Sequence[str] = (),
+        ef: int | None = None,
     ) -> list[list[Point]]:
         """`search` for each row of `vectors` (N, D), as one batched call where the backend has
         one (Qdrant Edge's `query_batch`, a server's `query_batch_points`): one list of the k
-        nearest points per row, in order."""
+        nearest points per row, in order. `ef`: the HNSW search breadth, when the caller needs
+        less than the layout's (e.g. only the very nearest, as the duplicates finder does)."""
         if len(vectors) == 0:
             return []
         rows = np.asarray(vectors, dtype=np.float32).tolist()
-        return self.call(lambda: self._search_many(physical, rows, k, match or Match(), fields))
+        match = match or Match()
+        breadth = ef or self.layout.ef(match)
+        return self.call(lambda: self._search_many(physical, rows, k, match, fields, breadth))
 
     def scroll(
         self,

@@ -300,7 +300,12 @@ class EdgeStore(Store):
         return [_point(r) for r in records]
 
     def _request(
-        self, vector: list[float], k: int, match: Match, fields: Sequence[str]
+        self,
+        vector: list[float],
+        k: int,
+        match: Match,
+        fields: Sequence[str],
+        ef: int | None = None,
     ) -> qe.QueryRequest:
         quant = qe.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
         return qe.QueryRequest(
@@ -308,7 +313,7 @@ class EdgeStore(Store):
             query=qe.Query.Nearest(vector),
             filter=_filter(match),
             with_payload=list(fields),
-            params=qe.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant),
+            params=qe.SearchParams(hnsw_ef=ef or self.layout.ef(match), quantization=quant),
         )
 
     def _search(
@@ -318,10 +323,16 @@ class EdgeStore(Store):
         return [_point(r) for r in self._shard(physical).query(request)]
 
     def _search_many(
-        self, physical: str, vectors: list[list[float]], k: int, match: Match, fields: Sequence[str]
+        self,
+        physical: str,
+        vectors: list[list[float]],
+        k: int,
+        match: Match,
+        fields: Sequence[str],
+        ef: int,
     ) -> list[list[Point]]:
         # One planned batch: its searches share a pass over the segments.
-        batch = qe.QueryBatchRequest([self._request(v, k, match, fields) for v in vectors])
+        batch = qe.QueryBatchRequest([self._request(v, k, match, fields, ef) for v in vectors])
         return [[_point(r) for r in hits] for hits in self._shard(physical).query_batch(batch)]
 
     def _scroll(

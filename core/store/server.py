@@ -127,10 +127,16 @@ class ServerStore(Store):
         return [_point(p) for p in response.points]
 
     def _search_many(
-        self, physical: str, vectors: list[list[float]], k: int, match: Match, fields: Sequence[str]
+        self,
+        physical: str,
+        vectors: list[list[float]],
+        k: int,
+        match: Match,
+        fields: Sequence[str],
+        ef: int,
     ) -> list[list[Point]]:
         quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
-        params = qm.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant)
+        params = qm.SearchParams(hnsw_ef=ef, quantization=quant)
         flt = _filter(match)
         requests = [
             qm.QueryRequest(query=v, limit=k, filter=flt, with_payload=list(fields), params=params)

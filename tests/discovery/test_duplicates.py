@@ -126,3 +126,13 @@ def test_the_cache_answers_until_a_write(db):
     assert {m.label for m in second.groups[0].members} == {"dog", None}
     db.delete_points(physical, [ids[30]])
     assert cache.get(db, physical, 0.95, 10).groups == []
+
+
+def test_batched_search_at_a_narrow_ef_answers_as_the_plain_search(db):
+    rng = np.random.default_rng(5)
+    vectors = unit(rng.normal(size=(60, DIM)))
+    physical, _ = put(db, vectors)
+    plain = [[h.id for h in db.search(physical, v, 4, fields=())] for v in vectors[:10]]
+    for ef in (None, 8):
+        batched = db.search_many(physical, vectors[:10], 4, ef=ef)
+        assert [[h.id for h in near] for near in batched] == plain
