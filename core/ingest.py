@@ -10,6 +10,7 @@ exactly the right points: images whose stored sha256 matches are skipped, the re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import tarfile
@@ -191,7 +192,15 @@ class Ingest:
                 if pending is not None:
                     pending.result()
         finally:
+            # The writer's pool has waited for its upsert; the producer may still be reading the
+            # store (existing_hashes) or blocked on a full queue. Wait for it before returning,
+            # so a caller that drops the collection next (a failed refresh's abort) never races
+            # a read of the same shard.
             stop.set()
+            while producer.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    prepared.get(timeout=0.05)
+            producer.join()
 
     def _produce(self, items: list[Item], out: queue.Queue, stop: threading.Event) -> None:
         try:
