@@ -1,0 +1,214 @@
+"""Demo scenes: one shape object on a cluttered background, each image with its exact object mask.
+
+Made for the demo and its shipped backbone, where DINO's two emergent properties (k-NN classes
+without labels, and a last-layer CLS attention that outlines the object) have to be measurable
+against a known truth. The choices, and why:
+
+- **64 px images for a patch-8 ViT**: an 8 × 8 grid, the smallest on which an attention outline
+  is worth looking at, and still cheap enough to train on two CPU cores in about an hour.
+- **The object fills about 15–40 % of the image** (radius 0.27–0.40 of the side): large enough
+  that a patch-level mask can match it (an 8-px patch is 1/64 of the image), small enough that
+  the background is most of what a random crop sees.
+- **Classes differ by shape only**: the object's colour is drawn at random for every image (any
+  hue, with a brightness that contrasts with the background), and every shape is rotated at
+  random, so neither colour nor orientation tells a class. That is why there is no "xmark"
+  (a rotated cross) here; a heart takes its place. All shapes are solid: thin outlines cannot be
+  matched by 8-px patches, so the ring is a thick one.
+- **Cluttered backgrounds**: a random texture (stripes, smooth noise, a gradient or a checker
+  pattern) and 3–7 small distractors (dots, short bars, small squares) in random colours, drawn
+  *under* the object, so the object is not the only structure in the image and its mask stays
+  exact: the mask is the object's own pixels, rendered on a separate canvas.
+- Mild blur and pixel noise so edges are not perfectly aliased.
+
+`make_scenes(out, n)` writes `out/<class>/<nnnnn>.png` and the masks as
+`<out>-masks/<class>/<nnnnn>.png` (255 = object), so the image folder stays a plain labelled
+folder that the indexer and the trainer read as it is.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES = (
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "cross",
+    "ring",
+    "star",
+    "hexagon",
+    "heart",
+    "halfmoon",
+)
+SIZE = 64  # default side in pixels
+
+
+def masks_dir_for(images: str | Path) -> Path:
+    """Where the masks of an image folder live: `<folder>-masks` beside it."""
+    p = Path(images)
+    return p.with_name(p.name + "-masks")
+
+
+def _rotate(points: list[tuple[float, float]], cx: float, cy: float, rot: float):
+    c, s = math.cos(rot), math.sin(rot)
+    return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
+
+
+def _regular(cx: float, cy: float, r: float, n: int, rot: float, inner: float = 1.0):
+    """A regular n-gon, or an n-pointed star when inner < 1 (inner radius as a fraction)."""
+    k = n * 2 if inner < 1 else n
+    return [
+        (
+            cx
+            + (r if inner >= 1 or i % 2 == 0 else r * inner) * math.cos(rot + 2 * math.pi * i / k),
+            cy
+            + (r if inner >= 1 or i % 2 == 0 else r * inner) * math.sin(rot + 2 * math.pi * i / k),
+        )
+        for i in range(k)
+    ]
+
+
+def _heart(cx: float, cy: float, r: float, rot: float):
+    # The classic parametric heart, scaled so its bounding box is about 2r wide.
+    pts = []
+    for i in range(48):
+        t = 2 * math.pi * i / 48
+        x = 16 * math.sin(t) ** 3
+        y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
+        pts.append((cx + x * r / 16, cy + (y + 2) * r / 16))
+    return _rotate(pts, cx, cy, rot)
+
+
+def _draw_object(
+    d: ImageDraw.ImageDraw, name: str, cx: float, cy: float, r: float, rot: float, fill
+):
+    if name == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif name == "square":
+        d.polygon(_regular(cx, cy, r * 1.12, 4, rot), fill=fill)
+    elif name == "triangle":
+        d.polygon(_regular(cx, cy, r * 1.2, 3, rot), fill=fill)
+    elif name == "diamond":  # a rhombus, twice as long as it is wide
+        pts = [(cx, cy - r * 1.15), (cx + r * 0.58, cy), (cx, cy + r * 1.15), (cx - r * 0.58, cy)]
+        d.polygon(_rotate(pts, cx, cy, rot), fill=fill)
+    elif name == "cross":  # a plus with thick arms
+        w = r * 0.36
+        for a in (rot, rot + math.pi / 2):
+            bar = [(cx - r, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx - r, cy + w)]
+            d.polygon(_rotate(bar, cx, cy, a), fill=fill)
+    elif name == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(3, round(r * 0.45)))
+    elif name == "star":
+        d.polygon(_regular(cx, cy, r * 1.2, 5, rot, inner=0.45), fill=fill)
+    elif name == "hexagon":
+        d.polygon(_regular(cx, cy, r, 6, rot), fill=fill)
+    elif name == "heart":
+        d.polygon(_heart(cx, cy, r, rot), fill=fill)
+    elif name == "halfmoon":
+        start = math.degrees(rot)
+        d.pieslice([cx - r, cy - r, cx + r, cy + r], start, start + 180, fill=fill)
+    else:
+        raise ValueError(f"unknown class {name!r}")
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size) values in [0, 1]: stripes, smooth noise, a gradient or a checker pattern."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    kind = rng.integers(4)
+    if kind == 0:
+        a, f = rng.uniform(0, math.pi), rng.uniform(2, 7)
+        return (np.sin(2 * math.pi * f * (xx * math.cos(a) + yy * math.sin(a))) + 1) / 2
+    if kind == 1:
+        small = Image.fromarray((rng.random((5, 5)) * 255).astype(np.uint8))
+        big = small.resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(big, np.float64) / 255
+    if kind == 2:
+        a = rng.uniform(0, 2 * math.pi)
+        t = xx * math.cos(a) + yy * math.sin(a)
+        return (t - t.min()) / max(np.ptp(t), 1e-6)
+    cells = rng.uniform(3, 8)
+    return ((np.floor(xx * cells) + np.floor(yy * cells)) % 2).astype(np.float64)
+
+
+def _colour(rng: np.random.Generator, value: float) -> tuple[int, int, int]:
+    hue, sat = rng.uniform(0, 1), rng.uniform(0.35, 1.0)
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, value))
+
+
+def draw_scene(
+    cls: int, rng: np.random.Generator, size: int = SIZE
+) -> tuple[Image.Image, Image.Image]:
+    """One image of class `cls` (index into CLASSES) and its object mask ("L", 255 = object)."""
+    # Dark or light scenes, the object on the opposite side of the brightness range, so it
+    # always contrasts with the background whatever its hue.
+    light = bool(rng.integers(2))
+    bg_lo, bg_hi = (150, 255) if light else (0, 120)
+    c1, c2 = rng.integers(bg_lo, bg_hi, 3), rng.integers(bg_lo, bg_hi, 3)
+    t = _texture(rng, size)[..., None]
+    bg = c1[None, None] * t + c2[None, None] * (1 - t)
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(rng.integers(3, 8)):  # distractors, under the object
+        x, y = rng.uniform(0, size, 2)
+        s = rng.uniform(0.03, 0.08) * size
+        col = _colour(rng, rng.uniform(0.2, 1.0))
+        kind = rng.integers(3)
+        if kind == 0:
+            d.ellipse([x - s, y - s, x + s, y + s], fill=col)
+        elif kind == 1:
+            a = rng.uniform(0, math.pi)
+            ln = rng.uniform(0.12, 0.3) * size
+            d.line(
+                [(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))],
+                fill=col,
+                width=max(1, round(s / 2)),
+            )
+        else:
+            d.rectangle([x - s, y - s, x + s, y + s], fill=col)
+    name = CLASSES[cls]
+    r = rng.uniform(0.27, 0.40) * size
+    margin = r * 0.9  # shapes may touch the border a little, as objects in photos do
+    cx, cy = (rng.uniform(margin, size - margin) for _ in range(2))
+    rot = rng.uniform(0, 2 * math.pi)
+    fill = _colour(rng, rng.uniform(0.0, 0.3) if light else rng.uniform(0.75, 1.0))
+    _draw_object(d, name, cx, cy, r, rot, fill)
+    mask = Image.new("L", (size, size), 0)
+    _draw_object(ImageDraw.Draw(mask), name, cx, cy, r, rot, 255)
+    pixels = np.asarray(img.filter(ImageFilter.GaussianBlur(0.5)), np.float64)
+    pixels += rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), mask
+
+
+def make_scenes(
+    out_dir: str | Path,
+    n_per_class: int,
+    size: int = SIZE,
+    seed: int = 0,
+    masks_dir: str | Path | None = None,
+) -> Path:
+    """Write `out_dir/<class>/<nnnnn>.png` and their masks; returns out_dir.
+
+    Args:
+        out_dir: destination folder of the images (created).
+        n_per_class: images per class.
+        size: square image side in pixels.
+        seed: the same seed gives the same images and masks.
+        masks_dir: where the masks go (same layout); default `<out_dir>-masks`.
+    """
+    out = Path(out_dir)
+    masks = Path(masks_dir) if masks_dir is not None else masks_dir_for(out)
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CLASSES):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (masks / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img, mask = draw_scene(c, rng, size)
+            img.save(out / name / f"{i:05d}.png")
+            mask.save(masks / name / f"{i:05d}.png")
+    return out
