@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoserve import clusters_cli
 
     clusters_cli.add_parsers(sub)  # clusters NAME
+    from dinoserve import eval_cli
+
+    eval_cli.add_parsers(sub)  # eval knn|masks
     return p
 
 

@@ -10,10 +10,10 @@ from pydantic import BaseModel
 from api.bodies import UploadBody, upload_body
 from api.deps import RuntimeDep, ServingDep, StoreDep
 from api.errors import ApiError
-from api.knn import knn_vote
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import ClassifyParams
 from api.uploads import body_doc, single
+from core.knn import knn_vote
 
 router = APIRouter(tags=["classification"])
 ClassifyBody = Annotated[UploadBody[ClassifyParams], Depends(upload_body(ClassifyParams))]

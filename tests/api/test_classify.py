@@ -2,7 +2,7 @@ import base64
 
 import pytest
 
-from api.knn import knn_vote
+from core.knn import knn_vote
 from tests.api.conftest import engine_for, index_into
 
 

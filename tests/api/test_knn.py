@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from api.knn import knn_vote
+from core.knn import knn_vote
 
 
 def test_hand_computed_vote():

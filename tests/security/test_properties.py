@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from api.knn import knn_vote
 from core.images import ImageRejected, decode_image, preprocess
+from core.knn import knn_vote
 from tests.security.samples import exotic
 
 FAST = settings(

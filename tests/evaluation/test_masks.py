@@ -1,0 +1,128 @@
+"""`dinoserve eval masks`: Jaccard of the served attention masks against true masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.model import PackagedModel
+from dinoserve.cli import main
+from evaluation.masks import evaluate_masks, jaccard
+from evaluation.sources import EvalError
+from tests.fakes import fake_meta
+from training.scenes import make_scenes, masks_dir_for
+
+SIZE, PATCH = 64, 8
+
+
+class OracleEngine(PackagedModel):
+    """Head 0 attends to the bright pixels of each patch (the object), head 1 everywhere."""
+
+    def __init__(self) -> None:
+        self.meta = fake_meta().model_copy(
+            update={"img_size": SIZE, "patch_size": PATCH, "num_heads": 2, "grid": (8, 8)}
+        )
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        return (np.asarray(img.convert("L"), np.float32) / 255.0)[None]
+
+    def attention(self, batch: np.ndarray) -> np.ndarray:
+        g = SIZE // PATCH
+        cover = batch[:, 0].reshape(len(batch), g, PATCH, g, PATCH).mean(axis=(2, 4))
+        obj = cover / cover.sum(axis=(1, 2), keepdims=True)
+        uniform = np.full_like(obj, 1.0 / (g * g))
+        return np.stack([obj, uniform], axis=1)
+
+
+def _square_scenes(root, n=3):
+    """Images whose object is a white square on whole patches, and their masks."""
+    for i in range(n):
+        img = np.zeros((SIZE, SIZE), np.uint8)
+        x0 = 8 * (i + 1)
+        img[16:40, x0 : x0 + 24] = 255
+        for sub, arr in ((root / "img" / "sq", img), (root / "img-masks" / "sq", img)):
+            sub.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).convert("RGB" if "masks" not in str(sub) else "L").save(
+                sub / f"{i}.png"
+            )
+    return root / "img", root / "img-masks"
+
+
+def test_jaccard_counts_overlap_over_union():
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True
+    assert jaccard(a, b) == pytest.approx(4 / 12)
+    assert jaccard(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+
+
+def test_an_oracle_head_scores_one_and_a_uniform_head_the_objects_share(tmp_path):
+    images, masks = _square_scenes(tmp_path)
+    result = evaluate_masks(OracleEngine(), images, masks, threshold=1.0, progress=False)
+    assert result.images == 3 and result.best_head == 0
+    assert result.per_head[0] == pytest.approx(1.0)
+    assert result.per_head[1] == pytest.approx(24 * 24 / SIZE**2, abs=1e-4)  # all kept
+    assert result.mean == pytest.approx((1.0 + 24 * 24 / SIZE**2) / 2, abs=1e-4)
+
+
+def test_the_threshold_keeps_that_share_of_the_mass(tmp_path):
+    images, masks = _square_scenes(tmp_path)
+    # A uniform head keeps 60 % of the patches at 0.6: J against a 9-patch object is ≤ 9/38.
+    result = evaluate_masks(OracleEngine(), images, masks, threshold=0.6, progress=False)
+    assert result.per_head[1] <= 9 / 38 + 1e-6
+    assert 0.5 <= result.per_head[0] < 1.0  # the object's top 60 % of its mass: ~6 of 9 patches
+
+
+def test_scenes_come_with_masks_that_the_evaluation_reads(tmp_path):
+    make_scenes(tmp_path / "scenes", 1, seed=5)
+    result = evaluate_masks(
+        OracleEngine(), tmp_path / "scenes", masks_dir_for(tmp_path / "scenes"), progress=False
+    )
+    assert result.images == 10 and len(result.per_head) == 2
+
+
+def test_a_missing_mask_is_named(tmp_path):
+    images, masks = _square_scenes(tmp_path)
+    (masks / "sq" / "1.png").unlink()
+    with pytest.raises(EvalError, match=r"1 of 3 images .* no mask .*sq/1.png"):
+        evaluate_masks(OracleEngine(), images, masks, progress=False)
+
+
+def test_a_mask_of_another_size_is_refused(tmp_path):
+    images, masks = _square_scenes(tmp_path)
+    Image.new("L", (32, 32)).save(masks / "sq" / "0.png")
+    with pytest.raises(EvalError, match="the mask is 32×32 but its image is 64×64"):
+        evaluate_masks(OracleEngine(), images, masks, progress=False)
+
+
+def test_an_empty_folder_and_a_bad_threshold_are_refused(tmp_path):
+    (tmp_path / "none").mkdir()
+    with pytest.raises(EvalError, match="holds no image"):
+        evaluate_masks(OracleEngine(), tmp_path / "none", tmp_path / "none", progress=False)
+    images, masks = _square_scenes(tmp_path)
+    with pytest.raises(EvalError, match="threshold"):
+        evaluate_masks(OracleEngine(), images, masks, threshold=1.5, progress=False)
+
+
+def test_cli_on_a_package(tmp_path, micro_package, capsys):
+    make_scenes(tmp_path / "scenes", 1, seed=6)
+    argv = ["eval", "masks", "--images", str(tmp_path / "scenes")]
+    argv += ["--masks", str(tmp_path / "scenes-masks"), "--model", str(micro_package)]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["images"] == 10 and doc["threshold"] == 0.6
+    assert len(doc["per_head"]) == 2 and doc["best"] == max(doc["per_head"])
+    assert 0 <= doc["mean"] <= doc["best"] <= 1
+
+
+def test_cli_mismatched_names_are_one_line(tmp_path, micro_package, capsys):
+    make_scenes(tmp_path / "scenes", 1, seed=6)
+    (tmp_path / "other").mkdir()
+    argv = ["eval", "masks", "--images", str(tmp_path / "scenes"), "--masks"]
+    assert main([*argv, str(tmp_path / "other"), "--model", str(micro_package)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "have no mask of the same name" in err[0]
