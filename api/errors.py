@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.batcher import BatcherClosed
 from core import store
 from core.images import ImageRejected
+from core.samples import UnknownSample
 from core.store import StoreError, StoreFull, UnknownCollection
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,10 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
             else "; none is indexed yet (dinoserve index FOLDER --collection NAME)"
         )
         return error_response(404, "unknown_collection", f"{exc}{hint}")
+
+    @app.exception_handler(UnknownSample)
+    async def _sample(_: Request, exc: UnknownSample) -> JSONResponse:
+        return error_response(404, "unknown_sample", str(exc))
 
     @app.exception_handler(StoreFull)
     async def _full(_: Request, exc: StoreFull) -> JSONResponse:

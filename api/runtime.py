@@ -24,6 +24,7 @@ from api.writes import WriteGate
 from core import package, store
 from core.blobs import Blobs
 from core.engines import load_engine
+from core.samples import Samples
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ class Runtime:
     def blobs(self) -> Blobs:
         """Uploaded images (DINOSERVE_BLOB_DIR)."""
         return Blobs(self.settings.blob_dir, self.settings.blob_fsync)
+
+    @functools.cached_property
+    def samples(self) -> Samples:
+        """The page's example images (DINOSERVE_SAMPLES_DIR), listed once."""
+        return Samples(self.settings.samples_dir)
 
     @property
     def store(self) -> store.Store:

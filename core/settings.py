@@ -224,6 +224,9 @@ class Settings(BaseSettings):
     # uploads' bytes.
     blob_fsync: bool = True
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
+    # Example images the web page offers for a first try (class folders; true masks, when
+    # there are any, in `<folder>-masks` beside it). `make demo` sets its held-out scenes.
+    samples_dir: Path | None = None
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
@@ -249,6 +252,13 @@ class Settings(BaseSettings):
             if known:
                 self.model = known[0]
         return self
+
+    @field_validator("samples_dir")
+    @classmethod
+    def _samples_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder (unset it for no example images)")
+        return value
 
     @field_validator("api_key", "admin_api_key", "write_api_key")
     @classmethod

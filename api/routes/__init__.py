@@ -15,11 +15,12 @@ from api.routes import (
     health,
     images,
     page,
+    samples,
     search,
 )
 
 # Every route: a query parameter given twice is refused (api.params.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
-modules = [embed, classify, search, attention, images, collections, duplicates, clusters]
+modules = [embed, classify, search, attention, images, samples, collections, duplicates, clusters]
 for module in (*modules, health, page, docs, admin):
     router.include_router(module.router)

@@ -4,7 +4,8 @@
 
 const $ = (sel) => document.querySelector(sel);
 // keyAnswers counts answered key prompts; keyEntered and keyRejected describe the last answer.
-const state = { file: null, keyPrompt: null, keyAnswers: 0, keyEntered: false, keyRejected: false };
+// sample: the example image being shown (overlay.js), null for a file of the user's own.
+const state = { file: null, sample: null, meta: null, keyPrompt: null, keyAnswers: 0, keyEntered: false, keyRejected: false };
 // The vote's parameters, sent with every /classify so that the page can say what it shows.
 const K = 20, TEMPERATURE = 0.07;
 
@@ -167,10 +168,13 @@ function clearResults() {
   $("#neighbors").replaceChildren();
   $("#similar").replaceChildren(el("div", { class: "empty" }, "…"));
   $("#attention").replaceChildren(el("div", { class: "empty" }, "…"));
+  $("#overlay").replaceChildren();
 }
 
-async function analyse(file) {
+async function analyse(file, sample = null) {
   state.file = file;
+  state.sample = sample;
+  if (!sample) document.querySelectorAll(".sample.chosen").forEach((b) => b.classList.remove("chosen"));
   showError("");
   clearResults();
   const preview = $("#preview");
@@ -179,19 +183,21 @@ async function analyse(file) {
   preview.onerror = () => { preview.hidden = true; };  // not an image the browser shows
   preview.src = URL.createObjectURL(file);
   document.body.classList.add("busy");
-  const results = await Promise.allSettled([classify(), search(), attention()]);
+  const results = await Promise.allSettled([classify(), search(), attention(), overlay()]);
   document.body.classList.remove("busy");
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
   if (failed.length) {
     showError([...new Set(failed)].join(" · "));  // the one place an error is told
     if (results[1].status === "rejected") $("#similar").replaceChildren(el("div", { class: "empty" }, "Nothing to show."));
     if (results[2].status === "rejected") $("#attention").replaceChildren(el("div", { class: "empty" }, "Nothing to show."));
+    if (results[3].status === "rejected") $("#overlay").replaceChildren();
   }
 }
 
 async function header() {
   try {
     const meta = await (await call("/model")).json();
+    state.meta = meta;
     $("#model").textContent = `${meta.name} · ${meta.version} · ${meta.embed_dim}-d`;
   } catch (err) {
     $("#model").textContent = "model unknown";
@@ -214,7 +220,8 @@ function wire() {
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
   drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) analyse(f); });
-  $("#threshold").addEventListener("change", () => state.file && attention().catch((e) => showError(e.message)));
+  $("#threshold").addEventListener("change", () => state.file
+    && Promise.all([attention(), overlay()]).catch((e) => showError(e.message)));
   $("#collection").addEventListener("change", () => state.file && analyse(state.file));
   header();
 }

@@ -262,3 +262,49 @@ def test_api_docs_render_offline(server, browser, tmp_path):
     )
     assert "/classify" in browser.page_source
     _screenshot(browser, tmp_path, "docs.png")
+
+
+def test_an_example_is_one_click_with_its_mask_beside_the_attention(
+    start_server, browser, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from training.scenes import make_scenes
+
+    samples = make_scenes(tmp_path / "queries", 2, seed=12345)
+    server = start_server(samples_dir=samples)
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/")
+    # The row of examples, one of each class first, each shown.
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sample-strip .sample img")) == 10)
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#sample-strip .sample img")
+    wait.until(lambda d: all(_image_loaded(d, t) for t in thumbs))
+    star = browser.find_element(By.CSS_SELECTOR, '.sample[data-name="star/00000.png"]')
+    star.click()
+    wait.until(ec.visibility_of_element_located((By.ID, "predicted-label")))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#overlay figure canvas")) == 2)
+    caption = browser.find_element(By.ID, "mask-jaccard").text
+    assert caption.startswith("true mask of star/00000.png: Jaccard with the attention mask")
+    assert 0 <= float(caption.rsplit(" ", 1)[1]) <= 1
+    assert "chosen" in star.get_attribute("class")
+    # The attention mask's outline is drawn over the image (in the page's accent colour).
+    outline = browser.execute_script(
+        "const c = document.querySelector('#overlay canvas');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4)"
+        "  n += d[i] === 110 && d[i+1] === 168 && d[i+2] === 254;"
+        "return n;"
+    )
+    assert outline >= 4 * 28  # at least one patch's outline at 224 px (28 px per patch)
+    attention = wait.until(ec.presence_of_element_located((By.ID, "attention-img")))
+    wait.until(lambda d: _image_loaded(d, attention))
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    _screenshot(browser, tmp_path, "page-example.png")
+    # A file of one's own afterwards: no true mask beside it, no example marked.
+    _choose(browser, samples / "circle" / "00001.png")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#overlay figure canvas")) == 1)
+    assert not browser.find_elements(By.CSS_SELECTOR, ".sample.chosen")
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
