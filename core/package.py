@@ -172,6 +172,29 @@ def require_variant(package_dir: Path, meta: PackageMeta, variant: str) -> None:
         )
 
 
+def install(package_dir: Path, models_dir: Path, name: str, activate: bool = True) -> Path:
+    """Copy a verified package into the registry as a version of `name`, keeping its version.
+
+    A version already there is kept as it is (versions are immutable). With `activate`, CURRENT
+    points at it. Returns the installed package directory.
+
+    Raises:
+        PackageError: the source is no package or fails its sha256 check.
+    """
+    meta = verify(package_dir)
+    final = Path(models_dir) / name / meta.version
+    if not (final / META).is_file():
+        stage = staging_dir(models_dir, name)
+        for f in [*meta.files, META]:
+            shutil.copyfile(Path(package_dir) / f, stage / f)
+        os.replace(stage, final)
+        for p in final.iterdir():
+            p.chmod(0o444)
+    if activate:
+        switch_current(final.parent, meta.version)
+    return final
+
+
 def known_models(models_dir: Path) -> list[str]:
     """Names under `models_dir` with an active version (a CURRENT), most recently activated
     first."""

@@ -3,23 +3,27 @@
 When the repo ships a default backbone and a sample of real photos (`shipped/models/` and
 `shipped/cifar10-sample/`, see bench/device/ship_backbone.py and cifar_sample.py), indexes the
 sample with the configured model, or else the shipped one, and serves at once. Otherwise makes
-synthetic images, takes the configured model or trains the tiny preset on the CPU and packages
-it, and indexes those. Either way the images go with their labels into the embedded Qdrant, and
-the API and the web page are served.
+the demo scenes (training/scenes.py: shapes on cluttered backgrounds, each with its true mask)
+and indexes them with the configured model, else the shipped demo backbone
+(`shipped/models/demo-scenes`, trained by this project on the CPU, installed into the registry),
+and only when neither is there trains the tiny preset on the CPU. Either way the images go with
+their labels into the embedded Qdrant, and the API and the web page are served.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.images import IMAGE_EXTENSIONS
-from core.package import PackageError, resolve
+from core.package import CURRENT, PackageError, install, resolve
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
-DEMO_MODEL = "demo-tiny"
+DEMO_MODEL = "demo-tiny"  # what the demo trains when nothing ships
+SCENES_MODEL = "demo-scenes"  # the shipped demo backbone
 SHIPPED = Path(__file__).resolve().parents[1] / "shipped"
 SHIPPED_MODEL = "dino-cifar10"
 SYNTHETIC_DATA = Path("var/data/synthetic")
@@ -57,20 +61,59 @@ def shipped_model(settings: Settings, assets: Shipped) -> Settings:
 
 
 def ensure_images(data: Path, queries: Path) -> None:
-    """Labelled demo images (indexed) and a few held-out ones (to try on the page)."""
-    from training.synthetic import make_synthetic
+    """Labelled demo scenes (indexed) and 5 held-out ones per class (to try on the page), each
+    folder with its masks beside it (`<folder>-masks`). The seeds differ from the shipped
+    backbone's training scenes (bench/demo_backbone.py), so no demo image was trained on."""
+    from training.scenes import make_scenes, masks_dir_for
 
-    if not data.exists():
-        print(f"making synthetic demo images in {data} …")
-        make_synthetic(data, 200, 32, seed=0)
-    if not queries.exists():
-        make_synthetic(queries, 5, 32, seed=12345)
+    for folder, n, seed in ((data, 200, 0), (queries, 5, 12345)):
+        if folder.exists() and not masks_dir_for(folder).exists() and _is_default(folder):
+            # The 32-px shapes of an earlier demo (no masks): the demo's own folder, remade.
+            print(f"replacing the earlier demo images in {folder} with the demo scenes …")
+            shutil.rmtree(folder)
+        if not folder.exists():
+            print(f"making demo scenes in {folder} (masks in {masks_dir_for(folder)}) …")
+            make_scenes(folder, n, seed=seed)
+
+
+def _is_default(folder: Path) -> bool:
+    return folder.resolve() in (SYNTHETIC_DATA.resolve(), SYNTHETIC_QUERIES.resolve())
+
+
+def shipped_demo_backbone(root: Path = SHIPPED) -> Path | None:
+    """The shipped demo backbone's package (its CURRENT version), or None."""
+    try:
+        return resolve(root / "models", SCENES_MODEL)
+    except PackageError:
+        return None
 
 
 def ensure_model(
-    settings: Settings, data: Path, config: str, run_dir: Path, overrides: list[str]
+    settings: Settings,
+    data: Path,
+    config: str,
+    run_dir: Path,
+    overrides: list[str],
+    shipped: Path = SHIPPED,
 ) -> Settings:
-    """Settings whose model resolves: the configured one, an earlier demo model, or a new one."""
+    """Settings whose model resolves: the configured one (DINOSERVE_MODEL, else the registry's
+    most recently activated) unless that is only the tiny model an earlier demo trained; else
+    the shipped demo backbone (installed into the registry once); else an earlier demo model;
+    else a new one, trained on the CPU."""
+    if settings.model != DEMO_MODEL:
+        try:
+            resolve(settings.models_dir, settings.model)
+            return settings
+        except PackageError:
+            pass
+    package = shipped_demo_backbone(shipped)
+    if package is not None:
+        # A refresh (`make train`) may have moved demo-scenes past the shipped version since:
+        # CURRENT is only set when the registry has no demo-scenes yet.
+        fresh = not (settings.models_dir / SCENES_MODEL / CURRENT).is_file()
+        install(package, settings.models_dir, SCENES_MODEL, activate=fresh)
+        print(f"serving the shipped demo backbone {SCENES_MODEL} (no training needed)")
+        return settings.model_copy(update={"model": SCENES_MODEL})
     for name in (settings.model, DEMO_MODEL):
         try:
             resolve(settings.models_dir, name)
@@ -126,9 +169,11 @@ def run_demo(
     else:
         data, queries = data or SYNTHETIC_DATA, queries or SYNTHETIC_QUERIES
         ensure_images(data, queries)
-        settings = ensure_model(settings, data, config, run_dir, overrides or [])
+        settings = ensure_model(settings, data, config, run_dir, overrides or [], shipped)
     report = index_source(settings, IndexRequest(str(data), labels="dirs"))
     print(report.summary())
+    if settings.samples_dir is None and queries.is_dir():  # the page's row of examples
+        settings = settings.model_copy(update={"samples_dir": queries})
     if not serve:
         return settings
     import uvicorn
@@ -140,7 +185,8 @@ def run_demo(
         f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{settings.serve.port}"
     )
     print(f"\n  dinoserve demo: open {url}  (API docs: {url}/docs)")
-    print(f"  drop one of the held-out images from {queries}/ on the page; Ctrl-C stops.\n")
+    print(f"  click one of the examples (held-out images from {queries}/) or drop your own")
+    print("  image on the page; Ctrl-C stops.\n")
     uvicorn.run(
         create_app(settings),
         host=settings.serve.host,

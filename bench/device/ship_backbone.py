@@ -153,8 +153,16 @@ def cifar_attention(
     return out
 
 
-def compact(pkg: Path, models_dir: Path, vit: torch.nn.Module, examples: list[Path]) -> Path:
-    """A new version of the package with fp16 weights and the CIFAR attention picture."""
+def compact(
+    pkg: Path,
+    models_dir: Path,
+    vit: torch.nn.Module,
+    examples: list[Path],
+    picture: str = CIFAR_PICTURE,
+    what: str = "CIFAR-10",
+) -> Path:
+    """A new version of the package with fp16 weights and a picture of its attention on a few
+    held-out images of `what` (the CIFAR one by default)."""
     meta = package.verify(pkg)
     stage = package.staging_dir(models_dir, meta.name)
     try:
@@ -168,11 +176,11 @@ def compact(pkg: Path, models_dir: Path, vit: torch.nn.Module, examples: list[Pa
         batches = check_images(meta.img_size, meta.mean, meta.std, meta.crop_pct)
         parity = check_parity(net, stage / package.ONNX_FP32, batches)
         log.info("fp16 storage: %d initialisers; parity %s", n, parity)
-        cifar_attention(net, meta, examples).save(stage / CIFAR_PICTURE)
+        cifar_attention(net, meta, examples).save(stage / picture)
         card = stage / "MODEL_CARD.md"
         card.write_text(
             card.read_text()
-            + f"\n![attention on CIFAR-10]({CIFAR_PICTURE})\n\nHeld-out CIFAR-10 images: the "
+            + f"\n![attention on {what}]({picture})\n\nHeld-out {what} images: the "
             "image, the heads' mean attention, the patches holding 60 % of it.\n\n"
             "Weights are stored in fp16 (training's fp16 snapshot); the ONNX graph casts them to "
             "fp32 on load, so it computes in fp32.\n"
