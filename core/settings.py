@@ -229,6 +229,10 @@ class Settings(BaseSettings):
     # 0.7 ms there, does not flush per write either), and a crash may lose the last seconds of
     # uploads' bytes.
     blob_fsync: bool = True
+    # The most bytes of uploaded images the blob store holds (a running total kept beside the
+    # blobs, core/blob_usage.py): an add past it answers 507 and stores nothing, so uploads
+    # cannot fill the volume. Size it below the volume (deploy/k8s: 45 GiB of a 50 GiB claim).
+    blob_max_bytes: int = Field(5 * 1024**3, gt=0)
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
