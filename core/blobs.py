@@ -2,12 +2,12 @@
 
 Points made by `POST /collections/{name}/images` carry the URI `blob://<sha256>`, which
 core.uris reads back from here, so thumbnails and a refresh's re-embedding treat an upload like
-any indexed file. The directory may be shared by several replicas (deploy/): every write is a
-whole-file rename, and a blob is removed only when no point of any collection names it:
-moved aside, the points counted again, put back if one appeared meanwhile (an add, for its
-part, writes its blob again after its upsert if a removal took it), so no lock is needed.
-A blob lands by a hard link, which fails when the name exists: so every write and removal knows
-whether it changed the store's size, kept in a running total (core.blob_usage) against
+any indexed file. The directory may be shared by several replicas (deploy/): every write lands
+whole (a temporary file, then linked into place), and a blob is removed only when no point of
+any collection names it: moved aside, the points counted again, put back if one appeared
+meanwhile (an add, for its part, writes its blob again after its upsert if a removal took it),
+so no lock is needed. The hard link fails when the name exists, so every write and removal
+knows whether it changed the store's size, kept in a running total (core.blob_usage) against
 DINOSERVE_BLOB_MAX_BYTES.
 """
 
