@@ -68,7 +68,9 @@ RUN useradd --create-home --uid 10001 --user-group dinoserve \
     && chown -R dinoserve:dinoserve /data
 # Model registry, embedded Qdrant + index reports + cluster results, and training runs live
 # outside the image: an immutable image serves whatever package the models volume holds
-# (CURRENT), and the state survives container replacement. The serve host is 0.0.0.0 here (127.0.0.1 outside containers).
+# (CURRENT), and the state survives container replacement. The serve host is 0.0.0.0 here
+# (127.0.0.1 outside containers), so `serve` needs DINOSERVE_API_KEY (or an explicit
+# DINOSERVE_ALLOW_ANONYMOUS) at run time: it refuses to start otherwise (api/access.py).
 ENV DINOSERVE_MODELS_DIR=/data/models \
     DINOSERVE_QDRANT_PATH=/data/state/qdrant \
     DINOSERVE_INDEX_DIR=/data/state/index \
@@ -81,9 +83,10 @@ WORKDIR /opt/dinoserve
 COPY configs ./configs
 USER 10001:10001
 EXPOSE 8000
-# Liveness only (/readyz also needs Qdrant, which is not this container's health). Slim images
-# have no curl; Python's urllib raises on a refused connection or a non-2xx status. The start
-# period covers loading the model: uvicorn accepts connections only once the lifespan has run.
+# Liveness only (/readyz also needs Qdrant, which is not this container's health), and open: it
+# needs no key (api/auth.py), so the check works with the keys set. Slim images have no curl;
+# Python's urllib raises on a refused connection or a non-2xx status. The start period covers
+# loading the model: uvicorn accepts connections only once the lifespan has run.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["dinoserve"]

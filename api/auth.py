@@ -6,7 +6,9 @@ of the API docs (`/docs`, `/docs-assets/*`): nothing but the pages' own code, wh
 key when a call answers 401. The admin key (`DINOSERVE_ADMIN_API_KEY`) and the write key
 (`DINOSERVE_WRITE_API_KEY`) grant normal access too; `/admin/*` always needs the admin key itself
 (api.routes.admin), and writes to collections the write or the admin key
-(api.routes.collections). Without DINOSERVE_API_KEY the service is open, as before.
+(api.routes.collections). Without DINOSERVE_API_KEY the service is open to reads; it starts so
+off the loopback only with DINOSERVE_ALLOW_ANONYMOUS set (api.access, which also decides when
+writes need no key).
 
 A key is presented as `Authorization: Bearer <key>`, `X-API-Key: <key>` or the cookie
 `dinoserve_key` (set by the page, SameSite=Strict, so that `<img src="/images/…">` works and

@@ -242,8 +242,16 @@ def serve_with_workers(settings: Settings, options: dict) -> None:
 
     proc, path = start_engine_process(settings)
     os.environ["DINOSERVE_SERVE__ENGINE_SOCKET"] = str(path)
+    # The workers' app factory decides on anonymous access from the bind address (api.access):
+    # hand them --host, which is not in their environment otherwise.
+    host_before = os.environ.get("DINOSERVE_SERVE__HOST")
+    os.environ["DINOSERVE_SERVE__HOST"] = str(options["host"])
     try:
         uvicorn.run("api.main:create_app", factory=True, workers=settings.serve.workers, **options)
     finally:
         os.environ.pop("DINOSERVE_SERVE__ENGINE_SOCKET", None)
+        if host_before is None:
+            os.environ.pop("DINOSERVE_SERVE__HOST", None)
+        else:
+            os.environ["DINOSERVE_SERVE__HOST"] = host_before
         stop_engine_process(proc, path)

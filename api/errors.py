@@ -1,9 +1,9 @@
 """Errors at the HTTP boundary: every failure leaves as `{"error": {"code", "message"}}`.
 
-Domain code raises precise exceptions (ImageRejected, UnknownCollection, StoreError, …); the
-handlers here are the only place that turns them into status codes. FastAPI's own validation
-errors, unknown routes (404) and wrong methods (405) get the same shape; anything unexpected is
-logged and answered 500 in that shape too, never with a traceback.
+Domain code raises precise exceptions (ImageRejected, UnknownCollection, StoreError,
+BlobStoreFull, …); the handlers here are the only place that turns them into status codes.
+FastAPI's own validation errors, unknown routes (404) and wrong methods (405) get the same shape;
+anything unexpected is logged and answered 500 in that shape too, never with a traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
 from core import store
+from core.blob_usage import BlobStoreFull
 from core.images import ImageRejected
 from core.samples import UnknownSample
 from core.store import StoreError, StoreFull, UnknownCollection
@@ -186,6 +187,11 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
     async def _full(_: Request, exc: StoreFull) -> JSONResponse:
         # Writes fail until space is freed; what is stored stays readable (reads go on).
         return error_response(507, "store_full", str(exc))
+
+    @app.exception_handler(BlobStoreFull)
+    async def _blobs_full(_: Request, exc: BlobStoreFull) -> JSONResponse:
+        # Refused before any of the request's bytes or points were written; reads go on.
+        return error_response(507, "blob_store_full", str(exc))
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 import api
 from api import errors
+from api.access import check_exposure
 from api.auth import ApiKeyMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import with_limits
@@ -27,8 +28,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     Args:
         settings: the validated service settings (default: read from DINOSERVE_* now).
+
+    Raises:
+        api.access.OpenToTheNetwork: settings.serve.host is off the loopback with no key and
+            no DINOSERVE_ALLOW_ANONYMOUS (the factory knows only that host: uvicorn started
+            with another --host by hand is the caller's to check).
     """
     settings = settings or Settings()
+    check_exposure(settings)
     metrics = Metrics()  # a registry per app, not prometheus_client's global one
 
     @asynccontextmanager

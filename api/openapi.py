@@ -21,14 +21,17 @@ class ErrorBody(BaseModel):
 
 DESCRIPTIONS = {
     401: "no API key: DINOSERVE_API_KEY (or, for /admin, DINOSERVE_ADMIN_API_KEY) is set",
-    403: "wrong API key (or admin routes off)",
+    403: "wrong API key (or admin routes, or anonymous writes, off)",
     404: "unknown collection or image",
     409: "the collection has no labels or another model version's embeddings; a refresh runs",
     413: "over DINOSERVE_MAX_UPLOAD_BYTES, DINOSERVE_MAX_PIXELS or DINOSERVE_MAX_BATCH_IMAGES",
     415: "not multipart/form-data or application/json",
     422: "a bad parameter, body or image",
     503: "Qdrant unreachable, or shutting down (with Retry-After)",
-    507: "the disk under the embedded store is full (DINOSERVE_QDRANT__MIN_FREE_MB): reads go on",
+    507: (
+        "the disk under the embedded store is full (DINOSERVE_QDRANT__MIN_FREE_MB), or the"
+        " uploaded images fill DINOSERVE_BLOB_MAX_BYTES: nothing written, reads go on"
+    ),
 }
 AUTH = (401, 403)
 UPLOAD = (413, 415, 422)

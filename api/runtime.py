@@ -47,8 +47,9 @@ class Runtime:
 
     @property
     def blobs(self) -> Blobs:
-        """Uploaded images (DINOSERVE_BLOB_DIR)."""
-        return Blobs(self.settings.blob_dir, self.settings.blob_fsync)
+        """Uploaded images (DINOSERVE_BLOB_DIR, at most DINOSERVE_BLOB_MAX_BYTES)."""
+        s = self.settings
+        return Blobs(s.blob_dir, s.blob_fsync, s.blob_max_bytes)
 
     @functools.cached_property
     def samples(self) -> Samples:

@@ -145,9 +145,13 @@ class Writer:
         return {p.id: p for p in found if p.payload.get("sha256") == sha[p.id] and p.vector}
 
     def keep_bytes(self, images: list[NewImage]) -> None:
-        """Write the blobs (before the points that name them; while the engine embeds)."""
-        for img in images:
-            self.blobs.ensure(img.sha256, img.data)
+        """Write the blobs (before the points that name them; while the engine embeds).
+
+        Raises:
+            BlobStoreFull: they would take the blob store past DINOSERVE_BLOB_MAX_BYTES; none
+                is written (and so no point: the add stops here, → 507).
+        """
+        self.blobs.ensure_all((img.sha256, img.data) for img in images)
 
     def add(
         self,
@@ -176,7 +180,7 @@ class Writer:
         rows += [np.asarray(p.vector, np.float32) for _, p in same]
         self.db.upsert(physical, ids, np.stack(rows), payloads)
         for img in everything:  # a concurrent delete may have removed the blob meanwhile
-            self.blobs.ensure(img.sha256, img.data)
+            self.blobs.ensure(img.sha256, img.data, limit=False)  # its point names it now
         now = {img.point_id: blob_uri(img.sha256) for img in everything}
         for pid, uri in before.items():  # a client name re-sent with other bytes
             if uri != now[pid] and is_blob(uri):

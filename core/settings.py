@@ -215,6 +215,12 @@ class Settings(BaseSettings):
     # Writes to collections over HTTP (POST/PATCH/DELETE /collections/…) need this key or the
     # admin key whenever any key is set; it grants reads too.
     write_api_key: str | None = None
+    # Off the loopback (serve.host not 127.x, ::1 or localhost) the service refuses to start
+    # without DINOSERVE_API_KEY unless this says what callers without a key may do: "read"
+    # (embed, classify, search, thumbnails; writes need the write or admin key), "all"
+    # (writes and deletes too, as on the loopback). "none": no anonymous access off the
+    # loopback; on it, as before (open while no key is set). See api/access.py.
+    allow_anonymous: Literal["none", "read", "all"] = "none"
     # Images uploaded to collections, content-addressed (shared by replicas: a volume in deploy/).
     blob_dir: Path = Path("var/blobs")
     # fsync each uploaded image before its point is written: an add survives a power cut with
@@ -223,6 +229,10 @@ class Settings(BaseSettings):
     # 0.7 ms there, does not flush per write either), and a crash may lose the last seconds of
     # uploads' bytes.
     blob_fsync: bool = True
+    # The most bytes of uploaded images the blob store holds (a running total kept beside the
+    # blobs, core/blob_usage.py): an add past it answers 507 and stores nothing, so uploads
+    # cannot fill the volume. Size it below the volume (deploy/k8s: 45 GiB of a 50 GiB claim).
+    blob_max_bytes: int = Field(5 * 1024**3, gt=0)
     index_dir: Path = Path("var/index")  # failure reports of indexing runs
     # Example images the web page offers for a first try (class folders; true masks, when
     # there are any, in `<folder>-masks` beside it). `make demo` sets its held-out scenes.
@@ -266,6 +276,17 @@ class Settings(BaseSettings):
         # `DINOSERVE_API_KEY=` (e.g. passed through empty by compose) means no key, never the
         # empty key (which every request would "present").
         return value or None
+
+    @model_validator(mode="after")
+    def _anonymous_or_a_key(self) -> Settings:
+        # With the read key set every read needs it: an opt-out beside it would be a setting
+        # that silently does nothing (or an operator who thinks the key is off).
+        if self.api_key and self.allow_anonymous != "none":
+            raise ValueError(
+                f"DINOSERVE_ALLOW_ANONYMOUS={self.allow_anonymous} does nothing while "
+                "DINOSERVE_API_KEY is set (every request needs the key): unset one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _workers_serve_one_model(self) -> Settings:

@@ -115,13 +115,16 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Validate the model before binding the port, then run uvicorn (the settings are validated
-    already: a bad DINOSERVE_* value failed in `main`)."""
+    already: a bad DINOSERVE_* value failed in `main`). Off the loopback without a key it
+    refuses first (api.access), since only here is --host known."""
     _cap_malloc_arenas()  # before the engine and the thread pools start their threads
+    from api.access import check_exposure
     from core import package
 
     flags = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     serve = type(settings.serve).model_validate({**settings.serve.model_dump(), **flags})
     settings = settings.model_copy(update={"serve": serve})
+    check_exposure(settings, warn=False)  # the app factory logs an opt-out once it is built
     package_dir = package.resolve(settings.models_dir, settings.model)
     meta = package.verify(package_dir)
     if settings.engine == "onnxruntime":  # fail here, not in the lifespan after "serving on"

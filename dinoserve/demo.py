@@ -161,6 +161,10 @@ def run_demo(
     """
     from indexer.run import IndexRequest, index_source
 
+    if serve:  # off the loopback without a key: refuse now, not after indexing (api.access)
+        from api.access import check_exposure
+
+        check_exposure(settings, warn=False)
     assets = shipped_assets(shipped)
     if assets is not None:
         data, queries = data or assets.sample, queries or assets.queries

@@ -2,7 +2,8 @@
 relabel and delete images (api/writes.py holds the store side and the refresh gate).
 
 Reads need the read key like every route; writes (POST, PATCH, DELETE) need
-DINOSERVE_WRITE_API_KEY or the admin key whenever any key is configured, in a header (never the
+DINOSERVE_WRITE_API_KEY or the admin key whenever any key is configured, or the service listens
+off the loopback without DINOSERVE_ALLOW_ANONYMOUS=all (api/access.py), in a header (never the
 page's cookie: another site's form must not be able to write).
 """
 
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
+from api.access import anonymous_writes
 from api.auth import key_matches, presented_key
 from api.bodies import UploadBody, upload_body
 from api.deps import RuntimeDep
@@ -51,10 +53,19 @@ INFO_EXAMPLE = {
 
 
 def require_write(request: Request, rt: RuntimeDep) -> None:
-    """With any key configured, writes need the write or the admin key (headers only)."""
+    """Writes need the write or the admin key (headers only), unless the service is open to
+    writes (no key set, on the loopback or with DINOSERVE_ALLOW_ANONYMOUS=all: api.access)."""
     s = rt.settings
-    if not (s.api_key or s.admin_api_key or s.write_api_key):
+    if anonymous_writes(s):
         return  # an open service stays open
+    if not (s.api_key or s.admin_api_key or s.write_api_key):  # no key could write
+        raise ApiError(
+            403,
+            "writes_disabled",
+            f"writes are off: DINOSERVE_ALLOW_ANONYMOUS={s.allow_anonymous} lets callers "
+            "without a key read only; set DINOSERVE_WRITE_API_KEY or DINOSERVE_ADMIN_API_KEY "
+            "to write",
+        )
     given = presented_key(request.headers, cookies=False)
     if not given:
         raise ApiError(

@@ -34,6 +34,7 @@ def test_flags_override_the_bind_address(micro_package, monkeypatch):
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
     monkeypatch.setenv("DINOSERVE_MODEL", str(micro_package))
+    monkeypatch.setenv("DINOSERVE_API_KEY", "k")  # off the loopback a key is required
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 8123)
     assert seen["app"].title == "dinoserve"

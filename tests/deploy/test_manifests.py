@@ -408,12 +408,69 @@ def test_dockerfile_lint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_compose_config_is_valid():
-    compose_cli = _tool("docker-compose")
-    for profile in ([], ["--profile", "cluster"]):
-        cmd = [compose_cli, "-f", str(DEPLOY / "compose.yaml"), *profile, "config", "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+REQUIRED_KEYS = ("DINOSERVE_API_KEY", "DINOSERVE_ADMIN_API_KEY")
+
+
+def _compose_config(profile: list[str], **keys: str) -> subprocess.CompletedProcess:
+    """`docker-compose config -q` with exactly these DINOSERVE_* variables in its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DINOSERVE_")} | keys
+    cmd = [_tool("docker-compose"), "-f", str(DEPLOY / "compose.yaml"), *profile, "config", "-q"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "cluster"]], ids=["default", "cluster"])
+def test_compose_config_is_valid_with_the_keys(profile):
+    proc = _compose_config(profile, **{k: "secret" for k in REQUIRED_KEYS})
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("missing", REQUIRED_KEYS)
+def test_compose_refuses_to_run_without_the_keys(missing):
+    """The API publishes its port on every interface: no key, no service (the message names
+    the variable and where to read on)."""
+    for given in ({}, {missing: ""}):  # unset, or set empty
+        keys = {k: "secret" for k in REQUIRED_KEYS if k != missing} | given
+        proc = _compose_config([], **keys)
+        assert proc.returncode != 0
+        assert f"required variable {missing} is missing a value" in proc.stderr, proc.stderr
+        assert "docs/operations.md" in proc.stderr
+
+
+def test_k8s_api_takes_its_keys_from_a_named_secret():
+    """Required keys (no `optional`): a pod without them would not start off the loopback."""
+    env = {e["name"]: e for e in api_container()["env"]}
+    for var in REQUIRED_KEYS:
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "dinoserve-secrets" and ref["key"]
+        assert not ref.get("optional", False), var
+    assert "dinoserve-secrets" in (K8S / "README.md").read_text()  # how to create it
+
+
+def test_the_deployed_api_binds_off_the_loopback_with_keys(monkeypatch):
+    """The image and the manifests bind 0.0.0.0; with their keys the start check passes."""
+    from api.access import check_exposure, is_loopback
+
+    assert re.search(r'^CMD \[.*"--host", "0\.0\.0\.0"', DOCKERFILE.read_text(), re.M)
+    args = api_container()["args"]
+    assert not is_loopback(args[args.index("--host") + 1])
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    env = env_of(api_container(), configmaps()) | {k: "from-the-secret" for k in REQUIRED_KEYS}
+    env["DINOSERVE_SERVE__HOST"] = "0.0.0.0"  # the image's ENV
+    settings = _validate(env, monkeypatch)
+    check_exposure(settings, warn=False)
+    # The image's health check sends no key, and needs none.
+    healthcheck = re.search(r"HEALTHCHECK[\s\S]*?:\d+(/\w+)'", DOCKERFILE.read_text())
+    assert healthcheck
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    assert client.get(healthcheck.group(1)).status_code == 200
+    assert client.get("/model").status_code == 401  # while the rest needs the key
+    for name, service in compose()["services"].items():
+        if is_dinoserve(service.get("image", "")):
+            values = service["environment"]
+            assert all(str(values[k]).startswith(f"${{{k}:?") for k in REQUIRED_KEYS), name
 
 
 def test_api_drains_within_the_kill_deadline(monkeypatch):
