@@ -24,6 +24,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.out)
     overrides = list(args.overrides)
+    if args.init:  # the architecture comes from the init model; the user's overrides follow
+        from training.init import init_overrides
+
+        overrides = init_overrides(args.init, args.init_weights, Path(args.models_dir)) + overrides
     if args.data:
         overrides.insert(0, f"data.train={args.data}")
     config, own = args.config, args.resume and (run_dir / "config.yaml").exists()
@@ -180,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="folder or tar/tar.gz of images")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument(
+        "--init",
+        default=None,
+        help="start the backbones from a package (name or path) or a timm name with its tag "
+        "(continued pretraining; see configs/adapt.yaml)",
+    )
+    t.add_argument("--init-weights", default=None, help="local weights for a timm --init name")
+    t.add_argument("--models-dir", default="var/models", help="where --init names resolve")
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=5")
     t.set_defaults(func=_cmd_train)
 

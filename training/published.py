@@ -264,8 +264,9 @@ def build_published(
     module = timm.models.model_entrypoint(base).__module__.rsplit(".", 1)[-1]
     if module not in ("vision_transformer", "eva"):
         raise UnsupportedModel(
-            f"{arch} is a timm {module} model, not a ViT with a CLS token: only ViTs have the "
-            "CLS embedding and attention map served here (DINO, DINOv2 and DINOv3 ViTs)"
+            f"{arch} is a timm {module} model, not a ViT with a CLS token: the served embedding "
+            "and attention map and the trainer's DINO head all read a ViT's CLS token (DINO, "
+            "DINOv2 and DINOv3 ViTs)"
         )
     size = EVAL_SIZE if img_size is None else img_size
     kwargs = {"num_classes": 0, "global_pool": "token", "dynamic_img_size": True}
