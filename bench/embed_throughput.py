@@ -53,8 +53,11 @@ def model_specs() -> dict[str, tuple[str, dict]]:
     """name → (timm arch, timm kwargs)."""
     tiny = config_meta(load_config(ROOT / "configs" / "tiny.yaml"))
     vits = {"num_classes": 0, "global_pool": "token", "dynamic_img_size": True}
+    at_224 = {**vits, "img_size": 224}  # the published families' serving size (dinoserve import)
     return {
         "vits16": ("vit_small_patch16_224", vits),
+        "dinov2-s14-reg4": ("vit_small_patch14_reg4_dinov2", at_224),
+        "dinov3-s16": ("vit_small_patch16_dinov3", at_224),
         "tiny": (tiny["arch"], tiny["timm_kwargs"]),
     }
 
@@ -62,7 +65,7 @@ def model_specs() -> dict[str, tuple[str, dict]]:
 def random_package(
     name: str, models: Path, quantize: str | None, source: str
 ) -> tuple[torch.nn.Module, Path]:
-    """`name` (vits16 or tiny) at random init (seed 0), packaged by the real export path (its
+    """`name` (a key of model_specs) at random init (seed 0), packaged by the real export path (its
     parity check, and the cosine check for int8): the network and the package directory."""
     if name == "tiny":
         meta = config_meta(load_config(ROOT / "configs" / "tiny.yaml"))

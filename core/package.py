@@ -167,7 +167,7 @@ def require_variant(package_dir: Path, meta: PackageMeta, variant: str) -> None:
     if variant not in meta.onnx:
         raise PackageError(
             f"{package_dir} has no {variant} ONNX model (it has: {', '.join(meta.onnx)}): "
-            f"export one with `dinoserve export RUN_DIR --quantize {variant}` (or import-timm "
+            f"export one with `dinoserve export RUN_DIR --quantize {variant}` (or import "
             f"… --quantize {variant}), or unset DINOSERVE_INFERENCE__ONNX_VARIANT"
         )
 
@@ -210,6 +210,9 @@ def known_models(models_dir: Path) -> list[str]:
 def resolve(models_dir: Path, model: str) -> Path:
     """A package directory from a model name (its CURRENT version) or a package path.
 
+    A name with versions but no CURRENT (imported without `--activate`, never refreshed to)
+    resolves to its newest version: asking for it by name is the choice.
+
     Args:
         models_dir: the registry, e.g. var/models.
         model: a name under models_dir, or a path to a package directory.
@@ -224,4 +227,6 @@ def resolve(models_dir: Path, model: str) -> Path:
             f"unknown model {model!r} (not in {models_dir}, not a package path); {there}. "
             "Set DINOSERVE_MODEL to one of them, or make one (make demo, dinoserve export)"
         )
+    if not (name_dir / CURRENT).is_file() and (versions := list_versions(name_dir)):
+        return name_dir / versions[-1]
     return name_dir / current_version(name_dir)

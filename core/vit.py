@@ -1,6 +1,10 @@
 """The served network: a timm ViT wrapped to return its CLS embedding and the last block's CLS
 attention over the patch grid, in one forward. The ONNX graph and the torch engine are both this
 module, so the two engines cannot drift apart.
+
+Two timm families are served: `VisionTransformer` (DINO, DINOv2 with or without registers) and
+`Eva` (DINOv3: RoPE instead of a position table, storage tokens as timm's `reg_token`). Both run
+through timm's own modules; only the CLS row of the last block's attention is recomputed here.
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.layers import apply_rot_embed_cat
+from timm.models.eva import Eva
 from torch import nn
 
 
@@ -23,37 +30,62 @@ def build_vit(arch: str, timm_kwargs: dict[str, Any], pretrained: bool = False) 
     return timm.create_model(arch, pretrained=pretrained, **timm_kwargs).eval()
 
 
-def cls_attention(block: nn.Module, x: torch.Tensor, num_prefix: int) -> torch.Tensor:
+def _query_key(attn: nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys (B, heads, N, hd) of a timm attention module, after its q/k norms.
+
+    timm's ViT `Attention` has one biased `qkv`; Eva's has a bias-free `qkv` with `q_bias`,
+    `k_bias` (a zero buffer) and `v_bias` beside it, or separate `q_proj`/`k_proj`.
+    """
+    b, n, _ = y.shape
+    if getattr(attn, "qkv", None) is None:  # Eva with qkv_fused=False
+        q = attn.q_proj(y).reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+        k = attn.k_proj(y).reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+    else:
+        q_bias = getattr(attn, "q_bias", None)
+        if q_bias is None:
+            qkv = attn.qkv(y)
+        else:
+            qkv = F.linear(y, attn.qkv.weight, torch.cat((q_bias, attn.k_bias, attn.v_bias)))
+        q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return attn.q_norm(q), attn.k_norm(k)
+
+
+def cls_attention(
+    block: nn.Module, x: torch.Tensor, num_prefix: int, rope: torch.Tensor | None = None
+) -> torch.Tensor:
     """The CLS query's softmax attention over the patch keys of `block`, from its own modules.
 
     Only the CLS row is computed, and the softmax runs over the patch keys alone: each head's
-    map is a distribution over patches (DINO's mask normalises the same way), and register
-    tokens cannot soak up mass that then looks missing on the image.
+    map is a distribution over patches (DINO's mask normalises the same way), and register or
+    storage tokens cannot soak up mass that then looks missing on the image.
 
     Args:
-        block: a timm ViT `Block` (norm1 + attn with qkv, q_norm, k_norm, scale, num_heads).
+        block: a timm ViT `Block` or Eva `EvaBlock` (norm1 + attn with q_norm, k_norm, scale).
         x: tokens entering the block, (B, N, C), prefix tokens first.
         num_prefix: number of prefix tokens (CLS + registers).
+        rope: the rotary embedding of the patch tokens (Eva), applied to their keys as the
+            block does; the CLS query is a prefix token, which RoPE leaves alone.
     Returns:
         (B, heads, N − num_prefix) attention weights.
     """
     attn = block.attn
-    y = block.norm1(x)
-    b, n, _ = y.shape
-    qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, N, hd)
-    logits = (q[:, :, :1] * attn.scale) @ k[:, :, num_prefix:].transpose(-2, -1)  # (B, h, 1, P)
+    q, k = _query_key(attn, block.norm1(x))  # (B, heads, N, hd)
+    keys = k[:, :, num_prefix:]
+    if rope is not None:
+        keys = apply_rot_embed_cat(keys, rope, half=getattr(attn, "rotate_half", False))
+    logits = (q[:, :, :1] * attn.scale) @ keys.transpose(-2, -1)  # (B, h, 1, P)
     return logits.squeeze(2).softmax(dim=-1)
 
 
 class EmbedAttention(nn.Module):
     """images (B, 3, H, W) → (embedding (B, D), attention (B, heads, h, w)).
 
-    The embedding is exactly `model(images)` of a timm ViT built with num_classes=0: the
-    pooled CLS token after the final norm, before any head.
+    The embedding is exactly `model(images)` of a timm ViT built with num_classes=0 and
+    global_pool="token": the CLS token after the final norm, before any head — what the DINO,
+    DINOv2 and DINOv3 k-NN evaluations use.
 
     Args:
-        model: a timm VisionTransformer.
+        model: a timm VisionTransformer or Eva.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -65,11 +97,23 @@ class EmbedAttention(nn.Module):
         m = self.model
         h, w = m.patch_embed.dynamic_feat_size(images.shape[-2:])
         x = m.patch_embed(images)  # (B, h, w, C) with dynamic_img_size, else (B, h·w, C)
-        x = m.norm_pre(m.patch_drop(m._pos_embed(x)))  # (B, prefix + h·w, C)
-        for blk in m.blocks[:-1]:
-            x = blk(x)
-        last = m.blocks[-1]
-        attn = cls_attention(last, x, m.num_prefix_tokens)  # (B, heads, h·w)
-        x = m.norm(last(x))
-        embedding = m.forward_head(x, pre_logits=True)
+        if isinstance(m, Eva):
+            # Eva returns the RoPE table beside the tokens and has no patch_drop when its rate
+            # is 0 (None: calling it was the DINOv3 export's "'NoneType' is not callable").
+            x, rope = m._pos_embed(x)
+            ropes = list(rope) if getattr(m, "rope_mixed", False) else [rope] * len(m.blocks)
+            x = m.norm_pre(x)
+            for blk, r in zip(m.blocks[:-1], ropes, strict=False):
+                x = blk(x, rope=r)
+            last, rope = m.blocks[-1], ropes[-1]
+            attn = cls_attention(last, x, m.num_prefix_tokens, rope)  # (B, heads, h·w)
+            x = last(x, rope=rope)
+        else:
+            x = m.norm_pre(m.patch_drop(m._pos_embed(x)))  # (B, prefix + h·w, C)
+            for blk in m.blocks[:-1]:
+                x = blk(x)
+            last = m.blocks[-1]
+            attn = cls_attention(last, x, m.num_prefix_tokens)  # (B, heads, h·w)
+            x = last(x)
+        embedding = m.forward_head(m.norm(x), pre_logits=True)
         return embedding, attn.reshape(attn.shape[0], attn.shape[1], h, w)

@@ -24,6 +24,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.out)
     overrides = list(args.overrides)
+    if args.init:  # the architecture comes from the init model; the user's overrides follow
+        from training.init import init_overrides
+
+        overrides = init_overrides(args.init, args.init_weights, Path(args.models_dir)) + overrides
     if args.data:
         overrides.insert(0, f"data.train={args.data}")
     config, own = args.config, args.resume and (run_dir / "config.yaml").exists()
@@ -81,12 +85,24 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cmd_import_timm(args: argparse.Namespace, settings: Settings) -> int:
-    from training.export import import_timm
+def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from training.export import import_published
 
-    weights = Path(args.weights) if args.weights else None
-    out = import_timm(args.model, _models_dir(args, settings), args.name, weights, args.quantize)
+    out = import_published(
+        args.model,
+        _models_dir(args, settings),
+        args.name,
+        Path(args.weights) if args.weights else None,
+        args.quantize,
+        img_size=args.img_size,
+        activate=args.activate,
+    )
     _report_package(out)
+    if not args.activate:
+        print(
+            f"not activated: other commands still use what they used. Use it with "
+            f"DINOSERVE_MODEL={args.name}, or import again with --activate"
+        )
     return 0
 
 
@@ -171,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="folder or tar/tar.gz of images")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument(
+        "--init",
+        default=None,
+        help="start the backbones from a package (name or path) or a timm name with its tag "
+        "(continued pretraining; see configs/adapt.yaml)",
+    )
+    t.add_argument("--init-weights", default=None, help="local weights for a timm --init name")
+    t.add_argument("--models-dir", default="var/models", help="where --init names resolve")
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=5")
     t.set_defaults(func=_cmd_train)
 
@@ -192,13 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_cmd_export, reads_settings=True)
 
-    i = sub.add_parser("import-timm", help="package published DINO weights through timm")
-    i.add_argument("model", help="timm name, e.g. vit_small_patch16_224.dino")
+    i = sub.add_parser(
+        "import",
+        aliases=["import-timm"],
+        help="package published DINO, DINOv2 or DINOv3 weights through timm",
+    )
+    i.add_argument(
+        "model",
+        help="timm name with its tag, e.g. vit_small_patch16_224.dino, "
+        "vit_small_patch14_reg4_dinov2.lvd142m, vit_small_patch16_dinov3.lvd1689m",
+    )
     i.add_argument("--name", required=True, help="model name under the models directory")
-    i.add_argument("--weights", default=None, help="local state dict instead of the hub")
+    i.add_argument(
+        "--weights", default=None, help="local file (Meta's official layout or timm's), not the hub"
+    )
+    i.add_argument(
+        "--img-size", type=int, default=None, help="serving size in px (default 224, the eval size)"
+    )
     i.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
     i.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
-    i.set_defaults(func=_cmd_import_timm, reads_settings=True)
+    i.add_argument(
+        "--activate", action="store_true", help="switch its CURRENT (default: change nothing)"
+    )
+    i.set_defaults(func=_cmd_import, reads_settings=True)
 
     x = sub.add_parser("index", help="embed a folder, tar or manifest into Qdrant")
     x.add_argument(

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from core import package, refresh_job, store, versions
@@ -153,31 +154,72 @@ def refresh_local(settings: Settings, version: str | None) -> RefreshStatus:
         return RefreshJob(q, settings, name_dir, status).run()
 
 
-def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    svc = _service(args, settings)
+def _served_by(svc: Service | None) -> dict[str, Any] | None:
+    """What a running service serves, from its open readiness route (no key needed): its
+    `model_version`, or None when no service answers (or it is not ready)."""
+    if svc is None:
+        return None
     try:
-        info = svc.call("GET", "/admin/models") if svc is not None else None
+        return svc.call("GET", "/readyz")
     except CliError as exc:
-        if settings.admin_api_key:
-            raise
-        # Reading needs no key: versions come from the registry; only the service's
-        # collections (its store is locked) need the admin key.
-        log.warning("collections not shown: %s", str(exc).split(": ", 1)[1])
-        name_dir = versions.registry_dir(settings.models_dir, settings.model)
-        info = refresh_job.describe(None, name_dir, versions.current_or_none(name_dir))
-    if info is None:
-        name_dir = versions.registry_dir(settings.models_dir, settings.model)
-        current = versions.current_or_none(name_dir)
+        log.warning("the service answers but is not ready: %s", exc)
+        return None
+
+
+def registry_names(models_dir: Path) -> list[str]:
+    """Every model name in the registry with at least one complete version, sorted."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and package.list_versions(p)
+    )
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    """Every model of the registry and its versions: which is CURRENT, which a running service
+    serves (only a service that answers says so), and the collections of each version."""
+    svc = _service(args, settings)
+    ready = _served_by(svc)
+    served = ready.get("model_version") if ready else None
+    info: dict[str, Any] | None = None  # the served model's collections, from its service
+    if ready is not None and settings.admin_api_key:
+        info = svc.call("GET", "/admin/models") if svc is not None else None
+    elif ready is not None:
+        log.warning("collections not shown: the service's store needs DINOSERVE_ADMIN_API_KEY")
+    names = registry_names(settings.models_dir)
+    where = f"served by {svc.base}" if ready else "served: no service answers"
+    if svc is not None and not ready:
+        where += f" at {svc.base}"
+    print(f"models in {settings.models_dir}  (* CURRENT, > {where})")
+    if not names:
+        print("  none yet: make demo, dinoserve export, or dinoserve import")
+        return 0
+
+    def show(q: store.Store | None) -> list[str]:
+        lines = []
+        for name in names:
+            name_dir = Path(settings.models_dir) / name
+            own = served if served in package.list_versions(name_dir) else None
+            described = refresh_job.describe(q, name_dir, own)
+            if info is not None and info.get("model") == name:
+                described = info
+            lines.append(f"model {name}")
+            for row in described["versions"]:
+                mark = ("*" if row["current"] else " ") + (">" if row["served"] else " ")
+                lines.append(f"{mark} {row['version']}  {_collections_line(row['collections'])}")
+        return lines
+
+    lines = None
+    if ready is None:  # else the service owns the store: only its answer has collections
         try:
             with open_store(settings) as q:
-                info = refresh_job.describe(q, name_dir, current)
+                lines = show(q)
         except (CliError, store.StoreError) as exc:
             log.warning("collections unknown: %s", exc)
-            info = refresh_job.describe(None, name_dir, current)
-    print(f"model {info['model']}  (* CURRENT, > served)")
-    for row in info["versions"]:
-        mark = ("*" if row["current"] else " ") + (">" if row["served"] else " ")
-        print(f"{mark} {row['version']}  {_collections_line(row['collections'])}")
+    print("\n".join(lines if lines is not None else show(None)))
     return 0
 
 

@@ -51,6 +51,10 @@ class ModelConfig(_Section):
     drop_path_rate: float = Field(0.1, ge=0, lt=1)
     # Extra timm kwargs, e.g. {embed_dim: 96, depth: 4, num_heads: 3} for a tiny model.
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Start both backbones from these weights (`dinoserve train --init`): a package path or a
+    # timm name with its tag (+ init_weights, a local file); empty = random initialisation.
+    init: str = ""
+    init_weights: str = ""
 
 
 class HeadConfig(_Section):

@@ -1,5 +1,5 @@
 """Model packages from a training run (`dinoserve export`) or from official DINO weights through
-timm (`dinoserve import-timm`). Both go through `write_package`, which checks the export and
+timm (`dinoserve import`). Both go through `write_package`, which checks the export and
 only then makes the package live."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from core import package
@@ -31,6 +30,7 @@ from training.onnx_export import (
     export_onnx,
     quantize_int8,
 )
+from training.published import build_published
 
 log = logging.getLogger(__name__)
 
@@ -194,55 +194,42 @@ def export_run(
     return write_package(vit, meta, models_dir, name, quantize, activate)
 
 
-def import_timm(
+def import_published(
     model_name: str,
     models_dir: Path,
     name: str,
     weights: Path | None = None,
     quantize: str | None = None,
     timm_kwargs: dict[str, Any] | None = None,
+    img_size: int | None = None,
+    activate: bool = False,
 ) -> Path:
-    """Package a timm ViT with published weights, e.g. `vit_small_patch16_224.dino`.
+    """Package a published backbone (DINO, DINOv2, DINOv3) through timm, e.g.
+    `vit_small_patch14_reg4_dinov2.lvd142m`, from the hub or a local file.
 
     Args:
         model_name: timm name with its pretrained tag.
         models_dir: the registry.
         name: model name.
-        weights: a local state dict (.pth/.pt/.safetensors) instead of the hub; loaded strictly.
+        weights: a local file in the official layout or timm's, instead of the hub.
         quantize: None or "int8".
         timm_kwargs: extra timm kwargs (e.g. a smaller model for tests).
+        img_size: serving size (default 224: the families' evaluation size); the position
+            table is resampled to it.
+        activate: switch the name's CURRENT to it; by default an import changes nothing that
+            other commands use.
     """
-    kwargs = {"num_classes": 0, "global_pool": "token", "dynamic_img_size": True}
-    kwargs.update(timm_kwargs or {})
-    try:
-        vit = build_vit(model_name, kwargs, pretrained=weights is None)
-    except (OSError, ValueError, RuntimeError) as exc:  # hub unreachable, unknown name
-        hint = "" if weights else " (without the hub: --weights FILE)"
-        raise package.PackageError(f"cannot build {model_name}: {exc}{hint}") from exc
-    if weights is not None:
-        weights = Path(weights)
-        if weights.suffix == ".safetensors":
-            state = load_file(weights)
-        else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        try:
-            vit.load_state_dict(state, strict=True)
-        except RuntimeError as exc:  # missing/unexpected keys or shapes: name the file
-            raise package.PackageError(f"{weights} does not fit {model_name}: {exc}") from exc
+    vit, kwargs, provenance = build_published(model_name, img_size, weights, timm_kwargs)
     cfg = vit.pretrained_cfg
     meta = {
         "arch": model_name,
         "timm_kwargs": kwargs,
         "mean": tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
         "std": tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
-        "crop_pct": 0.875,  # DINO's k-NN evaluation: resize to 256, crop 224
-        "provenance": {
-            "source": "timm",
-            "timm_model": model_name,
-            "weights": str(weights.resolve()) if weights else cfg.get("hf_hub_id"),
-        },
+        "crop_pct": 0.875,  # the families' k-NN evaluations: resize to 256, crop 224
+        "provenance": provenance,
     }
-    return write_package(vit, meta, models_dir, name, quantize)
+    return write_package(vit, meta, models_dir, name, quantize, activate)
 
 
-__all__ = ["ExportError", "export_run", "import_timm", "write_package"]
+__all__ = ["ExportError", "export_run", "import_published", "write_package"]

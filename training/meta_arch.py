@@ -55,6 +55,13 @@ class DINO(nn.Module):
         self._ddp: DistributedDataParallel | None = None
         self.log_k = math.log(h.out_dim)
 
+    @torch.no_grad()
+    def load_backbones(self, state: dict[str, torch.Tensor]) -> None:
+        """Start student and teacher backbones from the same weights (continued pretraining);
+        the heads keep their fresh initialisation. Strict: every key must fit."""
+        self.student.backbone.load_state_dict(state, strict=True)
+        self.teacher.backbone.load_state_dict(state, strict=True)
+
     def wrap_ddp(self, device_ids: list[int] | None = None) -> None:
         """Synchronise the student's gradients across processes."""
         self._ddp = DistributedDataParallel(self.student, device_ids=device_ids)

@@ -30,6 +30,7 @@ from training.data import (
 )
 from training.device_decode import EncodedImages, collate_encoded, decode_batch
 from training.distributed import DistInfo, init_distributed, shutdown
+from training.init import init_state
 from training.knn import KnnEvaluator
 from training.meta_arch import DINO
 from training.metrics import MetricsLog, TrainingDiverged, plot_curves
@@ -149,7 +150,12 @@ class Trainer:
         self.sched: Schedules = build_schedules(cfg, self.iters_per_epoch, self.dist.world_size)
 
         torch.manual_seed(cfg.run.seed)  # same initial weights on every process
-        self.model = DINO(cfg).to(self.device)
+        self.model = DINO(cfg)
+        resuming = resume and (run_dir / LAST).exists()
+        if cfg.model.init and not resuming:  # continued pretraining: backbones from weights
+            self.model.load_backbones(init_state(cfg.model))
+            log.info("backbones initialised from %s", cfg.model.init)
+        self.model = self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.param_groups(),
             lr=0.0,

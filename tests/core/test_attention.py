@@ -54,6 +54,9 @@ def _reference_cls_attention(vit, x):
     return out, row / row.sum(-1, keepdim=True)
 
 
+TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 224}
+
+
 @pytest.mark.parametrize(
     ("arch", "kwargs", "size"),
     [
@@ -72,11 +75,20 @@ def _reference_cls_attention(vit, x):
         ),
         # ViT-S/16-shaped (2 blocks for speed) with register tokens to skip
         ("vit_small_patch16_224", {"depth": 2, "reg_tokens": 4, "dynamic_img_size": True}, 224),
+        # DINOv2 with registers and DINOv3 (timm's Eva: RoPE on q and k, storage tokens, the
+        # q/v biases beside a bias-free qkv), tiny, at 224 px
+        ("vit_small_patch14_reg4_dinov2", TINY, 224),
+        ("vit_small_patch16_dinov3", TINY, 224),
+        ("vit_small_patch16_dinov3_qkvb", TINY, 224),
+        ("vit_small_plus_patch16_dinov3", TINY, 224),
     ],
 )
 def test_wrapper_matches_timm(arch, kwargs, size):
     torch.manual_seed(0)
     vit = timm.create_model(arch, num_classes=0, global_pool="token", **kwargs).eval()
+    with torch.no_grad():  # away from the init (zero biases, 1e-5 layer scales): a real test
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         emb, att = EmbedAttention(vit)(x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from core.package import current_version
+from core.package import current_version, switch_current
 from dinoserve.cli import main
 from tests.refresh.conftest import ADMIN_KEY
 from tests.stores import edge_store
@@ -37,7 +37,9 @@ def test_without_a_service(cli_env, capsys):
 
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert f"*> {env.v2}  more__{env.v2} 20 pts ← more, shapes__{env.v2} 60 pts ← shapes" in out
+    # no service answers: CURRENT is marked, nothing is "served"
+    assert f"*  {env.v2}  more__{env.v2} 20 pts ← more, shapes__{env.v2} 60 pts ← shapes" in out
+    assert "served: no service answers at" in out and f"model {env.name_dir.name}" in out
     assert f"   {env.v1}  more__{env.v1} 20 pts, shapes__{env.v1} 60 pts" in out
 
     assert main(["models", "gc"]) == 0  # keeps v2 (served) and v1 (previous)
@@ -61,8 +63,14 @@ def test_through_the_service(cli_env, start_server, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "401" in err and f"the service at {base} needs its admin key" in err
     assert "set DINOSERVE_ADMIN_API_KEY" in err and "Bearer" not in err
+    # another model, activated after the service started: listed, CURRENT, but not served
+    other = env.models_dir / "other"
+    shutil.copytree(env.name_dir / env.v1, other / OLD)
+    switch_current(other, OLD)
     assert main(["models", "list"]) == 0  # reading needs no key (collections left out)
-    assert f"*> {env.v1}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"(* CURRENT, > served by {base})" in out
+    assert f"model micro\n*> {env.v1}" in out and f"model other\n*  {OLD}" in out
     monkeypatch.setenv("DINOSERVE_ADMIN_API_KEY", ADMIN_KEY)
 
     assert main(["refresh", "--poll-s", "0.1"]) == 0

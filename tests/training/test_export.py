@@ -14,7 +14,7 @@ from dinoserve.cli import main
 from training import checkpoint
 from training.backbone import backbone_kwargs
 from training.config import load_config
-from training.export import export_run, import_timm
+from training.export import export_run, import_published
 from training.onnx_export import ExportError, check_images
 
 
@@ -97,7 +97,7 @@ def test_import_timm_from_a_local_state_dict(tmp_path, suffix):
         torch.save(src.state_dict(), weights)
     else:
         save_file(src.state_dict(), weights)
-    out = import_timm(name, tmp_path / "models", "dino", weights, timm_kwargs=kwargs)
+    out = import_published(name, tmp_path / "models", "dino", weights, timm_kwargs=kwargs)
     meta = package.verify(out)
     assert (meta.arch, meta.img_size, meta.grid, meta.embed_dim) == (name, 224, (14, 14), 384)
     assert meta.crop_pct == 0.875 and meta.mean == (0.485, 0.456, 0.406)
