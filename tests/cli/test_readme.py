@@ -57,15 +57,15 @@ def demo_checkout(tiny_package, tmp_path) -> Path:
     from core import package
     from core.settings import Settings
     from indexer.run import IndexRequest, index_source
-    from training.synthetic import make_synthetic
+    from training.scenes import make_scenes
 
     root = tmp_path / "checkout"
     name_dir = root / "var" / "models" / "demo-tiny"
     name_dir.mkdir(parents=True)
     shutil.copytree(tiny_package, name_dir / tiny_package.name)
     package.switch_current(name_dir, tiny_package.name)
-    data = make_synthetic(root / "var" / "data" / "synthetic", 3, 32, seed=0)
-    make_synthetic(root / "var" / "data" / "synthetic-queries", 2, 32, seed=12345)
+    data = make_scenes(root / "var" / "data" / "synthetic", 3, seed=0)
+    make_scenes(root / "var" / "data" / "synthetic-queries", 2, seed=12345)
     settings = Settings(
         models_dir=root / "var" / "models",
         qdrant_path=root / "var" / "qdrant",
@@ -107,6 +107,10 @@ def test_first_steps_run_as_shown(demo_checkout):
     assert done.returncode == 0, (out[-3000:], done.stderr[-3000:])
     # Every JSON answer of the service is a success: no error shape anywhere.
     answers = json_objects(out)
+    evals = [a for a in answers if "model_version" in a and ("top1" in a or "per_head" in a)]
+    assert len(evals) == sum(" eval " in c for c in commands) == 2
+    assert 0 <= evals[0]["top1"] <= 100 and 0 <= evals[1]["mean"] <= 1
+    answers = [a for a in answers if a not in evals]
     assert len(answers) == sum(c.startswith("curl") for c in commands)
     assert not [a for a in answers if "error" in a], answers
     assert sum("label" in a for a in answers) == 2  # both classify calls, the second with a key

@@ -110,3 +110,26 @@ def test_current_switch_is_atomic(tmp_path, monkeypatch):
         package.switch_current(name_dir, a.name)
     assert package.current_version(name_dir) == b.name
     assert [p.name for p in name_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_install_copies_a_package_into_a_registry_keeping_its_version(tmp_path):
+    src = _write(tmp_path / "shipped")
+    out = package.install(src, tmp_path / "registry", "demo")
+    assert out == tmp_path / "registry" / "demo" / src.name
+    assert package.resolve(tmp_path / "registry", "demo") == out
+    assert package.verify(out).files == package.verify(src).files
+    assert (out / package.ONNX_FP32).stat().st_mode & 0o222 == 0
+    assert not list((tmp_path / "registry" / "demo").glob(".staging-*"))
+    # Again: the version already there is kept; activate=False leaves CURRENT alone.
+    newer = _write(tmp_path / "registry", "demo", payload=b"refreshed")
+    assert package.install(src, tmp_path / "registry", "demo", activate=False) == out
+    assert package.resolve(tmp_path / "registry", "demo") == newer
+
+
+def test_install_refuses_a_damaged_package(tmp_path):
+    src = _write(tmp_path / "shipped")
+    (src / package.WEIGHTS).chmod(0o644)
+    (src / package.WEIGHTS).write_bytes(b"changed")
+    with pytest.raises(IntegrityError):
+        package.install(src, tmp_path / "registry", "demo")
+    assert not (tmp_path / "registry" / "demo" / src.name).exists()
