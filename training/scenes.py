@@ -10,14 +10,17 @@ against a known truth. The choices, and why:
   that a patch-level mask can match it (an 8-px patch is 1/64 of the image), small enough that
   the background is most of what a random crop sees.
 - **Classes differ by shape only**: the object's colour is drawn at random for every image (any
-  hue, with a brightness that contrasts with the background), and every shape is rotated at
-  random, so neither colour nor orientation tells a class. That is why there is no "xmark"
-  (a rotated cross) here; a heart takes its place. All shapes are solid: thin outlines cannot be
-  matched by 8-px patches, so the ring is a thick one.
+  hue, with a brightness that contrasts with the background), so colour tells no class. Shapes
+  stand upright as objects do in photos, within ±20° (a star on its tip, a half-moon on its flat
+  side): DINO's augmentations do not rotate, so a class spread over every rotation would ask it
+  to learn rotation invariance from nothing (measured: with uniform rotations the k-NN of a
+  1-hour CPU run fell below its random init). All shapes are solid: thin outlines cannot be
+  matched by 8-px patches, so the ring is a thick one; a heart stands in for the old x-mark.
 - **Cluttered backgrounds**: a random texture (stripes, smooth noise, a gradient or a checker
-  pattern) and 3–7 small distractors (dots, short bars, small squares) in random colours, drawn
-  *under* the object, so the object is not the only structure in the image and its mask stays
-  exact: the mask is the object's own pixels, rendered on a separate canvas.
+  pattern, in two nearby colours, so it has less contrast than the object against it) and 3–7
+  small distractors (dots, short bars, small squares) in random colours, drawn *under* the
+  object, so the object is not the only structure in the image and its mask stays exact: the
+  mask is the object's own pixels, rendered on a separate canvas.
 - Mild blur and pixel noise so edges are not perfectly aliased.
 
 `make_scenes(out, n)` writes `out/<class>/<nnnnn>.png` and the masks as
@@ -47,6 +50,14 @@ CLASSES = (
     "halfmoon",
 )
 SIZE = 64  # default side in pixels
+TILT = math.radians(20)  # how far a shape leans from upright, either way
+# The angle at which each shape of _draw_object stands upright (image y points down).
+UPRIGHT = {
+    "square": math.pi / 4,
+    "triangle": -math.pi / 2,
+    "star": -math.pi / 2,
+    "halfmoon": math.pi,
+}
 
 
 def masks_dir_for(images: str | Path) -> Path:
@@ -149,7 +160,10 @@ def draw_scene(
     # always contrasts with the background whatever its hue.
     light = bool(rng.integers(2))
     bg_lo, bg_hi = (150, 255) if light else (0, 120)
-    c1, c2 = rng.integers(bg_lo, bg_hi, 3), rng.integers(bg_lo, bg_hi, 3)
+    # The texture's two colours lie close together: structure everywhere, but of less contrast
+    # than the object has against it, as a subject stands out of its surroundings in a photo.
+    c1 = rng.integers(bg_lo, bg_hi, 3)
+    c2 = np.clip(c1 + rng.normal(0, 30, 3), bg_lo, bg_hi)
     t = _texture(rng, size)[..., None]
     bg = c1[None, None] * t + c2[None, None] * (1 - t)
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
@@ -175,7 +189,7 @@ def draw_scene(
     r = rng.uniform(0.27, 0.40) * size
     margin = r * 0.9  # shapes may touch the border a little, as objects in photos do
     cx, cy = (rng.uniform(margin, size - margin) for _ in range(2))
-    rot = rng.uniform(0, 2 * math.pi)
+    rot = UPRIGHT.get(name, 0.0) + rng.uniform(-TILT, TILT)
     fill = _colour(rng, rng.uniform(0.0, 0.3) if light else rng.uniform(0.75, 1.0))
     _draw_object(d, name, cx, cy, r, rot, fill)
     mask = Image.new("L", (size, size), 0)

@@ -111,3 +111,28 @@ def test_demo_keeps_a_configured_model_over_the_shipped_one(tmp_path, micro_run,
         shipped=tmp_path / "shipped",
     )
     assert served.model == "mine"
+
+
+def test_demo_serves_the_shipped_demo_backbone_and_the_first_star_is_a_star(tmp_path, monkeypatch):
+    """A fresh clone's `make demo`: the repository's own shipped demo backbone, no training."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from dinoserve.demo import SCENES_MODEL, SHIPPED, SYNTHETIC_QUERIES, shipped_demo_backbone
+
+    monkeypatch.chdir(tmp_path)
+    shipped = shipped_demo_backbone(SHIPPED)
+    assert shipped is not None, "shipped/models/demo-scenes is part of the repository"
+    settings = _settings(tmp_path, model="dino-vits16")  # the default, not in the registry
+    served = run_demo(settings, None, None, str(TINY_PRESET), tmp_path / "run", serve=False)
+    assert served.model == SCENES_MODEL and not (tmp_path / "run").exists()
+    installed = resolve(served.models_dir, SCENES_MODEL)
+    assert installed.name == shipped.name  # the shipped version, installed as it is
+    assert served.samples_dir == SYNTHETIC_QUERIES
+    assert len(list((tmp_path / "var/data/synthetic-queries-masks").rglob("*.png"))) == 50
+    with TestClient(create_app(served)) as client:
+        star = (tmp_path / SYNTHETIC_QUERIES / "star" / "00000.png").read_bytes()
+        body = client.post("/classify", files={"image": ("star.png", star)}).json()
+        assert body["label"] == "star", body
+        samples = client.get("/samples").json()["results"]
+        assert len(samples) == 50 and all(s["mask"] for s in samples)

@@ -32,9 +32,9 @@ def test_the_mask_is_the_object_and_the_object_a_fraction_of_the_image(cls):
         assert set(np.unique(m)) <= {0, 255}
         share = (m > 0).mean()
         assert 0.05 < share < 0.6, (CLASSES[cls], share)
-        # The object contrasts with what is around it: inside and outside differ in brightness.
-        grey = np.asarray(img.convert("L"), np.float64)
-        assert abs(grey[m > 0].mean() - grey[m == 0].mean()) > 25
+        # The object stands out of what is around it: their mean colours lie far apart.
+        rgb = np.asarray(img, np.float64)
+        assert np.linalg.norm(rgb[m > 0].mean(axis=0) - rgb[m == 0].mean(axis=0)) > 60
 
 
 def test_colour_does_not_tell_the_class():
