@@ -170,13 +170,21 @@ def current_version(name_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def require_variant(package_dir: Path, meta: PackageMeta, variant: str) -> None:
-    """Raise PackageError, saying how to fix it, when the package has no `variant` ONNX file."""
+def require_variant(
+    package_dir: Path, meta: PackageMeta, variant: str, engine: str = "onnxruntime"
+) -> None:
+    """Raise PackageError, saying how to fix it, when the package has no `variant` model file
+    or `engine` cannot read it (an OpenVINO IR is for the openvino engine only)."""
     if variant not in meta.onnx:
         raise PackageError(
             f"{package_dir} has no {variant} ONNX model (it has: {', '.join(meta.onnx)}): "
             f"export one with `dinoserve export RUN_DIR --quantize {variant}` (or import "
             f"… --quantize {variant}), or unset DINOSERVE_INFERENCE__ONNX_VARIANT"
+        )
+    if meta.onnx[variant].format == "openvino" and engine != "openvino":
+        raise PackageError(
+            f"{package_dir}: the {variant} model is OpenVINO IR, which the {engine} engine "
+            "cannot run: set DINOSERVE_ENGINE=openvino (or auto), or choose another variant"
         )
 
 

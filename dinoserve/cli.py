@@ -153,8 +153,17 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     check_exposure(settings, warn=False)  # the app factory logs an opt-out once it is built
     package_dir = package.resolve(settings.models_dir, settings.model)
     meta = package.verify(package_dir)
-    if settings.engine == "onnxruntime":  # fail here, not in the lifespan after "serving on"
-        package.require_variant(package_dir, meta, settings.inference.onnx_variant)
+    from core.engines import resolve_engine
+
+    # fail here, not in the lifespan after "serving on": a variant the package lacks, a bench
+    # record (auto) naming what cannot run here, the openvino extra missing
+    kind, inference = resolve_engine(package_dir, settings.engine, settings.inference)
+    if kind != "torch":
+        package.require_variant(package_dir, meta, inference.onnx_variant, kind)
+    if kind == "openvino":
+        from core.openvino_engine import require_openvino
+
+        require_openvino()
     print(f"serving {meta.name} {meta.version} on http://{serve.host}:{serve.port}")
 
     import uvicorn
