@@ -9,6 +9,7 @@ say so), as OpenVINO's CPU plugin runs them in int8. Needs the `openvino` extra
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ def quantize_nncf(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     except ImportError as exc:
         raise missing("nncf") from exc
 
+    nncf.set_log_level(logging.WARNING)  # its INFO lines and progress bars drown the CLI's log
     model = ov.Core().read_model(str(fp32))
     batches = [
         np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH], dtype=np.float32)
