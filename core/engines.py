@@ -1,4 +1,6 @@
-"""Inference engines behind one protocol: ONNX Runtime (the default) and torch.
+"""Inference engines behind one protocol: ONNX Runtime (the default), torch and OpenVINO
+(core/openvino_engine.py, an optional extra); `auto` serves what `dinoserve models bench`
+measured fastest on this machine (core/engine_choice.py).
 
 Both take the same preprocessed batch, (N, 3, H, W) float32 normalised (see `preprocess_batch`),
 and return L2-normalised float32 embeddings (N, D) and attention maps (N, heads, h, w). Both are
@@ -15,11 +17,20 @@ import numpy as np
 from PIL import Image
 
 from core import package
+from core.engine_choice import resolve_auto
 from core.model import PackagedModel, l2_normalize, preprocess_batch
 from core.settings import InferenceSettings
 from core.torch_engine import TorchEngine  # torch itself is imported when one is built
 
-__all__ = ["Engine", "OrtEngine", "TorchEngine", "l2_normalize", "load_engine", "preprocess_batch"]
+__all__ = [
+    "Engine",
+    "OrtEngine",
+    "TorchEngine",
+    "l2_normalize",
+    "load_engine",
+    "preprocess_batch",
+    "resolve_engine",
+]
 
 
 @runtime_checkable
@@ -56,7 +67,7 @@ class OrtEngine(PackagedModel):
 
         s = settings or InferenceSettings()
         self.meta = package.read_meta(package_dir)
-        package.require_variant(package_dir, self.meta, s.onnx_variant)
+        package.require_variant(package_dir, self.meta, s.onnx_variant, "onnxruntime")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = s.intra_op_threads
         opts.inter_op_num_threads = s.inter_op_threads
@@ -76,6 +87,18 @@ class OrtEngine(PackagedModel):
         return self._run(batch, "attention").astype(np.float32, copy=False)
 
 
+def resolve_engine(
+    package_dir: Path, kind: str, settings: InferenceSettings | None = None
+) -> tuple[str, InferenceSettings]:
+    """The engine kind and settings that `kind` means for this package: "auto" becomes the
+    choice `dinoserve models bench` recorded (core/engine_choice.py), with its variant."""
+    s = settings or InferenceSettings()
+    if kind != "auto":
+        return kind, s
+    engine, variant = resolve_auto(package_dir, package.read_meta(package_dir))
+    return engine, s.model_copy(update={"onnx_variant": variant})
+
+
 def load_engine(
     package_dir: Path,
     kind: str = "onnxruntime",
@@ -86,14 +109,20 @@ def load_engine(
 
     Args:
         package_dir: a package directory (see core.package.resolve for names).
-        kind: "onnxruntime" or "torch" (DINOSERVE_ENGINE).
-        settings: engine settings (DINOSERVE_INFERENCE__*).
+        kind: "onnxruntime", "torch", "openvino" or "auto" (DINOSERVE_ENGINE).
+        settings: engine settings (DINOSERVE_INFERENCE__*); with "auto" the variant is the
+            recorded one.
         check: verify file hashes first (refuse a tampered package).
     """
     if check:
         package.verify(package_dir)
+    kind, settings = resolve_engine(package_dir, kind, settings)
     if kind == "onnxruntime":
         return OrtEngine(package_dir, settings)
     if kind == "torch":
         return TorchEngine(package_dir, settings)
-    raise ValueError(f"unknown engine {kind!r}: use onnxruntime or torch")
+    if kind == "openvino":
+        from core.openvino_engine import OpenVinoEngine
+
+        return OpenVinoEngine(package_dir, settings)
+    raise ValueError(f"unknown engine {kind!r}: use onnxruntime, torch, openvino or auto")

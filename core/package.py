@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,6 +22,9 @@ SCHEMA_VERSION = 1
 META = "model.json"
 CURRENT = "CURRENT"
 ONNX_FP32, ONNX_INT8, WEIGHTS = "model.onnx", "model.int8.onnx", "backbone.safetensors"
+ONNX_INT8_STATIC = "model.int8s.onnx"  # static int8, QDQ (training/static_int8.py)
+OV_INT8_NNCF = "model.nncf.xml"  # NNCF's int8 as OpenVINO IR, weights in model.nncf.bin
+QUANTIZED = ("int8", "int8-static", "int8-nncf")  # the variants an export can add beside fp32
 
 
 class PackageError(ValueError):
@@ -33,8 +36,13 @@ class IntegrityError(PackageError):
 
 
 class OnnxVariant(BaseModel):
+    """One model file of the package: fp32 or a quantised variant with its guard's figures."""
+
     file: str
+    format: Literal["onnx", "openvino"] = "onnx"  # openvino: an IR .xml with its .bin beside
     min_cosine: float | None = None  # vs fp32 on the export's check images (quantised only)
+    guard: dict[str, Any] = {}  # evaluation.variant_guard.GuardResult at export
+    float_nodes: list[str] = []  # nodes a static quantisation left in float, on purpose
 
 
 class PackageMeta(BaseModel):
@@ -54,7 +62,7 @@ class PackageMeta(BaseModel):
     embed_dim: int
     num_heads: int
     grid: tuple[int, int]
-    onnx: dict[str, OnnxVariant]  # "fp32", optionally "int8"
+    onnx: dict[str, OnnxVariant]  # "fp32", optionally those of QUANTIZED
     parity: dict[str, float] = {}  # max abs differences ORT vs torch measured at export
     provenance: dict[str, Any] = {}
     evaluation: dict[str, Any] = {}
@@ -162,13 +170,21 @@ def current_version(name_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def require_variant(package_dir: Path, meta: PackageMeta, variant: str) -> None:
-    """Raise PackageError, saying how to fix it, when the package has no `variant` ONNX file."""
+def require_variant(
+    package_dir: Path, meta: PackageMeta, variant: str, engine: str = "onnxruntime"
+) -> None:
+    """Raise PackageError, saying how to fix it, when the package has no `variant` model file
+    or `engine` cannot read it (an OpenVINO IR is for the openvino engine only)."""
     if variant not in meta.onnx:
         raise PackageError(
             f"{package_dir} has no {variant} ONNX model (it has: {', '.join(meta.onnx)}): "
             f"export one with `dinoserve export RUN_DIR --quantize {variant}` (or import "
             f"… --quantize {variant}), or unset DINOSERVE_INFERENCE__ONNX_VARIANT"
+        )
+    if meta.onnx[variant].format == "openvino" and engine != "openvino":
+        raise PackageError(
+            f"{package_dir}: the {variant} model is OpenVINO IR, which the {engine} engine "
+            "cannot run: set DINOSERVE_ENGINE=openvino (or auto), or choose another variant"
         )
 
 

@@ -26,8 +26,11 @@ class InferenceSettings(BaseModel):
     inter_op_threads: int = Field(0, ge=0)
     # ONNX Runtime providers in order of preference; those not available are skipped.
     providers: list[str] = Field(default_factory=lambda: list(ORT_PROVIDERS))
-    # Which ONNX file: fp32, or int8 (the quantised CPU variant, when the package has one).
-    onnx_variant: Literal["fp32", "int8"] = "fp32"
+    # Which model file: fp32, int8 (dynamic: weights int8, activations quantised per call) or
+    # int8-static (QDQ, activation ranges calibrated at export), when the package has it. The
+    # openvino engine also takes int8-nncf (NNCF's post-training int8, an OpenVINO IR file).
+    # With DINOSERVE_ENGINE=auto the variant comes from `dinoserve models bench` instead.
+    onnx_variant: Literal["fp32", "int8", "int8-static", "int8-nncf"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # torch engine
     # The torch engine (DINOSERVE_ENGINE=torch): CUDA in `cuda_dtype` (autocast), else CPU fp32.
     torch_compile: bool = False  # torch.compile, one graph per bucket, warmed at start-up
@@ -52,6 +55,29 @@ class InferenceSettings(BaseModel):
     def _increasing_buckets(cls, value: list[int]) -> list[int]:
         if not value or any(b < 1 or b > 4096 for b in value) or value != sorted(set(value)):
             raise ValueError(f"buckets must be increasing batch sizes in 1..4096, got {value}")
+        return value
+
+
+class QuantizeSettings(BaseModel):
+    """Quantised variants at export and their accuracy guard (`DINOSERVE_QUANTIZE__*`; see
+    training/static_int8.py and evaluation/variant_guard.py). `dinoserve export|import
+    --calibration DIR` overrides `calibration_dir`."""
+
+    # Real images (a folder or tar; class folders turn on the guard's k-NN part) to calibrate
+    # static int8 on and to check every quantised variant against fp32. None: a run's own
+    # training data for `export`, else DINOSERVE_SAMPLES_DIR (the demo's scenes).
+    calibration_dir: Path | None = None
+    calibration_images: int = Field(256, ge=8, le=100_000)  # activation ranges from these
+    guard_images: int = Field(512, ge=4, le=100_000)  # held out from calibration, for the guard
+    min_cosine: float = Field(0.995, gt=0, le=1)  # every embedding's cosine to fp32
+    min_attention_cosine: float = Field(0.99, gt=0, le=1)  # every attention map's, per head
+    max_knn_drop: float = Field(0.5, ge=0, le=100)  # k-NN top-1 points below fp32's at most
+
+    @field_validator("calibration_dir")
+    @classmethod
+    def _calibration_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"{value} does not exist (a folder or tar of images)")
         return value
 
 
@@ -204,7 +230,10 @@ class Settings(BaseSettings):
     models_dir: Path = Path("var/models")
     model: str = "dino-vits16"  # a name under models_dir, or a package path
     collection: str = "images"
-    engine: Literal["onnxruntime", "torch"] = "onnxruntime"
+    # auto: the variant `dinoserve models bench` measured fastest among those that pass the
+    # accuracy guard on this machine (<models_dir>/<name>/bench-<version>.json); without a
+    # record, onnxruntime fp32 (logged). openvino needs the extra (pip install '.[openvino]').
+    engine: Literal["onnxruntime", "torch", "openvino", "auto"] = "onnxruntime"
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)
     max_batch_images: int = Field(64, gt=0)
@@ -238,6 +267,7 @@ class Settings(BaseSettings):
     # there are any, in `<folder>-masks` beside it). `make demo` sets its held-out scenes.
     samples_dir: Path | None = None
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)

@@ -71,6 +71,11 @@ def _models_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return settings.models_dir if args.models_dir is None else Path(args.models_dir)
 
 
+def _quantize(args: argparse.Namespace) -> list[str]:
+    """`--quantize int8,int8-static` or the flag given several times → the variants, in order."""
+    return [v for arg in args.quantize or [] for v in arg.split(",") if v]
+
+
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from training.export import export_run
 
@@ -78,8 +83,10 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.run_dir),
         _models_dir(args, settings),
         args.name or settings.model,  # default: the served model's name
-        args.quantize,
+        _quantize(args),
         activate=not args.no_activate,
+        calibration=Path(args.calibration) if args.calibration else None,
+        quant=settings.quantize,
     )
     _report_package(out)
     return 0
@@ -88,14 +95,17 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from training.export import import_published
 
+    calibration = args.calibration or settings.quantize.calibration_dir or settings.samples_dir
     out = import_published(
         args.model,
         _models_dir(args, settings),
         args.name,
         Path(args.weights) if args.weights else None,
-        args.quantize,
+        _quantize(args),
         img_size=args.img_size,
         activate=args.activate,
+        calibration=Path(calibration) if calibration else None,
+        quant=settings.quantize,
     )
     _report_package(out)
     if not args.activate:
@@ -143,8 +153,17 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     check_exposure(settings, warn=False)  # the app factory logs an opt-out once it is built
     package_dir = package.resolve(settings.models_dir, settings.model)
     meta = package.verify(package_dir)
-    if settings.engine == "onnxruntime":  # fail here, not in the lifespan after "serving on"
-        package.require_variant(package_dir, meta, settings.inference.onnx_variant)
+    from core.engines import resolve_engine
+
+    # fail here, not in the lifespan after "serving on": a variant the package lacks, a bench
+    # record (auto) naming what cannot run here, the openvino extra missing
+    kind, inference = resolve_engine(package_dir, settings.engine, settings.inference)
+    if kind != "torch":
+        package.require_variant(package_dir, meta, inference.onnx_variant, kind)
+    if kind == "openvino":
+        from core.openvino_engine import require_openvino
+
+        require_openvino()
     print(f"serving {meta.name} {meta.version} on http://{serve.host}:{serve.port}")
 
     import uvicorn
@@ -175,6 +194,33 @@ def _report_package(out: Path) -> None:
     meta = read_meta(out)
     print(f"package: {out}  {meta.version}  (CURRENT → {current_or_none(out.parent)})")
     print(f"variants: {', '.join(meta.onnx)}  parity (max abs): {meta.parity}")
+
+
+def _quantize_flags(p: argparse.ArgumentParser) -> None:
+    from core.package import QUANTIZED
+
+    def variants(value: str) -> str:
+        bad = [v for v in value.split(",") if v not in QUANTIZED]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad}: choose from {', '.join(QUANTIZED)}")
+        return value
+
+    p.add_argument(
+        "--quantize",
+        action="append",
+        type=variants,
+        default=None,
+        help="add quantised CPU models, comma-separated or repeated: int8 (dynamic), "
+        "int8-static (calibrated, QDQ), int8-nncf (OpenVINO; needs the openvino extra); each "
+        "is kept only if it passes the accuracy guard",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="folder or tar of real images (class folders add the k-NN guard) for static int8 "
+        "and the guard; default DINOSERVE_QUANTIZE__CALIBRATION_DIR, else the run's data "
+        "(export) or DINOSERVE_SAMPLES_DIR",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="training run directory")
     e.add_argument("--name", default=None, help="model name (default: DINOSERVE_MODEL)")
     e.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
-    e.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
+    _quantize_flags(e)
     e.add_argument(
         "--no-activate", action="store_true", help="leave CURRENT; `dinoserve refresh` moves it"
     )
@@ -234,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--img-size", type=int, default=None, help="serving size in px (default 224, the eval size)"
     )
     i.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
-    i.add_argument("--quantize", choices=("int8",), default=None, help="add an int8 CPU model")
+    _quantize_flags(i)
     i.add_argument(
         "--activate", action="store_true", help="switch its CURRENT (default: change nothing)"
     )

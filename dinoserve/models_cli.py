@@ -1,4 +1,4 @@
-"""`dinoserve refresh` and `dinoserve models list|rollback|gc`.
+"""`dinoserve refresh` and `dinoserve models list|rollback|gc|bench`.
 
 A running service owns the embedded Qdrant (one process may open it), so when one answers at
 DINOSERVE_SERVE__HOST/PORT the commands ask it through its admin API (DINOSERVE_ADMIN_API_KEY);
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -268,6 +269,50 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Time and guard the package's variants here; record the fastest passing one for
+    DINOSERVE_ENGINE=auto (evaluation/variant_bench.py, core/engine_choice.py)."""
+    from core.engine_choice import write_record
+    from evaluation.real_images import Preprocessing, load_real_images
+    from evaluation.variant_bench import bench_package
+
+    package_dir = package.resolve(settings.models_dir, args.model or settings.model)
+    meta = package.verify(package_dir)
+    source = args.images or settings.quantize.calibration_dir or settings.samples_dir
+    if source is not None:
+        prep = Preprocessing(meta.img_size, meta.mean, meta.std, meta.crop_pct)
+        (held,) = load_real_images(Path(source), prep, [settings.quantize.guard_images])
+        images, labels = held.images, held.labels
+        print(f"guard images: {len(images)} from {source}" + (", labelled" if labels else ""))
+    else:
+        from training.onnx_export import check_images
+
+        images = check_images(meta.img_size, meta.mean, meta.std, meta.crop_pct)["real"]
+        labels = None
+        print(
+            "guard images: the export's real-looking check images (no k-NN): name real ones "
+            "with --images DIR or DINOSERVE_QUANTIZE__CALIBRATION_DIR"
+        )
+    batches = sorted(
+        {int(b) for b in args.batches.split(",")} if args.batches else {1, settings.serve.max_batch}
+    )
+    record = bench_package(
+        package_dir,
+        images,
+        labels,
+        batches,
+        settings.inference.intra_op_threads or (os.cpu_count() or 1),
+        args.seconds,
+        args.rounds,
+        settings.quantize,
+        progress=print,
+    )
+    path = write_record(package_dir, record)
+    c = record.chosen
+    print(f"chosen: {c.engine} {c.variant} (recorded in {path}; DINOSERVE_ENGINE=auto serves it)")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Register `refresh` and `models` on the CLI's subparsers."""
     r = sub.add_parser("refresh", help="re-embed every served collection with a new version")
@@ -287,6 +332,20 @@ def add_parsers(sub: Any) -> None:
             "--local", action="store_true", help="do it in this process, even if a service answers"
         )
         p.set_defaults(func=_guarded(func), reads_settings=True)
+    b = msub.add_parser(
+        "bench", help="time and guard the variants here; record the fastest for ENGINE=auto"
+    )
+    b.add_argument("model", nargs="?", default=None, help="name or package (default: served)")
+    b.add_argument(
+        "--images",
+        default=None,
+        help="real images for the guard (class folders add k-NN); default "
+        "DINOSERVE_QUANTIZE__CALIBRATION_DIR, else DINOSERVE_SAMPLES_DIR",
+    )
+    b.add_argument("--batches", default=None, help="default: 1 and DINOSERVE_SERVE__MAX_BATCH")
+    b.add_argument("--seconds", type=float, default=6.0, help="timed seconds per cell")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    b.set_defaults(func=_guarded(cmd_bench), reads_settings=True)
 
 
 def _guarded(func: Any) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,20 +17,25 @@ from safetensors.torch import save_file
 from torch import nn
 
 from core import package
+from core.settings import QuantizeSettings
 from core.vit import EmbedAttention, build_vit
+from evaluation.real_images import Preprocessing, RealImages, load_real_images
+from evaluation.sources import EvalError
+from evaluation.variant_guard import Forward, check_variant, run_forward
 from training import checkpoint
 from training.backbone import backbone_kwargs
 from training.config import TrainConfig, load_config
 from training.model_card import write_card
 from training.onnx_export import (
-    INT8_MIN_COSINE,
     ExportError,
     check_images,
     check_parity,
     export_onnx,
+    ort_session,
     quantize_int8,
 )
 from training.published import build_published
+from training.static_int8 import quantize_int8_static
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +59,112 @@ def quiet_root_info() -> Iterator[None]:
         ours.setLevel(level)
 
 
+def _variants(quantize: str | Sequence[str] | None) -> list[str]:
+    wanted = [quantize] if isinstance(quantize, str) else list(quantize or [])
+    unknown = [q for q in wanted if q not in package.QUANTIZED]
+    if unknown:
+        raise ValueError(f"unknown quantisation {unknown}: use {', '.join(package.QUANTIZED)}")
+    return list(dict.fromkeys(wanted))
+
+
+def _forward(path: Path) -> Forward:
+    sess = ort_session(path)
+    return lambda x: tuple(sess.run(["embedding", "attention"], {"images": x}))  # type: ignore[return-value]
+
+
+def guard_images(
+    calibration: Path | None, meta: dict[str, Any], size: int, quant: QuantizeSettings
+) -> tuple[RealImages | None, RealImages]:
+    """The calibration images and the guard's held-out images of `calibration` (disjoint), or
+    (None, the export's real-looking check images) without a source."""
+    if calibration is None:
+        real = check_images(size, meta["mean"], meta["std"], meta["crop_pct"])["real"]
+        return None, RealImages(real, None)
+    prep = Preprocessing(size, tuple(meta["mean"]), tuple(meta["std"]), meta["crop_pct"])
+    try:
+        cal, held = load_real_images(
+            calibration, prep, [quant.calibration_images, quant.guard_images]
+        )
+    except EvalError as exc:
+        raise ExportError(f"calibration images: {exc}") from exc
+    return cal, held
+
+
+def quantized_variants(
+    fp32: Path,
+    stage: Path,
+    variants: list[str],
+    cal: RealImages | None,
+    held: RealImages,
+    quant: QuantizeSettings,
+) -> dict[str, package.OnnxVariant]:
+    """Write each quantised variant into `stage` and keep those that pass the accuracy guard
+    (evaluation/variant_guard.py) on the held-out images; the others are deleted, logged."""
+    ref = run_forward(_forward(fp32), held.images)
+    kept: dict[str, package.OnnxVariant] = {}
+    for v in variants:
+        float_nodes: list[str] = []
+        fmt = "onnx"
+        if v == "int8":
+            path = stage / package.ONNX_INT8
+            with quiet_root_info():
+                quantize_int8(fp32, path)
+            forward = _forward(path)
+        elif v == "int8-static":
+            if cal is None:
+                raise ExportError(
+                    "int8-static needs calibration images: name a folder or tar with "
+                    "--calibration DIR (or DINOSERVE_QUANTIZE__CALIBRATION_DIR)"
+                )
+            path = stage / package.ONNX_INT8_STATIC
+            with quiet_root_info():
+                float_nodes = quantize_int8_static(fp32, path, cal.images)
+            forward = _forward(path)
+        else:  # int8-nncf: OpenVINO's own post-training quantisation (the openvino extra)
+            from training.nncf_int8 import ov_forward, quantize_nncf
+
+            if cal is None:
+                raise ExportError(
+                    "int8-nncf needs calibration images: --calibration DIR (or "
+                    "DINOSERVE_QUANTIZE__CALIBRATION_DIR)"
+                )
+            path = stage / package.OV_INT8_NNCF
+            quantize_nncf(fp32, path, cal.images)
+            forward, fmt = ov_forward(path), "openvino"
+        result = check_variant(
+            ref,
+            forward,
+            held.images,
+            held.labels,
+            quant.min_cosine,
+            quant.min_attention_cosine,
+            quant.max_knn_drop,
+        )
+        log.info("%s guard: %s", v, result)
+        if result.passed:
+            kept[v] = package.OnnxVariant(
+                file=path.name,
+                format=fmt,
+                min_cosine=result.min_cosine,
+                guard=result.to_dict(),
+                float_nodes=float_nodes,
+            )
+        else:  # kept only while it stays close to fp32
+            for f in (path, path.with_suffix(".bin")):
+                f.unlink(missing_ok=True)
+            log.warning("%s dropped, it fails the accuracy guard: %s", v, result.reason)
+    return kept
+
+
 def write_package(
     vit: nn.Module,
     meta: dict[str, Any],
     models_dir: Path,
     name: str,
-    quantize: str | None = None,
+    quantize: str | Sequence[str] | None = None,
     activate: bool = True,
+    calibration: Path | None = None,
+    quant: QuantizeSettings | None = None,
 ) -> Path:
     """Export, check, write and (by default) switch CURRENT to a new version of model `name`.
 
@@ -70,14 +174,18 @@ def write_package(
             crop_pct, provenance, evaluation).
         models_dir: the registry, e.g. var/models.
         name: model name.
-        quantize: None, or "int8" for an extra quantised ONNX file for CPUs.
+        quantize: quantised variants to add for CPUs, of core.package.QUANTIZED ("int8",
+            "int8-static", "int8-nncf"); each is kept only if it passes the accuracy guard.
         activate: switch CURRENT to it. False leaves CURRENT alone: a refresh (`dinoserve
             refresh`) moves it once the collections are re-embedded.
+        calibration: real images (folder or tar) for static int8 and for the guard; without
+            them the guard runs on the export's real-looking check images, without k-NN.
+        quant: guard thresholds and image counts (DINOSERVE_QUANTIZE__*).
     Returns:
         The new package directory.
     """
-    if quantize not in (None, "int8"):
-        raise ValueError(f"unknown quantisation {quantize!r}: only int8")
+    variants = _variants(quantize)
+    quant = quant or QuantizeSettings()
     vit = vit.float().eval()
     net = EmbedAttention(vit)
     pe = vit.patch_embed
@@ -90,16 +198,9 @@ def write_package(
         parity = check_parity(net, stage / package.ONNX_FP32, batches)
         log.info("ONNX Runtime vs PyTorch, max abs difference: %s", parity)
         onnx = {"fp32": package.OnnxVariant(file=package.ONNX_FP32)}
-        if quantize == "int8":
-            with quiet_root_info():
-                cos = quantize_int8(
-                    stage / package.ONNX_FP32, stage / package.ONNX_INT8, batches["real"]
-                )
-            if cos >= INT8_MIN_COSINE:
-                onnx["int8"] = package.OnnxVariant(file=package.ONNX_INT8, min_cosine=cos)
-            else:  # kept only while it stays close to fp32
-                (stage / package.ONNX_INT8).unlink()
-                log.warning("int8 dropped: min cosine to fp32 %.4f < %s", cos, INT8_MIN_COSINE)
+        if variants:
+            cal, held = guard_images(calibration, meta, size, quant)
+            onnx |= quantized_variants(stage / package.ONNX_FP32, stage, variants, cal, held, quant)
         dims = {
             "img_size": size,
             "patch_size": pe.patch_size[0],
@@ -146,9 +247,11 @@ def export_run(
     run_dir: Path,
     models_dir: Path,
     name: str,
-    quantize: str | None = None,
+    quantize: str | Sequence[str] | None = None,
     ckpt_name: str = "last.pt",
     activate: bool = True,
+    calibration: Path | None = None,
+    quant: QuantizeSettings | None = None,
 ) -> Path:
     """Package the teacher backbone of a training run.
 
@@ -156,9 +259,12 @@ def export_run(
         run_dir: a run directory written by training/train.py.
         models_dir: the registry.
         name: model name.
-        quantize: None or "int8".
+        quantize: quantised variants to add (see write_package).
         ckpt_name: checkpoint inside run_dir.
         activate: switch CURRENT to the new version (see write_package).
+        calibration: images for static int8 and the guard; default `quant.calibration_dir`,
+            else the run's own training data (the collection it was trained for).
+        quant: DINOSERVE_QUANTIZE__* settings.
     """
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", run=True)
@@ -191,7 +297,12 @@ def export_run(
         },
         "evaluation": evaluation,
     }
-    return write_package(vit, meta, models_dir, name, quantize, activate)
+    quant = quant or QuantizeSettings()
+    if calibration is None and quantize:
+        calibration = quant.calibration_dir
+        if calibration is None and cfg.data.train and Path(cfg.data.train).exists():
+            calibration = Path(cfg.data.train)
+    return write_package(vit, meta, models_dir, name, quantize, activate, calibration, quant)
 
 
 def import_published(
@@ -199,10 +310,12 @@ def import_published(
     models_dir: Path,
     name: str,
     weights: Path | None = None,
-    quantize: str | None = None,
+    quantize: str | Sequence[str] | None = None,
     timm_kwargs: dict[str, Any] | None = None,
     img_size: int | None = None,
     activate: bool = False,
+    calibration: Path | None = None,
+    quant: QuantizeSettings | None = None,
 ) -> Path:
     """Package a published backbone (DINO, DINOv2, DINOv3) through timm, e.g.
     `vit_small_patch14_reg4_dinov2.lvd142m`, from the hub or a local file.
@@ -212,12 +325,14 @@ def import_published(
         models_dir: the registry.
         name: model name.
         weights: a local file in the official layout or timm's, instead of the hub.
-        quantize: None or "int8".
+        quantize: quantised variants to add (see write_package).
         timm_kwargs: extra timm kwargs (e.g. a smaller model for tests).
         img_size: serving size (default 224: the families' evaluation size); the position
             table is resampled to it.
         activate: switch the name's CURRENT to it; by default an import changes nothing that
             other commands use.
+        calibration: images for static int8 and the guard; default `quant.calibration_dir`.
+        quant: DINOSERVE_QUANTIZE__* settings.
     """
     vit, kwargs, provenance = build_published(model_name, img_size, weights, timm_kwargs)
     cfg = vit.pretrained_cfg
@@ -229,7 +344,9 @@ def import_published(
         "crop_pct": 0.875,  # the families' k-NN evaluations: resize to 256, crop 224
         "provenance": provenance,
     }
-    return write_package(vit, meta, models_dir, name, quantize, activate)
+    quant = quant or QuantizeSettings()
+    calibration = calibration or quant.calibration_dir
+    return write_package(vit, meta, models_dir, name, quantize, activate, calibration, quant)
 
 
 __all__ = ["ExportError", "export_run", "import_published", "write_package"]

@@ -1,6 +1,6 @@
 import torch
 
-from bench.embed_throughput import flops_per_image, gemm_peaks, model_specs
+from bench.embed_throughput import flops_per_image, gemm_peaks, int8_gemm_peaks, model_specs
 from core.vit import build_vit
 
 
@@ -28,4 +28,12 @@ def test_flops_per_image_counts_attention_and_leaves_the_model_as_it_was():
 def test_gemm_peaks_measures_both_runtimes():
     peaks = gemm_peaks(64, 32, 48, threads=1, seconds=0.05)
     assert set(peaks) == {"ORT MatMul", "torch matmul"}
+    assert all(v > 0 for v in peaks.values())
+
+
+def test_int8_gemm_peaks_time_each_int8_kernel():
+    peaks = int8_gemm_peaks(64, 32, 48, threads=1, seconds=0.05)
+    assert {"ORT QLinearMatMul u8s8", "ORT QLinearMatMul s8s8", "ORT MatMulInteger u8s8"} <= set(
+        peaks
+    )
     assert all(v > 0 for v in peaks.values())
