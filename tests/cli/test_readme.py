@@ -1,8 +1,8 @@
 """The README's "First steps after the demo", run as a script on the state `make demo` leaves:
 every command it shows runs as shown.
 
-The demo state is built small (a random-init tiny model packaged as `demo-tiny`, a few
-synthetic images per class, indexed with labels) in a temporary folder that looks like a
+The demo state is built small (the shipped demo backbone installed as `demo-scenes`, a few
+demo scenes per class, indexed with labels) in a temporary folder that looks like a
 checkout after `make demo`; `.venv/bin/dinoserve` there runs this tree's CLI. The one change to
 the commands: the service's port, `localhost:8000` → a free port (set as DINOSERVE_SERVE__PORT),
 since 8000 may be taken where the tests run.
@@ -49,21 +49,20 @@ def json_objects(text: str) -> list[dict]:
 
 
 @pytest.fixture
-def demo_checkout(tiny_package, tmp_path) -> Path:
-    """A folder as `make demo` leaves it: var/models/demo-tiny (CURRENT), var/data/synthetic
-    indexed into `images` with labels, var/data/synthetic-queries, and .venv/bin/dinoserve."""
-    import shutil
-
+def demo_checkout(tmp_path) -> Path:
+    """A folder as `make demo` leaves it: the shipped demo backbone installed as
+    var/models/demo-scenes (CURRENT), demo scenes in var/data/synthetic indexed into `images` with
+    labels, held-out ones with masks in var/data/synthetic-queries, and .venv/bin/dinoserve."""
     from core import package
     from core.settings import Settings
+    from dinoserve.demo import SCENES_MODEL, shipped_demo_backbone
     from indexer.run import IndexRequest, index_source
     from training.scenes import make_scenes
 
     root = tmp_path / "checkout"
-    name_dir = root / "var" / "models" / "demo-tiny"
-    name_dir.mkdir(parents=True)
-    shutil.copytree(tiny_package, name_dir / tiny_package.name)
-    package.switch_current(name_dir, tiny_package.name)
+    shipped = shipped_demo_backbone()
+    assert shipped is not None, "shipped/models/demo-scenes is part of the repository"
+    package.install(shipped, root / "var" / "models", SCENES_MODEL)
     data = make_scenes(root / "var" / "data" / "synthetic", 3, seed=0)
     make_scenes(root / "var" / "data" / "synthetic-queries", 2, seed=12345)
     settings = Settings(
@@ -72,7 +71,7 @@ def demo_checkout(tiny_package, tmp_path) -> Path:
         index_dir=root / "var" / "index",
         inference={"intra_op_threads": 1, "inter_op_threads": 1},
     )
-    assert settings.model == "demo-tiny"  # what every command below resolves to
+    assert settings.model == SCENES_MODEL  # what every command below resolves to
     index_source(settings, IndexRequest(str(data), labels="dirs"), progress=False)
     cli = root / ".venv" / "bin" / "dinoserve"
     cli.parent.mkdir(parents=True)
