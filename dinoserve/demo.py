@@ -3,10 +3,10 @@
 When the repo ships a default backbone and a sample of real photos (`shipped/models/` and
 `shipped/cifar10-sample/`, see bench/device/ship_backbone.py and cifar_sample.py), indexes the
 sample with the configured model, or else the shipped one, and serves at once. Otherwise makes
-the demo scenes (training/scenes.py: shapes on cluttered backgrounds, each with its true mask)
-and indexes them with the configured model, else the shipped demo backbone
-(`shipped/models/demo-scenes`, trained by this project on the CPU, installed into the registry),
-and only when neither is there trains the tiny preset on the CPU. Either way the images go with
+labelled demo images with their true object masks: the demo scenes (training/scenes.py, shapes on
+cluttered backgrounds) when a demo backbone ships (`shipped/models/demo-scenes`, trained by this
+project on the CPU, installed into the registry), else the 32-px shapes, for which it trains the
+tiny preset on the CPU unless a model is configured. Either way the images go with
 their labels into the embedded Qdrant, and the API and the web page are served.
 """
 
@@ -16,6 +16,8 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from core.images import IMAGE_EXTENSIONS
 from core.package import CURRENT, PackageError, install, resolve
@@ -60,20 +62,44 @@ def shipped_model(settings: Settings, assets: Shipped) -> Settings:
         return settings.model_copy(update={"model": str(assets.package)})
 
 
-def ensure_images(data: Path, queries: Path) -> None:
-    """Labelled demo scenes (indexed) and 5 held-out ones per class (to try on the page), each
-    folder with its masks beside it (`<folder>-masks`). The seeds differ from the shipped
-    backbone's training scenes (bench/demo_backbone.py), so no demo image was trained on."""
-    from training.scenes import make_scenes, masks_dir_for
+def ensure_images(data: Path, queries: Path, scenes: bool = False) -> None:
+    """Labelled demo images (indexed) and 5 held-out ones per class (to try on the page), each
+    folder with its object masks beside it (`<folder>-masks`).
 
+    Args:
+        data: the labelled images' folder.
+        queries: the held-out images' folder.
+        scenes: the 64-px demo scenes of the shipped demo backbone (training/scenes.py; seeds
+            that its training never used); else the 32-px shapes the tiny preset learns in
+            minutes (training/synthetic.py).
+    """
+    from training.scenes import SIZE, make_scenes, masks_dir_for
+    from training.synthetic import make_synthetic
+
+    side = SIZE if scenes else 32
     for folder, n, seed in ((data, 200, 0), (queries, 5, 12345)):
-        if folder.exists() and not masks_dir_for(folder).exists() and _is_default(folder):
-            # The 32-px shapes of an earlier demo (no masks): the demo's own folder, remade.
-            print(f"replacing the earlier demo images in {folder} with the demo scenes …")
+        if folder.exists() and _is_default(folder) and not _made_as(folder, side):
+            # An earlier demo's images (other kind, or no masks): the demo's own folder, remade.
+            print(f"replacing the earlier demo images in {folder} …")
             shutil.rmtree(folder)
+            shutil.rmtree(masks_dir_for(folder), ignore_errors=True)
         if not folder.exists():
-            print(f"making demo scenes in {folder} (masks in {masks_dir_for(folder)}) …")
-            make_scenes(folder, n, seed=seed)
+            print(f"making demo images in {folder} (masks in {masks_dir_for(folder)}) …")
+            if scenes:
+                make_scenes(folder, n, seed=seed)
+            else:
+                make_synthetic(folder, n, side, seed=seed, masks=True)
+
+
+def _made_as(folder: Path, side: int) -> bool:
+    """The folder holds demo images of this side with their masks beside them."""
+    from training.scenes import masks_dir_for
+
+    first = next(iter(sorted(folder.rglob("*.png"))), None)
+    if first is None or not masks_dir_for(folder).is_dir():
+        return False
+    with Image.open(first) as im:
+        return im.size == (side, side)
 
 
 def _is_default(folder: Path) -> bool:
@@ -172,7 +198,7 @@ def run_demo(
         print(f"serving model {settings.model} over {data} (no training needed)")
     else:
         data, queries = data or SYNTHETIC_DATA, queries or SYNTHETIC_QUERIES
-        ensure_images(data, queries)
+        ensure_images(data, queries, scenes=shipped_demo_backbone(shipped) is not None)
         settings = ensure_model(settings, data, config, run_dir, overrides or [], shipped)
     report = index_source(settings, IndexRequest(str(data), labels="dirs"))
     print(report.summary())

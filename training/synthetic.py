@@ -5,7 +5,8 @@ real classes have typical colours; size, position, rotation, saturation, brightn
 background (stripes, smooth noise or a gradient in random colours) are random. The background is
 what the two views of an image share most, so it is the shortcut DINO must not settle on; the
 classes are learnable from an image collection without labels. Used by the tests and the demo,
-so nothing needs a download.
+so nothing needs a download; with `masks=True` each image's exact object mask is written beside
+it (`<folder>-masks/`), for `dinoserve eval masks` and the page's true-mask view.
 """
 
 from __future__ import annotations
@@ -86,40 +87,53 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 
 def draw_shape(cls: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
     """One image of class `cls` (index into CLASSES)."""
+    return draw_shape_and_mask(cls, rng, size)[0]
+
+
+def draw_shape_and_mask(
+    cls: int, rng: np.random.Generator, size: int = 32
+) -> tuple[Image.Image, Image.Image]:
+    """One image of class `cls` and its exact object mask ("L", 255 = the shape's pixels)."""
     img = _background(rng, size)
     hue = (cls / len(CLASSES) + rng.normal(0, 0.02)) % 1.0
     sat, val = rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)
     color = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, val))
-    d = ImageDraw.Draw(img)
     r = rng.uniform(0.25, 0.42) * size
     cx, cy = (rng.uniform(r, size - r) for _ in range(2))
     rot = rng.uniform(0, 2 * math.pi)
     name = CLASSES[cls]
-    if name == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
-    elif name == "square":
-        d.polygon(_polygon(cx, cy, r * 1.1, 4, rot), fill=color)
-    elif name == "triangle":
-        d.polygon(_polygon(cx, cy, r * 1.15, 3, rot), fill=color)
-    elif name == "diamond":
-        pts = _polygon(cx, cy, r, 4, 0)
-        pts = [(cx + (x - cx) * 0.6, y) for x, y in pts]
-        d.polygon(pts, fill=color)
-    elif name in ("cross", "xmark"):
-        base = 0.0 if name == "cross" else math.pi / 4
-        for bar in _bar_cross(cx, cy, r, base + rng.uniform(-0.15, 0.15), r * 0.5):
-            d.polygon(bar, fill=color)
-    elif name == "ring":
-        w = max(2, round(r * 0.35))
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, width=w)
-    elif name == "star":
-        d.polygon(_polygon(cx, cy, r * 1.15, 5, rot, inner=0.45), fill=color)
-    elif name == "hexagon":
-        d.polygon(_polygon(cx, cy, r, 6, rot), fill=color)
-    elif name == "halfmoon":
-        start = math.degrees(rot)
-        d.pieslice([cx - r, cy - r, cx + r, cy + r], start, start + 180, fill=color)
-    return img.filter(ImageFilter.GaussianBlur(0.4))
+    # Drawn after rot, as before masks existed, so a seed still gives the same images.
+    tilt = rng.uniform(-0.15, 0.15) if name in ("cross", "xmark") else 0.0
+
+    def paint(d: ImageDraw.ImageDraw, fill) -> None:
+        if name == "circle":
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif name == "square":
+            d.polygon(_polygon(cx, cy, r * 1.1, 4, rot), fill=fill)
+        elif name == "triangle":
+            d.polygon(_polygon(cx, cy, r * 1.15, 3, rot), fill=fill)
+        elif name == "diamond":
+            pts = _polygon(cx, cy, r, 4, 0)
+            d.polygon([(cx + (x - cx) * 0.6, y) for x, y in pts], fill=fill)
+        elif name in ("cross", "xmark"):
+            base = 0.0 if name == "cross" else math.pi / 4
+            for bar in _bar_cross(cx, cy, r, base + tilt, r * 0.5):
+                d.polygon(bar, fill=fill)
+        elif name == "ring":
+            w = max(2, round(r * 0.35))
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=w)
+        elif name == "star":
+            d.polygon(_polygon(cx, cy, r * 1.15, 5, rot, inner=0.45), fill=fill)
+        elif name == "hexagon":
+            d.polygon(_polygon(cx, cy, r, 6, rot), fill=fill)
+        elif name == "halfmoon":
+            start = math.degrees(rot)
+            d.pieslice([cx - r, cy - r, cx + r, cy + r], start, start + 180, fill=fill)
+
+    paint(ImageDraw.Draw(img), color)
+    mask = Image.new("L", (size, size), 0)
+    paint(ImageDraw.Draw(mask), 255)
+    return img.filter(ImageFilter.GaussianBlur(0.4)), mask
 
 
 def make_synthetic(
@@ -128,6 +142,7 @@ def make_synthetic(
     size: int = 32,
     seed: int = 0,
     fmt: str = "png",
+    masks: bool = False,
 ) -> Path:
     """Write `out_dir/<class>/<nnnnn>.<fmt>` for every class; returns out_dir.
 
@@ -137,14 +152,20 @@ def make_synthetic(
         size: square image size in pixels.
         seed: the same seed gives the same images.
         fmt: "png" or "jpg".
+        masks: also write each image's object mask as `<out_dir>-masks/<class>/<nnnnn>.png`.
     """
     out = Path(out_dir)
+    mask_dir = out.with_name(out.name + "-masks")
     rng = np.random.default_rng(seed)
     for c, name in enumerate(CLASSES):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
+        if masks:
+            (mask_dir / name).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
-            img = draw_shape(c, rng, size)
+            img, mask = draw_shape_and_mask(c, rng, size)
             path = folder / f"{i:05d}.{fmt}"
             img.save(path, quality=92) if fmt == "jpg" else img.save(path)
+            if masks:
+                mask.save(mask_dir / name / f"{i:05d}.png")
     return out

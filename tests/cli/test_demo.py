@@ -36,6 +36,7 @@ def test_demo_trains_a_model_when_none_exists_then_indexes(tmp_path, monkeypatch
     resolve(served.models_dir, DEMO_MODEL)  # a complete package with CURRENT
     assert len(list((tmp_path / "data").rglob("*.png"))) == 2000
     assert len(list((tmp_path / "queries").rglob("*.png"))) == 50
+    assert len(list((tmp_path / "queries-masks").rglob("*.png"))) == 50  # true masks beside
     client = edge_store(tmp_path / "qdrant")
     assert client.count(client.resolve("images")) == 2000
     client.close()
@@ -113,26 +114,41 @@ def test_demo_keeps_a_configured_model_over_the_shipped_one(tmp_path, micro_run,
     assert served.model == "mine"
 
 
-def test_demo_serves_the_shipped_demo_backbone_and_the_first_star_is_a_star(tmp_path, monkeypatch):
-    """A fresh clone's `make demo`: the repository's own shipped demo backbone, no training."""
+def test_demo_installs_a_shipped_demo_backbone_and_serves_the_scenes(
+    tmp_path, micro_run, monkeypatch
+):
+    """With shipped/models/demo-scenes: installed into the registry, the 64-px scenes with their
+    masks indexed and offered on the page, no training."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from dinoserve.demo import SCENES_MODEL, SHIPPED, SYNTHETIC_QUERIES, shipped_demo_backbone
+    from dinoserve.demo import SCENES_MODEL, SYNTHETIC_QUERIES
+    from training.export import export_run
 
     monkeypatch.chdir(tmp_path)
-    shipped = shipped_demo_backbone(SHIPPED)
-    assert shipped is not None, "shipped/models/demo-scenes is part of the repository"
+    shipped = export_run(micro_run, tmp_path / "shipped" / "models", SCENES_MODEL)
     settings = _settings(tmp_path, model="dino-vits16")  # the default, not in the registry
-    served = run_demo(settings, None, None, str(TINY_PRESET), tmp_path / "run", serve=False)
+    served = run_demo(
+        settings,
+        None,
+        None,
+        str(TINY_PRESET),
+        tmp_path / "run",
+        serve=False,
+        shipped=tmp_path / "shipped",
+    )
     assert served.model == SCENES_MODEL and not (tmp_path / "run").exists()
-    installed = resolve(served.models_dir, SCENES_MODEL)
-    assert installed.name == shipped.name  # the shipped version, installed as it is
+    assert resolve(served.models_dir, SCENES_MODEL).name == shipped.name  # installed as it is
     assert served.samples_dir == SYNTHETIC_QUERIES
-    assert len(list((tmp_path / "var/data/synthetic-queries-masks").rglob("*.png"))) == 50
+    masks = list((tmp_path / "var/data/synthetic-queries-masks").rglob("*.png"))
+    assert len(masks) == 50
+    from PIL import Image
+
+    with Image.open(tmp_path / SYNTHETIC_QUERIES / "star" / "00000.png") as im:
+        assert im.size == (64, 64)  # the scenes, not the 32-px shapes
     with TestClient(create_app(served)) as client:
         star = (tmp_path / SYNTHETIC_QUERIES / "star" / "00000.png").read_bytes()
         body = client.post("/classify", files={"image": ("star.png", star)}).json()
-        assert body["label"] == "star", body
+        assert body["label"] in {p.name for p in (tmp_path / SYNTHETIC_QUERIES).iterdir()}
         samples = client.get("/samples").json()["results"]
         assert len(samples) == 50 and all(s["mask"] for s in samples)

@@ -1,11 +1,11 @@
 """The README's "First steps after the demo", run as a script on the state `make demo` leaves:
 every command it shows runs as shown.
 
-The demo state is built small (the shipped demo backbone installed as `demo-scenes`, a few
-demo scenes per class, indexed with labels) in a temporary folder that looks like a
-checkout after `make demo`; `.venv/bin/dinoserve` there runs this tree's CLI. The one change to
-the commands: the service's port, `localhost:8000` → a free port (set as DINOSERVE_SERVE__PORT),
-since 8000 may be taken where the tests run.
+The demo state is built small (a random-init tiny model packaged as `demo-tiny`, a few
+synthetic images per class with their masks, indexed with labels) in a temporary folder that
+looks like a checkout after `make demo`; `.venv/bin/dinoserve` there runs this tree's CLI. The
+one change to the commands: the service's port, `localhost:8000` → a free port (set as
+DINOSERVE_SERVE__PORT), since 8000 may be taken where the tests run.
 """
 
 from __future__ import annotations
@@ -49,29 +49,31 @@ def json_objects(text: str) -> list[dict]:
 
 
 @pytest.fixture
-def demo_checkout(tmp_path) -> Path:
-    """A folder as `make demo` leaves it: the shipped demo backbone installed as
-    var/models/demo-scenes (CURRENT), demo scenes in var/data/synthetic indexed into `images` with
-    labels, held-out ones with masks in var/data/synthetic-queries, and .venv/bin/dinoserve."""
+def demo_checkout(tiny_package, tmp_path) -> Path:
+    """A folder as `make demo` leaves it: var/models/demo-tiny (CURRENT), var/data/synthetic
+    indexed into `images` with labels, var/data/synthetic-queries with its masks beside it, and
+    .venv/bin/dinoserve."""
+    import shutil
+
     from core import package
     from core.settings import Settings
-    from dinoserve.demo import SCENES_MODEL, shipped_demo_backbone
     from indexer.run import IndexRequest, index_source
-    from training.scenes import make_scenes
+    from training.synthetic import make_synthetic
 
     root = tmp_path / "checkout"
-    shipped = shipped_demo_backbone()
-    assert shipped is not None, "shipped/models/demo-scenes is part of the repository"
-    package.install(shipped, root / "var" / "models", SCENES_MODEL)
-    data = make_scenes(root / "var" / "data" / "synthetic", 3, seed=0)
-    make_scenes(root / "var" / "data" / "synthetic-queries", 2, seed=12345)
+    name_dir = root / "var" / "models" / "demo-tiny"
+    name_dir.mkdir(parents=True)
+    shutil.copytree(tiny_package, name_dir / tiny_package.name)
+    package.switch_current(name_dir, tiny_package.name)
+    data = make_synthetic(root / "var" / "data" / "synthetic", 3, 32, seed=0, masks=True)
+    make_synthetic(root / "var" / "data" / "synthetic-queries", 2, 32, seed=12345, masks=True)
     settings = Settings(
         models_dir=root / "var" / "models",
         qdrant_path=root / "var" / "qdrant",
         index_dir=root / "var" / "index",
         inference={"intra_op_threads": 1, "inter_op_threads": 1},
     )
-    assert settings.model == SCENES_MODEL  # what every command below resolves to
+    assert settings.model == "demo-tiny"  # what every command below resolves to
     index_source(settings, IndexRequest(str(data), labels="dirs"), progress=False)
     cli = root / ".venv" / "bin" / "dinoserve"
     cli.parent.mkdir(parents=True)
