@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from training.scenes import masks_dir_for  # the one place the masks' layout is named
+
 CLASSES = (
     "circle",
     "square",
@@ -155,7 +157,7 @@ def make_synthetic(
         masks: also write each image's object mask as `<out_dir>-masks/<class>/<nnnnn>.png`.
     """
     out = Path(out_dir)
-    mask_dir = out.with_name(out.name + "-masks")
+    mask_dir = masks_dir_for(out)
     rng = np.random.default_rng(seed)
     for c, name in enumerate(CLASSES):
         folder = out / name
