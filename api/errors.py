@@ -24,7 +24,7 @@ from core import store
 from core.blob_usage import BlobStoreFull
 from core.images import ImageRejected
 from core.samples import UnknownSample
-from core.store import StoreError, StoreFull, UnknownCollection
+from core.store import IndexBuilding, StoreError, StoreFull, UnknownCollection
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,11 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
     async def _blobs_full(_: Request, exc: BlobStoreFull) -> JSONResponse:
         # Refused before any of the request's bytes or points were written; reads go on.
         return error_response(507, "blob_store_full", str(exc))
+
+    @app.exception_handler(IndexBuilding)
+    async def _building(_: Request, exc: IndexBuilding) -> JSONResponse:
+        # That one collection, for the minutes its index builds; everything else answers.
+        return error_response(503, "index_building", str(exc), retry)
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -65,6 +65,8 @@ class IndexStatus:
     failed: int = 0
     pruned: int = 0
     seconds: float = 0.0
+    stage: str | None = None  # "embedding", "building index", "done"
+    building_s: float = 0.0
     summary: str | None = None
     failures_path: str | None = None
     error: str | None = None
@@ -73,6 +75,7 @@ class IndexStatus:
         self.collection, self.physical, self.total = r.collection, r.physical, r.total
         self.done, self.indexed, self.unchanged = done, r.indexed, r.unchanged
         self.failed, self.pruned = r.failed, r.pruned
+        self.stage, self.building_s = r.stage, r.building_s
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

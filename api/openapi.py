@@ -27,7 +27,7 @@ DESCRIPTIONS = {
     413: "over DINOSERVE_MAX_UPLOAD_BYTES, DINOSERVE_MAX_PIXELS or DINOSERVE_MAX_BATCH_IMAGES",
     415: "not multipart/form-data or application/json",
     422: "a bad parameter, body or image",
-    503: "Qdrant unreachable, or shutting down (with Retry-After)",
+    503: "Qdrant unreachable, a collection building its index, or shutting down (with Retry-After)",
     507: (
         "the disk under the embedded store is full (DINOSERVE_QDRANT__MIN_FREE_MB), or the"
         " uploaded images fill DINOSERVE_BLOB_MAX_BYTES: nothing written, reads go on"

@@ -72,27 +72,57 @@ def queries(q: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return v[:q], cl[:q]
 
 
+# The filtered searches: a label that holds 10 % of the points and one that holds 1 %.
+FILTERS = {"filtered": "c0", "rare": "rare", "filtered@1024": "c0"}  # the last at ef 1024
+
+
 def label_of(cluster: np.ndarray) -> np.ndarray:
-    return cluster % 10
+    """`c0`…`c9` by cluster (10 % each), except one cluster in a hundred: `rare` (1 %; taken
+    from c9, which holds 9 %)."""
+    out = np.array([f"c{c % 10}" for c in cluster.tolist()], dtype=object)
+    out[cluster % 100 == 99] = "rare"
+    return out
 
 
-def ground_truth(n: int, qv: np.ndarray, qlabel: int, k: int, seed: int) -> dict[str, list]:
-    """Exact top-k indices by cosine, without and with the label filter."""
-    best = np.full((len(qv), k), -np.inf, np.float32), np.zeros((len(qv), k), np.int64)
-    best_f = np.full((len(qv), k), -np.inf, np.float32), np.zeros((len(qv), k), np.int64)
+def ground_truth(n: int, qv: np.ndarray, k: int, seed: int) -> dict[str, list]:
+    """Exact top-k indices by cosine, without and with each label filter."""
+    best = {
+        m: (np.full((len(qv), k), -np.inf, np.float32), np.zeros((len(qv), k), np.int64))
+        for m in ("plain", *FILTERS)
+    }
     for lo, v, cl in chunks(n, seed):
         s = qv @ v.T  # (Q, m)
-        for (bs, bi), mask in ((best, None), (best_f, label_of(cl) == qlabel)):
+        labels = label_of(cl)
+        for mode, (bs, bi) in best.items():
+            mask = None if mode == "plain" else labels == FILTERS[mode]
             ss = s if mask is None else np.where(mask[None, :], s, -np.inf)
             allv = np.concatenate([bs, ss], 1)
             alli = np.concatenate([bi, np.broadcast_to(np.arange(lo, lo + len(v)), ss.shape)], 1)
             top = np.argsort(-allv, 1)[:, :k]
             bs[:] = np.take_along_axis(allv, top, 1)
             bi[:] = np.take_along_axis(alli, top, 1)
-    return {"plain": best[1].tolist(), "filtered": best_f[1].tolist()}
+    return {mode: bi.tolist() for mode, (_, bi) in best.items()}
 
 
 # -- one (backend, size) in a child process ---------------------------------------------------
+BACKENDS = ("local", "edge-before", "edge")
+
+
+def _legacy_config(spec):
+    """The Edge configuration before issue 29 (the baseline): vectors in RAM while the
+    collection fills, one build of every point at the end, in this process; at that build a
+    large collection moves its vectors to disk (mapped and pre-warmed) with an int8 copy."""
+    import qdrant_edge as qe
+
+    hnsw = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
+    if not spec.large:
+        vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine)
+        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
+    quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+    vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine, on_disk=True)
+    return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, quantization_config=quant)
+
+
 def _open(backend: str, path: Path):
     from qdrant_client import QdrantClient
 
@@ -102,7 +132,56 @@ def _open(backend: str, path: Path):
 
     if backend == "edge":
         return EdgeStore(path, Layout())
+    if backend == "edge-before":
+        import core.store.edge
+
+        core.store.edge.edge_config = _legacy_config
+        return EdgeStore(path, Layout(segment_points=10**12, build_apart_above=10**12))
     return ServerStore(QdrantClient(path=str(path)), str(path), Layout())
+
+
+class TreeSampler:
+    """Samples the resident memory of this process plus its children (the index builders)
+    every 0.1 s, from a thread: builds run in a child, so this thread gets the GIL meanwhile.
+    An in-process build holds the GIL and stops the sampling: `VmHWM` covers that case."""
+
+    def __init__(self) -> None:
+        import os
+        import threading
+
+        self.peak, self._pid, self._stop = 0.0, os.getpid(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss(self, pid: int) -> float:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _run(self) -> None:
+        children = Path(f"/proc/{self._pid}/task/{self._pid}/children")
+        while not self._stop.wait(0.1):
+            try:
+                kids = [int(x) for x in children.read_text().split()]
+            except OSError:
+                kids = []
+            self.peak = max(self.peak, self._rss(self._pid) + sum(self._rss(k) for k in kids))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _children_peak_mib() -> float:
+    """The largest peak RSS of this process's finished children (the index builders)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
@@ -113,7 +192,8 @@ def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
     warnings.simplefilter("ignore")  # local mode: "search_params have no effect", per query
     db = _open(backend, path)
     physical = db.create_physical("bench__v1", DIM)
-    batch = 1000 if backend == "edge" else 256
+    sampler = TreeSampler()
+    batch = 256 if backend == "local" else 1000
     t0 = time.perf_counter()
     for lo, v, cl in chunks(n, seed):
         labels = label_of(cl)
@@ -121,24 +201,33 @@ def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
             sl = slice(b, b + batch)
             pids = [_pid(lo + b + j) for j in range(len(v[sl]))]
             payloads = [
-                {"label": f"c{x}", "uri": f"img{lo + b + j}"} for j, x in enumerate(labels[sl])
+                {"label": str(x), "uri": f"img{lo + b + j}"} for j, x in enumerate(labels[sl])
             ]
-            db.upsert(physical, pids, v[sl], payloads)
+            db.upsert(physical, pids, v[sl], payloads)  # Edge: may index a segment on the way
     upsert_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if backend == "edge":
+    if backend != "local":
         db.optimize(physical)
     index_s = time.perf_counter() - t0
+    # The indexing run's peak: this process's high-water mark, or this process and its index
+    # builder together as sampled, whichever is higher.
+    own_peak, builder_peak, tree_peak = rss_mib("VmHWM"), _children_peak_mib(), sampler.stop()
     db.close()
     t0 = time.perf_counter()
     db = _open(backend, path)
     db.count(physical)  # the first call loads the collection (Edge opens shards lazily)
     reopen_s = time.perf_counter() - t0
-    qv, qcl = queries(q, seed)
-    qlabel = int(label_of(qcl[:1])[0])
+    qv, _ = queries(q, seed)
     out: dict = {"backend": backend, "points": n, "upsert_s": upsert_s}
     out.update(upsert_per_s=n / upsert_s, index_s=index_s, reopen_s=reopen_s)
-    for mode, match in (("plain", Match()), ("filtered", Match(label=f"c{qlabel}"))):
+    out.update(own_peak_mib=own_peak, builder_peak_mib=builder_peak)
+    out["index_peak_mib"] = max(own_peak, tree_peak)
+    modes = {"plain": Match(), **{m: Match(label=label) for m, label in FILTERS.items()}}
+    for mode, match in modes.items():
+        if mode == "filtered@1024":
+            import dataclasses
+
+            db.layout = dataclasses.replace(db.layout, filtered_hnsw_ef=1024)
         lat, found = [], []
         for vec in qv:
             t = time.perf_counter()
@@ -151,7 +240,6 @@ def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
             "found": found,
         }
     out["rss_loaded_mib"] = rss_mib()
-    out["rss_peak_mib"] = rss_mib("VmHWM")
     db.close()
     out["disk_mib"] = _du(path) / 2**20
     return out
@@ -176,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--local-max", type=int, default=100_000, help="largest size for local mode")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="of " + ", ".join(BACKENDS))
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -187,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(backend, int(n), a.queries, a.k, a.seed, Path(d))))
         return 0
     sizes = [int(s) for s in a.sizes.split(",")]
-    qv, qcl = queries(a.queries, a.seed)
+    qv, _ = queries(a.queries, a.seed)
     rows = []
     for n in sizes:
-        truth = ground_truth(n, qv, int(label_of(qcl[:1])[0]), a.k, a.seed)
-        for backend in ("local", "edge"):
+        truth = ground_truth(n, qv, a.k, a.seed)
+        for backend in a.backends.split(","):
             if backend == "local" and n > a.local_max:
                 continue
             with tempfile.TemporaryDirectory(prefix="store-scale-") as tmp:
@@ -212,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            for mode in ("plain", "filtered"):
+            for mode in ("plain", *FILTERS):
                 r[mode]["recall"] = recall(r[mode].pop("found"), truth[mode])
             rows.append(r)
             print(_row(r), flush=True)
@@ -230,20 +319,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 HEADER = (
-    "| backend | points | upsert pts/s | index s | p50 / p99 ms | filtered p50 / p99 ms | "
-    "recall@10 (filtered) | RSS loaded / peak MiB | reopen s | disk MiB |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| backend | points | upsert pts/s | index s | indexing peak MiB (own, builder) | "
+    "p50 / p99 ms | recall@10 | 10 % label: p50 / p99 ms, recall | 1 % label: p50 / p99 ms, "
+    "recall | 10 % label at ef 1024 | RSS loaded MiB | reopen s | disk MiB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def _row(r: dict) -> str:
-    pl, fl = r["plain"], r["filtered"]
+    pl, fl, ra, f2 = r["plain"], r["filtered"], r["rare"], r["filtered@1024"]
+    nan = float("nan")
     return (
         f"| {r['backend']} | {r['points']:,} | {r['upsert_per_s']:,.0f} | {r['index_s']:.1f} | "
-        f"{pl['p50_ms']:.1f} / {pl['p99_ms']:.1f} | {fl['p50_ms']:.1f} / {fl['p99_ms']:.1f} | "
-        f"{pl.get('recall', float('nan')):.3f} ({fl.get('recall', float('nan')):.3f}) | "
-        f"{r['rss_loaded_mib']:.0f} / {r['rss_peak_mib']:.0f} | {r['reopen_s']:.2f} | "
-        f"{r['disk_mib']:.0f} |"
+        f"{r['index_peak_mib']:,.0f} ({r['own_peak_mib']:,.0f}, {r['builder_peak_mib']:,.0f}) | "
+        f"{pl['p50_ms']:.1f} / {pl['p99_ms']:.1f} | {pl.get('recall', nan):.3f} | "
+        f"{fl['p50_ms']:.1f} / {fl['p99_ms']:.1f}, {fl.get('recall', nan):.3f} | "
+        f"{ra['p50_ms']:.1f} / {ra['p99_ms']:.1f}, {ra.get('recall', nan):.3f} | "
+        f"{f2['p50_ms']:.1f} / {f2['p99_ms']:.1f}, {f2.get('recall', nan):.3f} | "
+        f"{r['rss_loaded_mib']:.0f} | {r['reopen_s']:.2f} | {r['disk_mib']:.0f} |"
     )
 
 

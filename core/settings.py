@@ -103,6 +103,13 @@ class QdrantSettings(BaseModel):
     # is free on its disk: Qdrant Edge writes through memory maps, and a write into a map on a
     # full disk kills the process (SIGBUS) instead of failing.
     min_free_mb: int = Field(256, ge=0)
+    # The embedded store indexes every this many points written as a segment of its own, so
+    # building the index needs the memory of one segment, not of the whole collection (1M
+    # points built in one piece peaked at 7.5 GiB; bench/RESULTS.md, "store at a million").
+    segment_points: int = Field(200_000, ge=1_000)
+    # From this many points on, the embedded store builds a search index in a child process:
+    # Qdrant Edge holds the GIL while it builds, which would stop the service's requests.
+    build_apart_above: int = Field(20_000, ge=0)
 
 
 class IndexerSettings(BaseModel):

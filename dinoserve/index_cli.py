@@ -86,6 +86,8 @@ def hand_off(settings: Settings, req: IndexRequest, locked: str, poll_s: float =
             if st.get("total"):
                 bar.total = st["total"]
             bar.update(st.get("done", bar.n) - bar.n)
+            if st.get("stage") == "building index":
+                bar.set_postfix_str(f"building the search index, {st['building_s']:.0f}s")
     if st["state"] != "done":
         print(
             f"dinoserve: error: indexing failed in the service: {st.get('error')}", file=sys.stderr

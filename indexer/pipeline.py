@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -28,6 +29,33 @@ __all__ = ["IndexReport", "Indexer", "Limits", "Stopped"]
 log = logging.getLogger(__name__)
 
 
+class _SegmentWatch:
+    """While embedding goes on, the store may stop to index a segment of what was written
+    (`Store.upsert`, every `segment_points`): this shows it on the progress bar, polled from a
+    thread of its own (the writer thread is the one waiting)."""
+
+    def __init__(self, db: Store, physical: str, bar: tqdm, every_s: float = 1.0) -> None:
+        self.db, self.physical, self.bar, self.every_s = db, physical, bar, every_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="segment-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        shown = False
+        while not self._done.wait(self.every_s):
+            t = self.db.building(self.physical)
+            if t is not None:
+                self.bar.set_postfix_str(f"indexing a segment, {t:.0f}s")
+                shown = True
+            elif shown:
+                self.bar.set_postfix_str("")
+                shown = False
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 @dataclass
 class IndexReport:
     collection: str
@@ -39,6 +67,10 @@ class IndexReport:
     pruned: int = 0
     seconds: float = 0.0
     failures_path: str | None = None
+    # "embedding", then "building index" while the search index builds (minutes at a million
+    # points), then "done"; `building_s` is how long the index has been building.
+    stage: str = "embedding"
+    building_s: float = 0.0
 
     def summary(self) -> str:
         rate = self.indexed / self.seconds if self.seconds else 0.0
@@ -141,20 +173,47 @@ class Indexer:
             device=self.device,
             executor=self.executor,
         )
+        watch = _SegmentWatch(self.db, physical, bar)  # a segment's build shows on the bar
         try:
             ingest.run(mine, counted, should_stop)
         finally:
+            watch.stop()
             bar.close()
         if prune:
             report.pruned = self._prune(physical, mine, shard)
         if report.indexed or report.pruned:
-            self.db.optimize(physical)  # queries right after the run use the built index
+            self._build(physical, report, progress, on_batch)
+        report.stage = "done"
         if failures_path is not None:
             failures_path.parent.mkdir(parents=True, exist_ok=True)
             failures_path.write_text("".join(json.dumps(f) + "\n" for f in failures))
             report.failures_path = str(failures_path)
         report.seconds = time.perf_counter() - t0
         return report
+
+    def _build(
+        self,
+        physical: str,
+        report: IndexReport,
+        progress: bool,
+        on_batch: Callable[[IndexReport, int], None] | None,
+    ) -> None:
+        """Build the search index (queries right after the run use it), as a stage of the
+        run's progress: on a large collection it takes minutes."""
+        report.stage = "building index"
+        done = report.indexed + report.unchanged + report.failed
+        if on_batch is not None:
+            on_batch(report, done)
+        fmt = "{desc}: {elapsed}{postfix}"
+        with tqdm(desc=f"build index {physical}", bar_format=fmt, disable=not progress) as bar:
+
+            def waiting(elapsed: float) -> None:
+                report.building_s = elapsed
+                bar.refresh()
+                if on_batch is not None:
+                    on_batch(report, done)
+
+            self.db.optimize(physical, on_wait=waiting)
 
     def _uploads(self, served: str, items: list[Item], shard: tuple[int, int]) -> list[Item]:
         """The images uploaded over HTTP into `served` (the collection the alias points to,

@@ -8,6 +8,7 @@ from core.store.base import BATCH, REQUEST, RetryPolicy, Store
 from core.store.layout import (
     NAME_RE,
     SEP,
+    IndexBuilding,
     Layout,
     Match,
     Point,
@@ -28,6 +29,7 @@ __all__ = [
     "NAME_RE",
     "REQUEST",
     "SEP",
+    "IndexBuilding",
     "Layout",
     "Match",
     "Point",

@@ -122,7 +122,18 @@ class Store(ABC):
     @abstractmethod
     def _set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None: ...
     @abstractmethod
-    def _optimize(self, physical: str, points: int) -> None: ...
+    def _optimize(
+        self, physical: str, points: int, on_wait: Callable[[float], None] | None = None
+    ) -> None: ...
+    def _segment_due(self, physical: str, written: int) -> bool:
+        """After `written` more points: is a segment's worth waiting for its index? (A server
+        indexes by itself: never.)"""
+        return False
+
+    def building(self, physical: str) -> float | None:
+        """Seconds the search index of `physical` has been building, None when it is not."""
+        return None
+
     @abstractmethod
     def _transient(self, exc: BaseException) -> bool:
         """True for failures worth retrying (a server restarting, a timeout)."""
@@ -311,6 +322,10 @@ class Store(ABC):
                 self.call(lambda: self._upsert(physical, ids, vecs, payloads))
             finally:  # a failed write may still have written some of it
                 self._wrote(physical)
+            if self._segment_due(physical, len(ids)):
+                # Index what was written so far as a segment of its own: the build's memory
+                # stays that of one segment, however large the collection grows.
+                self.optimize(physical)
 
     def retrieve(
         self,
@@ -419,9 +434,14 @@ class Store(ABC):
             finally:
                 self._wrote(physical)
 
-    def optimize(self, physical: str) -> None:
+    def optimize(self, physical: str, on_wait: Callable[[float], None] | None = None) -> None:
         """Build the search index now (and, past `Layout.quantize_above` points, move vectors
         to disk with an int8 copy in RAM), so that queries right after are fast. Searches are
-        exact until then, and always find every point."""
+        exact until then, and always find every point.
+
+        Args:
+            on_wait: called about twice a second with the seconds elapsed while a large index
+                builds (a progress display).
+        """
         points = self.count(physical)
-        self.call(lambda: self._optimize(physical, points))
+        self.call(lambda: self._optimize(physical, points, on_wait))

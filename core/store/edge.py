@@ -21,8 +21,9 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ import numpy as np
 import qdrant_edge as qe
 
 from core.store.base import BATCH, RetryPolicy, Store
+from core.store.edge_build import build_apart
+from core.store.edge_config import ShardSpec, edge_config
 from core.store.layout import (
+    IndexBuilding,
     Layout,
     Match,
     Point,
@@ -93,6 +97,8 @@ class EdgeStore(Store):
         self.location = str(self.path)
         self._lock = threading.RLock()  # the shard table and aliases.json
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._building: dict[str, float] = {}  # physical → monotonic start of its index build
+        self._unindexed: dict[str, int] = {}  # physical → points written since its last build
         self._lockfile = self._take_lock()
         try:
             self._open_layout()
@@ -177,20 +183,20 @@ class EdgeStore(Store):
     def _dir(self, physical: str) -> Path:
         return self.path / COLLECTIONS / physical
 
-    def _config(self, dim: int, large: bool) -> qe.EdgeConfig:
-        hnsw = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
-        if not large:
-            vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-            return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
-        quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
-        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, on_disk=True)
-        return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, quantization_config=quant)
+    def _spec(self, dim: int, large: bool) -> ShardSpec:
+        return ShardSpec(dim, large, self.layout.segment_mib(dim) if large else 0)
 
     def _shard(self, physical: str) -> qe.EdgeShard:
         with self._lock:
             shard = self._shards.get(physical)
             if shard is not None:
                 return shard
+            since = self._building.get(physical)
+            if since is not None:
+                raise IndexBuilding(
+                    f"the collection {physical!r} is building its search index (for "
+                    f"{time.monotonic() - since:.0f} s so far); try again shortly"
+                )
             d = self._dir(physical)
             if not d.is_dir():
                 raise StoreError(f"no collection {physical!r} in {self.path}")
@@ -231,7 +237,7 @@ class EdgeStore(Store):
                 return
             self._check_space()
             tmp = final.with_name(f".new-{physical}-{uuid.uuid4().hex[:8]}")
-            shard = qe.EdgeShard.create(str(tmp), self._config(dim, large=False))
+            shard = qe.EdgeShard.create(str(tmp), edge_config(self._spec(dim, large=False)))
             try:
                 shard.update(
                     qe.UpdateOperation.create_field_index("label", qe.PayloadSchemaType.Keyword)
@@ -362,23 +368,60 @@ class EdgeStore(Store):
         self._check_space()
         self._shard(physical).update(qe.UpdateOperation.set_payload(list(ids), payload))
 
-    def _optimize(self, physical: str, points: int) -> None:
+    def _optimize(
+        self, physical: str, points: int, on_wait: Callable[[float], None] | None = None
+    ) -> None:
         # Optimising rewrites the segments: room for a second copy of the vectors.
-        self._check_space(2 * points * self._dim(physical) * 4)
+        dim = self._dim(physical)
+        self._check_space(2 * points * dim * 4)
+        large = points >= self.layout.quantize_above or self._quantized(physical)
+        spec = self._spec(dim, large)
+        if points < self.layout.build_apart_above:
+            with self._lock:
+                if large and not self._quantized(physical):
+                    # Reopen with vectors on disk and an int8 copy in RAM; optimize() rewrites
+                    # the segments in that form.
+                    shard = self._shards.pop(physical, None)
+                    if shard is not None:
+                        shard.close()
+                    self._shards[physical] = qe.EdgeShard.load(
+                        str(self._dir(physical)), edge_config(spec)
+                    )
+                shard = self._shard(physical)
+            log.info("building the search index of %s (%d points)", physical, points)
+            shard.optimize()  # holds the GIL, but only for a second or two at this size
+            shard.flush()
+            self._unindexed[physical] = 0
+            return
         with self._lock:
-            if points >= self.layout.quantize_above and not self._quantized(physical):
-                # Reopen with vectors on disk and an int8 copy in RAM; optimize() rewrites the
-                # segments in that form.
-                shard = self._shards.pop(physical, None)
-                if shard is not None:
-                    shard.close()
-                d = self._dir(physical)
-                cfg = self._config(self._dim(physical), large=True)
-                self._shards[physical] = qe.EdgeShard.load(str(d), cfg)
-            shard = self._shard(physical)
-        log.info("building the search index of %s (%d points)", physical, points)
-        shard.optimize()
-        shard.flush()
+            if physical in self._building:
+                raise IndexBuilding(f"the search index of {physical!r} is being built already")
+            shard = self._shards.pop(physical, None)
+            if shard is not None:
+                shard.close()  # Edge lets one process at a time hold a shard
+            self._building[physical] = time.monotonic()
+        log.info("building the search index of %s (%d points) in a child process", physical, points)
+        try:
+            peak = build_apart(self._dir(physical), spec, on_wait)
+        finally:
+            with self._lock:
+                self._building.pop(physical, None)
+        self._unindexed[physical] = 0
+        log.info("built the search index of %s (builder peak %.0f MiB)", physical, peak)
+
+    def _segment_due(self, physical: str, written: int) -> bool:
+        with self._lock:
+            before = self._unindexed.get(physical)
+            if before is None:  # first write since the store opened: what is not indexed yet
+                info = self._shard(physical).info()
+                before = max(0, info.points_count - info.indexed_vectors_count - written)
+            self._unindexed[physical] = n = before + written
+        return n >= self.layout.segment_points
+
+    def building(self, physical: str) -> float | None:
+        with self._lock:
+            since = self._building.get(physical)
+        return None if since is None else time.monotonic() - since
 
     def _transient(self, exc: BaseException) -> bool:
         return False  # in-process: a failure now fails the same way on a retry

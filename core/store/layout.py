@@ -25,6 +25,11 @@ class StoreFull(StoreError):
     """The disk under the store is full: what is stored stays readable, writes fail."""
 
 
+class IndexBuilding(StoreError):
+    """A collection is closed while its search index builds in a child process (seconds to
+    minutes); the rest of the store answers, and so does this collection once it is built."""
+
+
 class StoreUnusable(StoreError):
     """The store path holds something that is not a readable dinoserve store (corrupt or foreign),
     or another process has it open."""
@@ -99,6 +104,10 @@ class Layout:
         hnsw_ef: search breadth of the HNSW graph (recall vs latency).
         filtered_hnsw_ef: the same for searches with a label filter (which cut graph links).
         oversampling: candidates fetched per result from the int8 copy before rescoring.
+        segment_points: the embedded store indexes every this many points written as a segment
+            of its own, so an index build's memory is that of one segment, not the collection.
+        build_apart_above: from this many points on, the embedded store builds an index in a
+            child process (Qdrant Edge holds the GIL while it builds).
         min_free_bytes: the embedded store refuses writes below this much free disk space.
     """
 
@@ -110,6 +119,13 @@ class Layout:
     filtered_hnsw_ef: int = 512
     oversampling: float = 2.0
     min_free_bytes: int = 256 * 1024 * 1024
+    segment_points: int = 200_000
+    build_apart_above: int = 20_000
+
+    def segment_mib(self, dim: int) -> int:
+        """The largest segment Qdrant may build or merge into: `segment_points` float vectors
+        of `dim`, with room for a segment that filled past it while its build waited."""
+        return max(1, int(1.5 * self.segment_points * dim * 4 / 2**20))
 
     def ef(self, match: Match) -> int:
         """The HNSW search breadth for a search with `match`."""

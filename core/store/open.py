@@ -21,6 +21,8 @@ def layout_from(settings: Settings) -> Layout:
         filtered_hnsw_ef=q.filtered_hnsw_ef,
         oversampling=q.oversampling,
         min_free_bytes=q.min_free_mb * 1024 * 1024,
+        segment_points=q.segment_points,
+        build_apart_above=q.build_apart_above,
     )
 
 

@@ -5,7 +5,7 @@ previous version's local-mode directory during its migration."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -170,7 +170,9 @@ class ServerStore(Store):
     def _set_payload(self, physical: str, ids: list[str], payload: dict[str, Any]) -> None:
         self.client.set_payload(physical, payload=payload, points=list(ids), wait=True)
 
-    def _optimize(self, physical: str, points: int) -> None:
+    def _optimize(
+        self, physical: str, points: int, on_wait: Callable[[float], None] | None = None
+    ) -> None:
         # A server builds its HNSW index in the background by itself; what is left is the move
         # of a large collection's vectors to disk with an int8 copy in RAM.
         info = self.client.get_collection(physical)

@@ -145,7 +145,7 @@ def test_large_collections_move_to_an_int8_copy_and_keep_recall(tmp_path):
     physical, x = _fill(db, "photos", 400, dim=32)
     db.optimize(physical)
     cfg = json.loads((tmp_path / "q" / "collections" / physical / "edge_config.json").read_text())
-    assert cfg["vectors"][""]["on_disk"] is True and "scalar" in json.dumps(cfg)
+    assert cfg["vectors"][""]["memory"] == "cold" and "scalar" in json.dumps(cfg)
     exact = x @ x[:20].T
     for i in range(20):
         hits = db.search(physical, x[i], 10)

@@ -199,3 +199,22 @@ def test_losing_the_create_race_to_another_worker_is_fine(monkeypatch):
     monkeypatch.setattr(client, "_exists", stale_exists)
     assert client.ensure_collection("race", "v1", DIM) == physical
     assert len(calls) == 2
+
+
+def test_the_index_build_is_a_stage_of_the_progress(images, tmp_path, monkeypatch, capsys):
+    from core.store import edge_build
+
+    monkeypatch.setattr(edge_build, "POLL_S", 0.01)
+    db = edge_store(tmp_path / "q", build_apart_above=0)  # every build in a child: it reports
+    seen: list[tuple[str, float]] = []
+    report = Indexer(db, FakeEngine(), "photos", batch=16).run(
+        list_source(images, "dirs"), on_batch=lambda r, done: seen.append((r.stage, done))
+    )
+    stages = [s for s, _ in seen]
+    assert stages[0] == "embedding" and "building index" in stages
+    assert stages.index("building index") > stages.index("embedding")
+    assert all(done == 120 for s, done in seen if s == "building index")
+    assert report.stage == "done" and report.building_s > 0
+    assert "build index photos__fake-v1" in capsys.readouterr().err  # the bar of that stage
+    assert db.count(report.physical) == 120
+    db.close()

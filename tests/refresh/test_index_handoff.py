@@ -4,6 +4,8 @@ work says in one line what to do."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from dinoserve.cli import main
@@ -49,3 +51,44 @@ def test_a_store_held_without_a_service_names_the_address(cli_env, monkeypatch, 
     err = capsys.readouterr().err
     assert "no service answers at http://127.0.0.1:" in err and "DINOSERVE_SERVE__PORT" in err
     assert "Traceback" not in err
+
+
+def test_the_service_answers_while_an_index_job_builds_its_index(env, start_server, monkeypatch):
+    import threading
+
+    import core.store.edge as edge
+
+    gate, entered = threading.Event(), threading.Event()
+    real = edge.build_apart
+
+    def held(shard_dir, spec, on_wait=None):  # the build waits for the test's go
+        entered.set()
+        assert gate.wait(60)
+        return real(shard_dir, spec, on_wait)
+
+    monkeypatch.setattr(edge, "build_apart", held)
+    settings = env.settings(admin_api_key=ADMIN_KEY, qdrant={"build_apart_above": 0})
+    base = start_server(settings)
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    params = {"source": str(env.images), "collection": "added", "labels": "dirs"}
+    assert httpx.post(f"{base}/admin/index", params=params, headers=auth).status_code == 202
+    assert entered.wait(120)
+    st = httpx.get(f"{base}/admin/index", headers=auth).json()
+    assert st["state"] == "running" and st["stage"] == "building index" and st["done"] == 60
+    png = sorted(env.holdout)[0].read_bytes()
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    served = httpx.post(f"{base}/classify?collection=shapes", files={"image": ("q.png", png)})
+    assert served.status_code == 200 and served.json()["neighbors"]
+    busy = httpx.post(f"{base}/classify?collection=added", files={"image": ("q.png", png)})
+    assert busy.status_code == 503 and busy.headers["retry-after"]
+    assert busy.json()["error"]["code"] == "index_building"
+    assert "building its search index" in busy.json()["error"]["message"]
+    gate.set()
+    for _ in range(600):
+        st = httpx.get(f"{base}/admin/index", headers=auth).json()
+        if st["state"] != "running":
+            break
+        time.sleep(0.1)
+    assert st["state"] == "done" and st["stage"] == "done", st
+    r = httpx.post(f"{base}/classify?collection=added", files={"image": ("q.png", png)})
+    assert r.status_code == 200 and r.json()["neighbors"]
