@@ -102,17 +102,17 @@ KILLED_BUILD = textwrap.dedent(
 
     edge_build.POLL_S = 0.05
     db = edge_store(sys.argv[1], build_apart_above=0)
-    physical = db.ensure_collection("photos", "v1", 64)
+    physical = db.ensure_collection("photos", "v1", 256)
     db.point_alias("photos", physical)
-    x = np.random.default_rng(0).standard_normal((20000, 64)).astype(np.float32)
-    for lo in range(0, 20000, 1000):
+    x = np.random.default_rng(0).standard_normal((12000, 256)).astype(np.float32)
+    for lo in range(0, 12000, 1000):
         ids = [point_id(f"img{i}") for i in range(lo, lo + 1000)]
         payloads = [{"uri": f"img{i}"} for i in range(lo, lo + 1000)]
         db.upsert(physical, ids, x[lo : lo + 1000], payloads)
     db.flush()
 
     def waiting(elapsed):
-        if elapsed > 0.5:
+        if elapsed > 0.3:
             print("building", flush=True)
 
     db.optimize(physical, on_wait=waiting)
@@ -138,14 +138,14 @@ def test_sigkill_during_a_build_then_reopen_and_build_again(tmp_path):
     physical = db.resolve("photos")
     while True:  # the builder dies with its parent (PR_SET_PDEATHSIG), and its WAL lock with it
         try:
-            assert db.count(physical) == 20000
+            assert db.count(physical) == 12000
             break
         except StoreError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
     db.optimize(physical)  # re-run: the killed build left nothing in the way
-    x = np.random.default_rng(0).standard_normal((20000, 64)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((12000, 256)).astype(np.float32)
     assert db.search(physical, x[123], 1)[0].id == point_id("img123")
-    assert db.count(physical) == 20000
+    assert db.count(physical) == 12000
     db.close()
