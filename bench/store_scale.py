@@ -241,6 +241,11 @@ def child(backend: str, n: int, q: int, k: int, seed: int, path: Path) -> dict:
         }
     out["rss_loaded_mib"] = rss_mib()
     db.close()
+    t0 = time.perf_counter()  # again: what the first reopen paid once (a cold page cache, say)
+    db = _open(backend, path)
+    db.count(physical)
+    out["reopen_again_s"] = time.perf_counter() - t0
+    db.close()
     out["disk_mib"] = _du(path) / 2**20
     return out
 
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 HEADER = (
     "| backend | points | upsert pts/s | index s | indexing peak MiB (own, builder) | "
     "p50 / p99 ms | recall@10 | 10 % label: p50 / p99 ms, recall | 1 % label: p50 / p99 ms, "
-    "recall | 10 % label at ef 1024 | RSS loaded MiB | reopen s | disk MiB |\n"
+    "recall | 10 % label at ef 1024 | RSS loaded MiB | reopen s (again) | disk MiB |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -336,7 +341,8 @@ def _row(r: dict) -> str:
         f"{fl['p50_ms']:.1f} / {fl['p99_ms']:.1f}, {fl.get('recall', nan):.3f} | "
         f"{ra['p50_ms']:.1f} / {ra['p99_ms']:.1f}, {ra.get('recall', nan):.3f} | "
         f"{f2['p50_ms']:.1f} / {f2['p99_ms']:.1f}, {f2.get('recall', nan):.3f} | "
-        f"{r['rss_loaded_mib']:.0f} | {r['reopen_s']:.2f} | {r['disk_mib']:.0f} |"
+        f"{r['rss_loaded_mib']:.0f} | {r['reopen_s']:.2f} ({r['reopen_again_s']:.2f}) | "
+        f"{r['disk_mib']:.0f} |"
     )
 
 

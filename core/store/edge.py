@@ -201,7 +201,11 @@ class EdgeStore(Store):
             if not d.is_dir():
                 raise StoreError(f"no collection {physical!r} in {self.path}")
             try:
-                shard = qe.EdgeShard.load(str(d))
+                # A large collection is loaded in its serving form explicitly: the index
+                # builder leaves its own (nothing pinned in RAM) on disk.
+                large = self._quantized(physical)
+                config = edge_config(self._spec(self._dim(physical), True)) if large else None
+                shard = qe.EdgeShard.load(str(d), config)
             except Exception as exc:
                 raise StoreUnusable(f"the collection {d} cannot be opened: {exc}") from exc
             self._shards[physical] = shard

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     shard_dir, spec_json = argv if argv is not None else sys.argv[1:]
     spec = ShardSpec.from_json(spec_json)
-    shard = qe.EdgeShard.load(shard_dir, edge_config(spec))
+    shard = qe.EdgeShard.load(shard_dir, edge_config(spec, building=True))
     try:
         shard.optimize()
         shard.flush()

@@ -39,15 +39,26 @@ class ShardSpec:
         return cls(**json.loads(text))
 
 
-def edge_config(spec: ShardSpec) -> qe.EdgeConfig:
-    """The Edge configuration of a collection of `spec`."""
-    hnsw = qe.HnswIndexConfig(m=HNSW_M, ef_construct=EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB)
+def edge_config(spec: ShardSpec, building: bool = False) -> qe.EdgeConfig:
+    """The Edge configuration of a collection of `spec`.
+
+    Args:
+        building: for the index builder: the segments it does not rebuild stay on disk (their
+            int8 copies and graphs are not loaded into RAM), so its memory is that of the one
+            segment it builds. The store loads the shard again with the serving form.
+    """
     if not spec.large:
+        hnsw = qe.HnswIndexConfig(
+            m=HNSW_M, ef_construct=EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB
+        )
         vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine)
         return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
-    quant = qe.ScalarQuantizationConfig(
-        type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned
+    # Explicit both ways: a tier left out keeps what the shard last had (the builder's, say).
+    ram = qe.Memory.Cold if building else qe.Memory.Pinned
+    hnsw = qe.HnswIndexConfig(
+        m=HNSW_M, ef_construct=EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB, memory=ram
     )
+    quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=ram)
     vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold)
     optimizers = None
     if spec.segment_mib:
