@@ -1,17 +1,22 @@
-"""The embedded store at scale, both backends side by side in one run: qdrant-client's local
-mode (the previous embedded default, the baseline) and Qdrant Edge through core.store.
+"""The embedded store at scale, side by side in one run: qdrant-client's local mode (the
+embedded store before Qdrant Edge), Qdrant Edge as configured before issue 29 (`edge-before`:
+one in-process index build over every point at the end) and Qdrant Edge now (`edge`: a segment
+indexed every DINOSERVE_QDRANT__SEGMENT_POINTS written, each large build in a child process).
 
     .venv/bin/python -m bench.store_scale [--sizes 10000,100000,1000000] [--local-max 100000]
+        [--backends local,edge-before,edge]
 
 Data: 384-d unit vectors like image embeddings: 2,000 cluster centres, each point its centre plus
-noise (cosine ≈ 0.7 to the centre), label payload `c0`…`c9` by cluster; queries are new points
-of the same clusters. Each (backend, size) runs in a fresh subprocess on a fresh directory, so
-its RSS is its own. Measured: upsert points/s (batches of 1,000; local mode: 256), time until
-the index is built (Edge: `Store.optimize`, which at ≥ DINOSERVE_QDRANT__QUANTIZE_ABOVE points
-also moves vectors to disk with an int8 copy in RAM; local mode has no index), search p50/p99
-at k=10 without and with a label filter, recall@10 against exact search (ground truth computed
-in the parent by brute force), RSS after loading (reopen + queries) and the process peak,
-reopen time, and disk use. Prints a markdown table and writes JSON (--out).
+noise (cosine ≈ 0.7 to the centre), label payload `c0`…`c9` by cluster (10 % each) but for one
+cluster in a hundred, `rare` (1 %); queries are new points of the same clusters. Each (backend,
+size) runs in a fresh subprocess on a fresh directory, so its memory is its own. Measured:
+upsert points/s (batches of 1,000; local mode: 256; for `edge` this includes the segment builds
+on the way), the time `Store.optimize` takes at the end, the indexing peak (this process's
+VmHWM, or this process and its index builder together, sampled every 0.1 s, whichever is
+higher), search p50/p99 at k=10 without a filter and with a 10 % and a 1 % label filter (the
+10 % one also at ef 1024), recall@10 against exact search (ground truth computed in the parent
+by brute force), RSS after loading (reopen + queries), reopen time (twice), and disk use.
+Prints a markdown table and writes JSON (--out).
 """
 
 from __future__ import annotations
