@@ -178,7 +178,7 @@ class Writer:
         ]
         rows = [] if vectors is None else list(np.asarray(vectors, np.float32))
         rows += [np.asarray(p.vector, np.float32) for _, p in same]
-        self.db.upsert(physical, ids, np.stack(rows), payloads)
+        self.db.upsert(physical, ids, np.stack(rows), payloads, index_segments=False)
         for img in everything:  # a concurrent delete may have removed the blob meanwhile
             self.blobs.ensure(img.sha256, img.data, limit=False)  # its point names it now
         now = {img.point_id: blob_uri(img.sha256) for img in everything}

@@ -313,16 +313,27 @@ class Store(ABC):
 
     # -- points -----------------------------------------------------------------------------
     def upsert(
-        self, physical: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]
+        self,
+        physical: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        payloads: list[dict],
+        index_segments: bool = True,
     ) -> None:
-        """Write points (same id → replaced). `vectors` is (N, D) float32."""
+        """Write points (same id → replaced). `vectors` is (N, D) float32.
+
+        Args:
+            index_segments: a bulk writer (indexing, refresh, migration) waits here while a
+                segment's worth of what it wrote is indexed; a request handler passes False and
+                leaves that to the next indexing run (its write must not wait a minute).
+        """
         if ids:
             vecs = np.asarray(vectors, dtype=np.float32)
             try:
                 self.call(lambda: self._upsert(physical, ids, vecs, payloads))
             finally:  # a failed write may still have written some of it
                 self._wrote(physical)
-            if self._segment_due(physical, len(ids)):
+            if index_segments and self._segment_due(physical, len(ids)):
                 # Index what was written so far as a segment of its own: the build's memory
                 # stays that of one segment, however large the collection grows.
                 self.optimize(physical)

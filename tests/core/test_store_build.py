@@ -149,3 +149,16 @@ def test_sigkill_during_a_build_then_reopen_and_build_again(tmp_path):
     assert db.search(physical, x[123], 1)[0].id == point_id("img123")
     assert db.count(physical) == 12000
     db.close()
+
+
+def test_a_request_handler_s_writes_do_not_wait_for_a_segment(tmp_path, monkeypatch):
+    db = edge_store(tmp_path / "q", segment_points=1000)
+    built: list[int] = []
+    monkeypatch.setattr(type(db), "_optimize", lambda self, ph, n, on_wait=None: built.append(n))
+    physical = db.ensure_collection("photos", "v1", 8)
+    x = _unit(1500, 8)
+    for lo in range(0, 1500, 500):
+        ids = [point_id(f"img{i}") for i in range(lo, lo + 500)]
+        db.upsert(physical, ids, x[lo : lo + 500], [{} for _ in ids], index_segments=False)
+    assert built == [] and db.count(physical) == 1500
+    db.close()
