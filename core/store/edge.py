@@ -375,9 +375,10 @@ class EdgeStore(Store):
     def _optimize(
         self, physical: str, points: int, on_wait: Callable[[float], None] | None = None
     ) -> None:
-        # Optimising rewrites the segments: room for a second copy of the vectors.
+        # Optimising rewrites segments one at a time, none larger than 1.5 × segment_points:
+        # room for a second copy of the largest.
         dim = self._dim(physical)
-        self._check_space(2 * points * dim * 4)
+        self._check_space(2 * min(points, 3 * self.layout.segment_points // 2) * dim * 4)
         large = points >= self.layout.quantize_above or self._quantized(physical)
         spec = self._spec(dim, large)
         if points < self.layout.build_apart_above:
