@@ -54,6 +54,9 @@ COPY api ./api
 COPY core ./core
 COPY training ./training
 COPY indexer ./indexer
+COPY refresh ./refresh
+COPY discovery ./discovery
+COPY evaluation ./evaluation
 COPY dinoserve ./dinoserve
 # Fail the build if the GPU variant ended up without the CUDA provider (compiled-in providers are
 # listed without a GPU present).

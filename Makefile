@@ -28,6 +28,7 @@ test: venv lint
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # Train, export a new version of the served model (CURRENT untouched), then refresh: every served
 # collection is re-embedded, and only then do aliases, CURRENT and the service's engine switch.

@@ -1,6 +1,6 @@
 """Cluster jobs inside the service (POST /collections/{name}/clusters): one at a time, the
 k-means in a worker thread (the event loop never waits on it) with few BLAS threads, the
-records on disk (core/cluster_results.py), so a result outlives the process and a job cut off
+records on disk (discovery/results.py), so a result outlives the process and a job cut off
 by a restart reads as "interrupted".
 
 A request for what is cached (same physical collection, parameters, tuning, and the
@@ -9,46 +9,44 @@ collection's content unchanged) is answered from the cache without a job.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from core.cluster_results import ClusterResults, as_seen, cache_key, new_record, run_job
-from core.clusters import ClusterParams, Tuning, fingerprint
-
-if TYPE_CHECKING:
-    from api.runtime import Runtime
+from api.jobs import JobRunner
+from core.settings import DiscoverySettings
+from core.store import Store
+from discovery.clusters import ClusterParams, Tuning, fingerprint
+from discovery.results import ClusterResults, as_seen, cache_key, new_record, run_job
 
 log = logging.getLogger(__name__)
 
 
-class ClustersBusy(RuntimeError):
-    """Another cluster job is running."""
-
-
 class ClusterJobs:
-    """The service's cluster jobs (see the module docstring)."""
+    """The service's cluster jobs (see the module docstring).
 
-    def __init__(self, rt: Runtime) -> None:
-        d = rt.settings.discovery
-        self.rt = rt
+    Args:
+        settings: DINOSERVE_DISCOVERY__*.
+        store: the service's store, with the batch retry policy.
+    """
+
+    def __init__(self, settings: DiscoverySettings, store: Store) -> None:
+        d = self.settings = settings
+        self.store = store
         self.results = ClusterResults(d.clusters_dir)
         self.tuning = Tuning(d.minibatch_above, d.k_sample, d.nearest, d.k_max)
         self.running: dict[str, Any] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop = threading.Event()
+        self.runner = JobRunner("clusters")
 
     async def start(self, name: str, physical: str, params: ClusterParams) -> tuple[dict, bool]:
         """(record, cached): the cached done record for this request on the unchanged
         collection, the running job of the same request, or a new running job.
 
         Raises:
-            ClustersBusy: a job for another request is running.
+            JobBusy: a job for another request is running.
         """
-        db = self.rt.store
+        db = self.store
         fp = await run_in_threadpool(lambda: fingerprint(db, physical))
         key = cache_key(physical, params, self.tuning, fp)
         done = await run_in_threadpool(lambda: self.results.cached(physical, key))
@@ -57,25 +55,25 @@ class ClusterJobs:
         if self.running is not None:
             if self.running["key"] == key:
                 return self.running, False
-            raise ClustersBusy(
+            self.runner.claim(
                 f"a cluster job is running (job {self.running['job']} on "
                 f"{self.running['collection']}); retry when it is done"
             )
         record = new_record(name, physical, params, self.tuning, key)
+        self.runner.claim("")
         self.running = record
-        self._task = asyncio.create_task(self._run(record))
+        self.runner.spawn(self._run(record))
         return record, False
 
     async def _run(self, record: dict[str, Any]) -> None:
-        d = self.rt.settings.discovery
         try:
-            await asyncio.to_thread(
+            await self.runner.in_thread(
                 run_job,
                 self.results,
-                self.rt.store,
+                self.store,
                 record,
-                d.cluster_threads,
-                self._stop.is_set,
+                self.settings.cluster_threads,
+                self.runner.should_stop,
             )
             log.info(
                 "cluster job %s on %s: %s", record["job"], record["collection"], record["state"]
@@ -96,6 +94,4 @@ class ClusterJobs:
         """At shutdown: a running job stops at its next step (a page read, a k tried) and is
         saved as interrupted. One k-means fit cannot be cut short: shutdown waits `wait_s` for
         it, then goes on (the record says "running" on disk, so it reads as interrupted)."""
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=wait_s)
+        await self.runner.stop(wait_s)

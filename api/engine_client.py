@@ -24,6 +24,7 @@ from api.errors import ApiError
 from api.index_jobs import NoIndexJobs
 from api.metrics import Metrics
 from api.refresh import SingleProcessAdmin
+from api.runtime import Runtime, model_info
 from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
@@ -137,8 +138,6 @@ class RemoteVectors:
 @asynccontextmanager
 async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator[dict]:
     """The runtime of one HTTP worker: a remote engine behind the usual Serving and batchers."""
-    from api.runtime import Runtime, _model_info
-
     assert settings.serve.engine_socket is not None
     link = EngineLink(Path(settings.serve.engine_socket), settings.serve.retry_after_s)
     info = await run_in_threadpool(link.request, "meta")
@@ -154,7 +153,7 @@ async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator
     else:
         db = store.open_store(settings, store.request_policy(settings))
         vectors = Vectors(db)
-    metrics.model.info(_model_info(meta, settings.engine))
+    metrics.model.info(model_info(meta, settings.engine))
     runtime = Runtime(
         settings,
         serving,

@@ -20,11 +20,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
+from api.jobs import JobBusy, JobsUnavailable
 from core import store
 from core.blob_usage import BlobStoreFull
 from core.images import ImageRejected
 from core.samples import UnknownSample
 from core.store import IndexBuilding, StoreError, StoreFull, UnknownCollection
+from indexer.sources import SourceError
+from refresh.versions import VersionError
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +98,19 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _refusals() -> dict[type[Exception], tuple[int, str]]:
-    """The admin routes' refusals (api/routes/admin.py): exception → status and code."""
-    # Imported here: these modules import this one (its ApiError) themselves.
-    from api.index_jobs import IndexBusy, IndexRefused
-    from api.refresh import Busy
-    from core.versions import VersionError
-    from indexer.sources import SourceError
-
-    return {
-        Busy: (409, "refresh_running"),
-        VersionError: (409, "version_unavailable"),
-        IndexBusy: (409, "index_running"),
-        IndexRefused: (409, "not_with_workers"),
-        SourceError: (422, "bad_source"),
-    }
+# The jobs' and the admin routes' refusals: exception → status and code.
+REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    VersionError: (409, "version_unavailable"),
+    JobsUnavailable: (409, "not_with_workers"),
+    SourceError: (422, "bad_source"),
+}
+# A busy job runner (api/jobs.py), by its kind: the code and the headers (a cluster job is
+# short: its clients are told when to retry).
+BUSY: dict[str, tuple[str, dict[str, str] | None]] = {
+    "refresh": ("refresh_running", None),
+    "index": ("index_running", None),
+    "clusters": ("clusters_running", {"Retry-After": "5"}),
+}
 
 
 def _refusal(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
@@ -127,8 +128,13 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         retry_after_s: the Retry-After sent with 503s.
     """
     retry = {"Retry-After": str(retry_after_s)}
-    for exc_type, (status, code) in _refusals().items():
+    for exc_type, (status, code) in REFUSALS.items():
         app.add_exception_handler(exc_type, _refusal(status, code))
+
+    @app.exception_handler(JobBusy)
+    async def _busy(_: Request, exc: JobBusy) -> JSONResponse:
+        code, headers = BUSY[exc.kind]
+        return error_response(409, code, str(exc), headers)
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

@@ -8,30 +8,23 @@ of competing for the cores. The report is the CLI's: the same counts, summary an
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from api.jobs import JobRunner, JobsUnavailable
+from core.engines import Engine
+from core.settings import Settings
+from core.store import Store
 from indexer.pipeline import IndexReport, Stopped
 from indexer.run import IndexRequest, list_items, run_index
 from indexer.sources import SourceError
 
-if TYPE_CHECKING:
-    from api.runtime import Runtime
-
 log = logging.getLogger(__name__)
-
-
-class IndexBusy(RuntimeError):
-    """An indexing job is already running."""
-
-
-class IndexRefused(RuntimeError):
-    """This service cannot run indexing jobs (its HTTP workers do not own the store)."""
 
 
 class NoIndexJobs:
@@ -41,7 +34,7 @@ class NoIndexJobs:
     status = None
 
     def start(self, req: IndexRequest) -> IndexStatus:
-        raise IndexRefused(
+        raise JobsUnavailable(
             "indexing jobs run in a single-process service (DINOSERVE_SERVE__WORKERS=1); with "
             "worker processes, stop the service to index into the embedded store, or use a "
             "Qdrant server (DINOSERVE_QDRANT_URL), which every process can write"
@@ -82,47 +75,58 @@ class IndexStatus:
 
 
 class IndexJobs:
-    """The service's indexing jobs (see the module docstring)."""
+    """The service's indexing jobs (see the module docstring).
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    Args:
+        settings: the service settings.
+        store: the service's store, with the batch retry policy.
+        engine: the engine served now (read when a job starts).
+        executor: the service's one engine thread (jobs take turns with requests on it).
+    """
+
+    def __init__(
+        self, settings: Settings, store: Store, engine: Callable[[], Engine], executor: Executor
+    ) -> None:
+        self.settings, self.store, self.engine, self.executor = settings, store, engine, executor
         self.status = IndexStatus()
-        self._task: asyncio.Task[None] | None = None
-        self._stop = threading.Event()
+        self.runner = JobRunner("index")
 
     def start(self, req: IndexRequest) -> IndexStatus:
         """Check the request (the source must list) and start.
 
         Raises:
-            IndexBusy: a job is running.
+            JobBusy: a job is running.
             SourceError: the source does not list.
         """
-        if self.status.state == "running":
-            raise IndexBusy(f"an indexing job is running (job {self.status.job})")
+        self.runner.claim(f"an indexing job is running (job {self.status.job})")
         try:
             items = list_items(req)
         except ValueError as exc:  # a bad name or path: the source is refused (422) either way
+            self.runner.release()
             if isinstance(exc, SourceError):
                 raise
             raise SourceError(str(exc)) from exc
+        except BaseException:
+            self.runner.release()
+            raise
         self.status = IndexStatus(uuid.uuid4().hex[:12], "running", req.as_dict())
-        self._task = asyncio.create_task(self._run(req, items, self.status))
+        self.runner.spawn(self._run(req, items, self.status))
         return self.status
 
     async def _run(self, req: IndexRequest, items: list, st: IndexStatus) -> None:
         t0 = time.perf_counter()
         try:
-            report = await asyncio.to_thread(
+            report = await self.runner.in_thread(
                 run_index,
-                self.rt.settings,
-                self.rt.store,
-                self.rt.serving.engine,  # the version served when the job starts
+                self.settings,
+                self.store,
+                self.engine(),  # the version served when the job starts
                 req,
                 progress=False,
                 on_batch=st.update,
-                should_stop=self._stop.is_set,
+                should_stop=self.runner.should_stop,
                 items=items,
-                executor=self.rt.executor,  # take turns with requests on the engine thread
+                executor=self.executor,  # take turns with requests on the engine thread
             )
             st.update(report, report.total)
             st.summary, st.failures_path = report.summary(), report.failures_path
@@ -136,6 +140,4 @@ class IndexJobs:
 
     async def stop(self) -> None:
         """At shutdown: stop a running job between batches (what is written stays)."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
+        await self.runner.stop()

@@ -15,11 +15,11 @@ import api
 from api import errors
 from api.access import check_exposure
 from api.auth import ApiKeyMiddleware
+from api.lifespan import lifespan
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import with_limits
 from api.routes import docs, router
 from api.routes.page import STATIC
-from api.runtime import lifespan
 from core.settings import Settings
 
 

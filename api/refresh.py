@@ -1,4 +1,4 @@
-"""The admin adapter of the refresh job (core/refresh_job.py) inside the service, which owns the
+"""The admin adapter of the refresh job (refresh/job.py) inside the service, which owns the
 embedded Qdrant: one operation at a time, the job in a worker thread, and the engine swap.
 
 The order of a switch: catch-up passes while writes go on → writes held off (api/writes.py), a
@@ -13,27 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from api.errors import ApiError
+from api.jobs import JobBusy, JobRunner, JobsUnavailable
 from api.serving import Serving
 from api.writes import WriteGate
-from core import refresh_job, versions
 from core.blobs import Blobs
 from core.engines import Engine
-from core.refresh_job import Prepared, RefreshJob, RefreshStatus
 from core.settings import Settings
 from core.store import Store
+from refresh import job as refresh_job
+from refresh import versions
+from refresh.job import Prepared, RefreshJob, RefreshStatus
 
 log = logging.getLogger(__name__)
-
-
-class Busy(RuntimeError):
-    """A refresh or rollback is already running."""
 
 
 class Refresher:
@@ -60,10 +56,8 @@ class Refresher:
         self.q, self.settings, self.writes = q, settings, writes
         self._serving, self._start, self._swap = serving, start, swap
         self.status = RefreshStatus()
-        self.busy = False  # set and cleared on the event loop only
-        self._task: asyncio.Task[None] | None = None
+        self.runner = JobRunner("refresh")  # refresh, rollback and gc: one at a time
         self._watch: asyncio.Task[None] | None = None
-        self._stop = threading.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._watch_failed: set[str] = set()
 
@@ -75,15 +69,13 @@ class Refresher:
         return versions.registry_dir(self.settings.models_dir, self.settings.model)
 
     def _claim(self) -> None:
-        if self.busy:
-            raise Busy(f"a refresh or rollback is running (job {self.status.job or '-'})")
-        self.busy = True
+        self.runner.claim(f"a refresh or rollback is running (job {self.status.job or '-'})")
 
     def start(self, version: str | None = None) -> RefreshStatus:
         """Begin a refresh to `version` (default: the newest version not served) and return.
 
         Raises:
-            Busy: one is running.
+            JobBusy: one is running.
             VersionError: unknown version, nothing to refresh to, or a pinned package path.
         """
         name_dir, served = self.name_dir(), self.served
@@ -92,9 +84,11 @@ class Refresher:
             raise versions.VersionError(f"{target} is already served")
         self._claim()
         status = RefreshStatus.begin(uuid.uuid4().hex[:12], served, target)
-        job = RefreshJob(self.q, self.settings, name_dir, status, should_stop=self._stop.is_set)
+        job = RefreshJob(
+            self.q, self.settings, name_dir, status, should_stop=self.runner.should_stop
+        )
         self.status = status
-        self._task = asyncio.create_task(self._run(job))
+        self.runner.spawn(self._run(job))
         log.info("refresh %s: %s → %s started", status.job, served, target)
         return status
 
@@ -106,10 +100,7 @@ class Refresher:
             on_loop = self._catch_up_and_switch(job, p)
             asyncio.run_coroutine_threadsafe(on_loop, loop).result()
 
-        try:
-            await asyncio.to_thread(job.run, switch)
-        finally:
-            self.busy = False
+        await self.runner.in_thread(job.run, switch)
 
     async def _catch_up_and_switch(self, job: RefreshJob, p: Prepared) -> None:
         """Bring the targets in line with the writes made while they were built, then switch
@@ -137,7 +128,7 @@ class Refresher:
         """Serve the previous version again: its collections, engine and CURRENT.
 
         Raises:
-            Busy: a refresh or rollback is running.
+            JobBusy: a refresh or rollback is running.
             VersionError: no previous version, or its collections were deleted.
         """
         name_dir, served = self.name_dir(), self.served
@@ -148,7 +139,7 @@ class Refresher:
             # The previous version's collections lack what was written since the refresh.
             await self._catch_up_and_switch(job, p)
         finally:
-            self.busy = False
+            self.runner.release()
         log.info("rolled back from %s to %s", served, p.version)
         return {"from_version": served, "to_version": p.version, "collections": p.targets}
 
@@ -169,7 +160,7 @@ class Refresher:
                 blob_store=Blobs(self.settings.blob_dir, self.settings.blob_fsync),
             )
         finally:
-            self.busy = False
+            self.runner.release()
 
     def start_watch(self) -> None:
         """With DINOSERVE_REFRESH__WATCH_INTERVAL_S > 0, refresh when CURRENT names another
@@ -183,28 +174,27 @@ class Refresher:
             await asyncio.sleep(interval)
             try:
                 current = versions.current_or_none(self.name_dir())
-                if current in (None, self.served) or self.busy:
+                if current in (None, self.served) or self.runner.busy:
                     continue
                 if current in self._watch_failed:
                     continue  # failed once: wait for a person (or a new CURRENT)
                 log.info("CURRENT is %s: refreshing to it", current)
                 self.start(current)
-                if self._task is not None:
-                    await self._task
+                if self.runner.task is not None:
+                    await self.runner.task
                 if self.status.state == "failed":
                     self._watch_failed.add(str(current))
-            except (versions.VersionError, OSError, Busy) as exc:
+            except (versions.VersionError, OSError, JobBusy) as exc:
                 log.warning("registry watch: %s", exc)
 
     async def stop(self) -> None:
         """At shutdown: stop a running refresh between batches (it is aborted) and the watch."""
-        self._stop.set()
+        self.runner.request_stop()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self._task is not None:
-            await self._task
+        await self.runner.stop()
         for task in list(self._background):
             await task
 
@@ -216,12 +206,10 @@ class SingleProcessAdmin:
     def __init__(self) -> None:
         self.status = RefreshStatus()
 
-    def _refuse(self) -> ApiError:
-        return ApiError(
-            status=409,
-            code="not_with_workers",
-            message="model refresh and rollback run in a single-process service "
-            "(DINOSERVE_SERVE__WORKERS=1); with worker processes, use the CLI and restart",
+    def _refuse(self) -> JobsUnavailable:
+        return JobsUnavailable(
+            "model refresh and rollback run in a single-process service "
+            "(DINOSERVE_SERVE__WORKERS=1); with worker processes, use the CLI and restart"
         )
 
     def start(self, version: str | None = None) -> RefreshStatus:

@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.batcher import Batcher
 from api.metrics import Metrics
-from api.uploads import decode_each
 from core.engines import Engine
+from core.images import decode_each
 from core.package import PackageMeta
 from core.settings import Settings
 

@@ -16,7 +16,7 @@ import binascii
 import codecs
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,7 +28,6 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
 from api.errors import ApiError
-from core.images import ImageRejected, decode_image
 
 P = TypeVar("P", bound=BaseModel)
 IMAGE_FIELDS = ("images", "image")
@@ -328,29 +327,6 @@ def single(upload: Upload) -> bytes:
     if len(upload.images) != 1:
         raise ApiError(422, "one_image", f"send exactly one image, got {len(upload.images)}")
     return upload.images[0]
-
-
-def decode_each(images: list[bytes], max_pixels: int) -> Iterator[Image.Image]:
-    """Decode the images (RGB) one at a time, naming the failing one when there are several.
-
-    One at a time: a caller that keeps only what it needs of each (the preprocessed crop) holds
-    one full-size image at once, not 64 of up to DINOSERVE_MAX_PIXELS each. Runs in a worker
-    thread: decoding a large image takes a while.
-    """
-    for i, data in enumerate(images, start=1):
-        try:
-            img = decode_image(data, max_pixels)
-        except ImageRejected as exc:
-            if len(images) == 1:
-                raise
-            name = getattr(data, "name", None) or f"image {i} of {len(images)}"
-            raise ImageRejected(exc.reason, f"{name[:200]}: {exc}") from exc
-        yield img
-
-
-def decode_all(images: list[bytes], max_pixels: int) -> list[Image.Image]:
-    """Every image decoded (RGB), see decode_each."""
-    return list(decode_each(images, max_pixels))
 
 
 def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:

@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from core import store
-from core.duplicates import DuplicateCache
 from core.store import Match, Point, Store
+from discovery.duplicates import DuplicateCache
 
 T = TypeVar("T")
 HIT_FIELDS = ("uri", "label")
@@ -50,7 +50,7 @@ class Vectors:
         self, physical: str, threshold: float, k: int, offset: int, limit: int
     ) -> dict[str, Any]:
         """One page of the near-duplicate groups of `physical` (computed once per collection
-        state and threshold, in a worker thread; core.duplicates). A page, not the whole
+        state and threshold, in a worker thread; discovery.duplicates). A page, not the whole
         result: with worker processes it crosses the engine socket."""
         found = await self.run(lambda: self.duplicate_cache.get(self.db, physical, threshold, k))
         return found.page(offset, limit)

@@ -3,7 +3,7 @@ deletions, and the gate that keeps them from being lost across a refresh.
 
 A write goes to the physical collection the alias points to, and only when that holds the
 served model version's embeddings. A refresh re-embeds while writes go on, catches up with them
-in further passes (core.refresh_job.RefreshJob.catch_up), then closes the gate: new writes answer
+in further passes (refresh.job.RefreshJob.catch_up), then closes the gate: new writes answer
 409 with Retry-After, the refresh waits for those in flight, runs a last catch-up pass, flips the
 aliases and swaps the served model, and opens the gate again. So every write that was answered
 200 is in the collection that is served afterwards.

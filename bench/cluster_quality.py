@@ -4,7 +4,7 @@
         [--per-class 500] [--epochs 4] [--package DIR ...] [--points 100000]
 
 Quality: the first `--per-class` images of each class are indexed (with their labels) into
-Qdrant Edge by each model package, clustered by core/clusters.py at k = 10 (seed 0), and
+Qdrant Edge by each model package, clustered by discovery/clusters.py at k = 10 (seed 0), and
 scored against the true classes (NMI, purity). The packages: the tiny CPU preset trained
 `--epochs` epochs on the same sample (`dinoserve train` + `dinoserve export`'s functions;
 0 skips it), the same architecture at random initialisation (the baseline), and any `--package`
@@ -79,11 +79,11 @@ def trained_package(data: Path, work: Path, epochs: int) -> Path:
 
 def quality(package: Path, data: Path, work: Path, name: str) -> dict:
     """Index `data` with `package`, cluster at k = 10, score against the folders' labels."""
-    from core.clusters import ClusterParams, cluster, read_embeddings
     from core.engines import load_engine
     from core.settings import InferenceSettings
     from core.store import Layout
     from core.store.edge import EdgeStore
+    from discovery.clusters import ClusterParams, cluster, read_embeddings
     from indexer.pipeline import Indexer
     from indexer.sources import list_source
 
@@ -117,9 +117,9 @@ def timing(points: int, work: Path, algorithm: str) -> dict:
     from threadpoolctl import threadpool_limits
 
     from bench.store_scale import chunks
-    from core.clusters import ClusterParams, Tuning, cluster, read_embeddings
     from core.store import Layout, point_id
     from core.store.edge import EdgeStore
+    from discovery.clusters import ClusterParams, Tuning, cluster, read_embeddings
 
     path = work / "qdrant-timing"
     db = EdgeStore(path, Layout())

@@ -1,4 +1,4 @@
-"""Copy detection with the near-duplicate finder (core/duplicates.py), and its cost at scale.
+"""Copy detection with the near-duplicate finder (discovery/duplicates.py), and its cost at scale.
 
     .venv/bin/python -m bench.copy_detection --model var/models/NAME/VERSION \
         [--data ../shared/data/cifar10-train.tar.gz] [--scale 1.0] [--thresholds 0.8,0.85,…]
@@ -47,8 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
 from bench.store_scale import cpu_model, rss_mib
-from core.duplicates import find_duplicates, search_ef
 from core.store import Match, point_id
+from discovery.duplicates import find_duplicates, search_ef
 from tests.stores import edge_store
 
 TRAIN_FROM = 4500  # images numbered from here on in each class train the model, not measured

@@ -126,7 +126,7 @@ def copy_set(work: Path, seed: int = 4242) -> dict[str, int | None]:
 
 def copy_detection(package: Path, work: Path, thresholds: list[float]) -> dict:
     from bench.copy_detection import engine_for, score
-    from core.duplicates import find_duplicates
+    from discovery.duplicates import find_duplicates
     from indexer.pipeline import Indexer
     from indexer.sources import Item
     from tests.stores import edge_store

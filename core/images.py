@@ -4,6 +4,7 @@ the indexer and the API so that all three see an image exactly the same way."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -117,3 +118,21 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> 
     if rgb.size != (w, h) and rgb.size != (h, w):  # EXIF transpose may swap the sides only
         raise ImageRejected("invalid", f"the header says {w}×{h}, the pixels are {rgb.size}")
     return rgb
+
+
+def decode_each(images: list[bytes], max_pixels: int) -> Iterator[Image.Image]:
+    """Decode the images (RGB) one at a time, naming the failing one when there are several.
+
+    One at a time: a caller that keeps only what it needs of each (the preprocessed crop) holds
+    one full-size image at once, not 64 of up to DINOSERVE_MAX_PIXELS each. Runs in a worker
+    thread: decoding a large image takes a while.
+    """
+    for i, data in enumerate(images, start=1):
+        try:
+            img = decode_image(data, max_pixels)
+        except ImageRejected as exc:
+            if len(images) == 1:
+                raise
+            name = getattr(data, "name", None) or f"image {i} of {len(images)}"
+            raise ImageRejected(exc.reason, f"{name[:200]}: {exc}") from exc
+        yield img

@@ -198,8 +198,8 @@ class RefreshSettings(BaseModel):
 
 
 class DiscoverySettings(BaseModel):
-    """Discovery without labels (`DINOSERVE_DISCOVERY__*`): near-duplicates (core/duplicates.py)
-    and clusters of a collection's embeddings (core/clusters.py)."""
+    """Discovery without labels (`DINOSERVE_DISCOVERY__*`): near-duplicates
+    (discovery/duplicates.py) and clusters of a collection's embeddings (discovery/clusters.py)."""
 
     # Least cosine similarity of two images that count as near-copies (GET /collections/{name}/
     # duplicates, `dinoserve duplicates`). Provisional: bench/copy_detection.py picks it once

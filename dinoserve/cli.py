@@ -189,7 +189,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _report_package(out: Path) -> None:
     from core.package import read_meta
-    from core.versions import current_or_none
+    from refresh.versions import current_or_none
 
     meta = read_meta(out)
     print(f"package: {out}  {meta.version}  (CURRENT → {current_or_none(out.parent)})")

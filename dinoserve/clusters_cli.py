@@ -18,10 +18,10 @@ import time
 from typing import Any
 
 from core import store
-from core.cluster_results import ClusterResults, cache_key, new_record, public, run_job
-from core.clusters import ClusterParams, Tuning, fingerprint
 from core.settings import Settings
 from dinoserve.models_cli import CliError, Service
+from discovery.clusters import ClusterParams, Tuning, fingerprint
+from discovery.results import ClusterResults, cache_key, new_record, public, run_job
 
 
 def params_from(args: argparse.Namespace) -> ClusterParams:

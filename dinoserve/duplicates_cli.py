@@ -1,5 +1,5 @@
 """`dinoserve duplicates NAME`: groups of near-duplicate images of a collection, largest first
-(core/duplicates.py), with a progress bar while it scans.
+(discovery/duplicates.py), with a progress bar while it scans.
 
 It opens the store itself. When a running service owns the embedded store (one process may
 open it), it asks that service instead (GET /collections/NAME/duplicates, with
@@ -16,9 +16,9 @@ from typing import Any
 from tqdm import tqdm
 
 from core import store
-from core.duplicates import find_duplicates
 from core.settings import Settings
 from dinoserve.models_cli import CliError, Service
+from discovery.duplicates import find_duplicates
 
 
 def local(settings: Settings, name: str, threshold: float, limit: int) -> dict[str, Any]:

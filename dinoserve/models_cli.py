@@ -2,7 +2,7 @@
 
 A running service owns the embedded Qdrant (one process may open it), so when one answers at
 DINOSERVE_SERVE__HOST/PORT the commands ask it through its admin API (DINOSERVE_ADMIN_API_KEY);
-with no service they run the same refresh job in-process (core/refresh_job.py). `--local` skips
+with no service they run the same refresh job in-process (refresh/job.py). `--local` skips
 the service
 (a Qdrant server can be shared: an external job may re-index while a service serves).
 """
@@ -23,10 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core import package, refresh_job, store, versions
+from core import package, store
 from core.blobs import Blobs
-from core.refresh_job import RefreshJob, RefreshStatus
 from core.settings import Settings
+from refresh import job as refresh_job
+from refresh import versions
+from refresh.job import RefreshJob, RefreshStatus
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 from core.device_images import preprocess_encoded
 from core.engines import Engine
 from core.images import ImageRejected
-from core.ingest import Limits
+from indexer.ingest import Limits
 
 
 class DeviceDecode:

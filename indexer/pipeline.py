@@ -1,6 +1,6 @@
 """The indexing run of one source into one logical collection: the alias, a shard's share of
 the items, images uploaded over HTTP carried into a new version's collection, pruning and the
-report — around the ingestion core (core/ingest.py: read → hash → skip unchanged → decode →
+report — around the ingestion core (indexer/ingest.py: read → hash → skip unchanged → decode →
 embed → upsert, overlapped), which a refresh's re-embedding runs too.
 """
 
@@ -20,8 +20,8 @@ from tqdm import tqdm
 from core import store
 from core.blobs import is_blob
 from core.engines import Engine
-from core.ingest import RESERVED, Batch, BatchDecode, Ingest, Item, Limits, Stopped
 from core.store import Store
+from indexer.ingest import RESERVED, Batch, BatchDecode, Ingest, Item, Limits, Stopped
 from indexer.sources import in_shard
 
 __all__ = ["IndexReport", "Indexer", "Limits", "Stopped"]

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from core.images import IMAGE_EXTENSIONS
-from core.ingest import RESERVED, Item
 from core.listing import is_image_name, label_of, wrapper_depth
 from core.store import point_id
 from core.uris import TAR_SCHEME
+from indexer.ingest import RESERVED, Item
 
 
 class SourceError(ValueError):

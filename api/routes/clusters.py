@@ -18,15 +18,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from api.cluster_jobs import ClusterJobs, ClustersBusy
+from api.cluster_jobs import ClusterJobs
 from api.deps import RuntimeDep
 from api.errors import ApiError
 from api.openapi import AUTH, errors
 from api.routes.collections import PATCH_BYTES, Label, NameArg, WriteDep, _name, _writer
 from api.runtime import Runtime
 from api.uploads import read_body
-from core.cluster_results import public
-from core.clusters import ClusterParams
+from discovery.clusters import ClusterParams
+from discovery.results import public
 
 router = APIRouter(prefix="/collections", tags=["clusters"])
 
@@ -154,10 +154,7 @@ async def start_clusters(request: Request, rt: RuntimeDep, name: NameArg) -> JSO
     jobs = _jobs(rt)
     physical = await rt.vectors.physical(name, None)
     params = ClusterParams(req.k, req.k_min, req.k_max, req.seed)
-    try:
-        record, cached = await jobs.start(name, physical, params)
-    except ClustersBusy as exc:
-        raise ApiError(409, "clusters_running", str(exc), {"Retry-After": "5"}) from exc
+    record, cached = await jobs.start(name, physical, params)  # JobBusy: 409
     return JSONResponse(public(record), status_code=200 if cached else 202)
 
 

@@ -28,11 +28,12 @@ from api.openapi import AUTH, UPLOAD, errors
 from api.params import Params
 from api.runtime import Runtime
 from api.serving import Serving
-from api.uploads import Upload, body_doc, decode_each, read_body
+from api.uploads import Upload, body_doc, read_body
 from api.vectors import query_id
 from api.writes import NewImage, Writer
 from core import store
 from core.engines import preprocess_batch
+from core.images import decode_each
 from core.store import Point
 
 Label = Annotated[

@@ -1,5 +1,5 @@
 """`GET /collections/{name}/duplicates`: groups of near-duplicate images of a collection
-(core/duplicates.py), largest first, a page at a time.
+(discovery/duplicates.py), largest first, a page at a time.
 
 The groups are computed once per collection state and threshold in a worker thread and kept
 (api.vectors.Vectors.duplicates): the next pages come from that result. Any write to the

@@ -60,7 +60,8 @@ class Store(ABC):
     def __init__(self, layout: Layout, policy: RetryPolicy = BATCH) -> None:
         self.layout, self.policy = layout, policy
         # physical → writes made through this store (shared with `with_policy` copies): lets a
-        # cache of results computed from a collection tell that it changed (core/duplicates.py).
+        # cache of results computed from a collection tell that it changed
+        # (discovery/duplicates.py).
         self._writes: dict[str, int] = {}
 
     # -- what a backend provides ------------------------------------------------------------

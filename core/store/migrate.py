@@ -14,15 +14,11 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.store.base import Store
 from core.store.layout import Layout
-
-if TYPE_CHECKING:
-    from core.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 BACKUP = "local-mode-backup"
@@ -97,9 +93,10 @@ def is_local_mode(path: Path) -> bool:
         return False
 
 
-def migrate_local_mode(path: Path, edge: EdgeStore) -> CopyReport:
+def migrate_local_mode(path: Path, edge: Store) -> CopyReport:
     """Copy the local-mode store at `path` into `edge` (a fresh Edge layout in the same
-    directory), then move the local-mode files into `path/local-mode-backup/`.
+    directory; a Store, as core.store.edge imports this module), then move the local-mode
+    files into `path/local-mode-backup/`.
 
     Interrupted, it is simply done again on the next open: the Edge layout is only marked
     complete (by the caller) after this returns.

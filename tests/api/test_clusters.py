@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.cluster_results import ClusterResults, new_record
-from core.clusters import ClusterParams, Tuning
+from discovery.clusters import ClusterParams, Tuning
+from discovery.results import ClusterResults, new_record
 
 
 def wait_done(client, name: str, job: str, timeout: float = 60, **headers) -> dict:

@@ -8,7 +8,7 @@ import json
 from api.main import create_app
 from core.settings import InferenceSettings, Settings
 from dinoserve.cli import main
-from tests.core.test_clusters import blobs, fill
+from tests.discovery.test_clusters import blobs, fill
 from tests.servers import free_port, start_uvicorn, stop_uvicorn
 from tests.stores import edge_store
 

@@ -1,4 +1,4 @@
-"""Near-duplicate groups (core/duplicates.py) on both store backends, with synthetic vectors
+"""Near-duplicate groups (discovery/duplicates.py) on both store backends, with synthetic vectors
 standing in for embeddings: exact and near copies group, images of one class (similar, not
 copies) and unrelated images do not, and the cache follows writes."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.duplicates import DuplicateCache, find_duplicates
 from core.settings import DiscoverySettings
 from core.store import Store, point_id
+from discovery.duplicates import DuplicateCache, find_duplicates
 from tests.stores import edge_store, memory_server
 
 DIM = 64

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from core import refresh
 from core.package import current_version
+from refresh import reembed
 
 KEY = "s3cret-admin"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -100,7 +100,7 @@ def _assert_nothing_changed(c: TestClient, env, png: bytes) -> None:
 
 
 def test_failed_reembed_changes_nothing_served(env, serve, monkeypatch):
-    real = refresh.reembed
+    real = reembed.reembed
     calls = []
 
     def failing(q, source, target, engine, **kw):
@@ -112,7 +112,7 @@ def test_failed_reembed_changes_nothing_served(env, serve, monkeypatch):
     def boom(report) -> None:
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(refresh, "reembed", failing)
+    monkeypatch.setattr(reembed, "reembed", failing)
     c = serve()
     png = env.holdout[0].read_bytes()
     assert c.post("/admin/refresh", headers=AUTH).status_code == 202

@@ -1,4 +1,4 @@
-"""core.refresh and core.versions as a library: re-embed, resume, flip, and the version policy."""
+"""refresh.reembed and refresh.versions as a library: re-embed, resume, flip, version policy."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import refresh, versions
 from core.images import decode_image
 from core.package import current_version
 from core.store import Store
+from refresh import reembed, versions
 from tests.api.conftest import engine_for
 from tests.stores import edge_store
 
@@ -31,11 +31,11 @@ def test_reembed_writes_every_point_with_the_new_model_and_resumes(env, q):
     target = q.ensure_collection("shapes", env.v2, v2.dim)
     seen: list[int] = []
 
-    def progress(r: refresh.ReembedReport) -> None:
+    def progress(r: reembed.ReembedReport) -> None:
         seen.append(r.done)
 
     source = f"shapes__{env.v1}"
-    report = refresh.reembed(
+    report = reembed.reembed(
         q, source, target, v2, max_pixels=40_000_000, batch=16, progress=progress
     )
     assert (report.total, report.written, report.failed) == (60, 60, 0)
@@ -53,7 +53,7 @@ def test_reembed_writes_every_point_with_the_new_model_and_resumes(env, q):
     expected = v2.embed(v2.preprocess(img)[None])[0]
     assert np.allclose(vector, expected, atol=1e-5)
     assert not np.allclose(vector, old[pid][1], atol=1e-2)  # the two models differ
-    again = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000)
+    again = reembed.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000)
     assert (again.written, again.unchanged) == (0, 60)  # a retried refresh resumes
 
 
@@ -63,7 +63,7 @@ def test_unreadable_images_are_reported_and_left_out(env, q):
         p.unlink()
     v2 = engine_for(env.name_dir / env.v2)
     target = q.ensure_collection("shapes", env.v2, v2.dim)
-    report = refresh.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000)
+    report = reembed.reembed(q, f"shapes__{env.v1}", target, v2, 40_000_000)
     assert (report.written, report.failed) == (58, 2)
     assert {f["uri"] for f in report.failures} == {str(p) for p in gone}
     assert {f["reason"] for f in report.failures} == {"unreadable"}

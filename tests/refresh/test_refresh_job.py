@@ -1,13 +1,13 @@
-"""core.refresh_job as a library: one job's run, its switch hook, abort, rollback and describe,
+"""refresh.job as a library: one job's run, its switch hook, abort, rollback and describe,
 without a service or a CLI around it."""
 
 from __future__ import annotations
 
 import pytest
 
-from core import refresh_job
 from core.package import current_version
-from core.refresh_job import Prepared, RefreshJob, RefreshStatus
+from refresh import job as refresh_job
+from refresh.job import Prepared, RefreshJob, RefreshStatus
 from tests.stores import edge_store
 
 

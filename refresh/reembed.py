@@ -10,7 +10,7 @@ The same pass, run again, is the catch-up after writes over HTTP (api/routes/col
 changed the source meanwhile: new or replaced images are embedded, changed labels (any payload
 that is not derived from the bytes) copied, and points deleted from the source deleted from the
 target; what already matches costs one read. What has to be embedded goes through the same
-pipelined core as `dinoserve index` (core/ingest.py).
+pipelined core as `dinoserve index` (indexer/ingest.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from core.engines import Engine
-from core.ingest import RESERVED, Batch, Ingest, Item, Limits, Stopped
 from core.store import Store
+from indexer.ingest import RESERVED, Batch, Ingest, Item, Limits, Stopped
 
 __all__ = ["DERIVED", "MAX_REPORTED", "ReembedReport", "Stopped", "changes", "reembed"]
 

@@ -1,5 +1,5 @@
 """Which model versions a refresh, a rollback and `models gc` act on (the registry's policy;
-the store work they lead to is core.refresh_job's).
+the store work they lead to is refresh.job's).
 
 Versions sort by time (`YYYYMMDD-HHMMSS-<hash>`). The *served* version is what a running service
 answers with, else the registry's CURRENT. Rollback goes to the newest version older than the

@@ -1,5 +1,5 @@
-"""Clusters of stored embeddings (core/clusters.py) and their records on disk
-(core/cluster_results.py), on small synthetic vector sets in the embedded store."""
+"""Clusters of stored embeddings (discovery/clusters.py) and their records on disk
+(discovery/results.py), on small synthetic vector sets in the embedded store."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from core import store
-from core.cluster_results import ClusterResults, as_seen, cache_key, new_record, run_job
-from core.clusters import (
+from discovery.clusters import (
     ClusterParams,
     NotEnoughPoints,
     Tuning,
@@ -18,6 +17,7 @@ from core.clusters import (
     fingerprint,
     read_embeddings,
 )
+from discovery.results import ClusterResults, as_seen, cache_key, new_record, run_job
 from tests.stores import edge_store
 
 VERSION = "20260101-000000-test"

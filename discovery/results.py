@@ -23,8 +23,15 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from core.clusters import ClusterParams, NotEnoughPoints, Stopped, Tuning, cluster, read_embeddings
 from core.store import SEP, Store, StoreError, check_name
+from discovery.clusters import (
+    ClusterParams,
+    NotEnoughPoints,
+    Stopped,
+    Tuning,
+    cluster,
+    read_embeddings,
+)
 
 JOB_RE = re.compile(r"^[0-9a-f]{12}$")
 INTERRUPTED = (

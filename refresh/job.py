@@ -1,13 +1,13 @@
 """The refresh job: the one implementation of a model switch that the service's admin routes
 (api/refresh.py) and the CLI (`dinoserve refresh`, `dinoserve models …`) both drive.
 
-A refresh: plan (core.versions picks the target) → prepare (load and verify the new package,
+A refresh: plan (refresh.versions picks the target) → prepare (load and verify the new package,
 re-embed every collection the served version serves) → commit (flip all aliases in one call,
 then move CURRENT) — or abort (drop the collections this refresh created). Until commit, nothing
 that is served changes. A rollback prepares the previous version's kept collections and commits
 the same way. The service passes `run` its own switch (catch-up passes with writes held off,
 the engine swap around the commit); the CLI commits directly. `describe` and `gc` are the store
-work on a model's versions; which versions they concern is core.versions' policy.
+work on a model's versions; which versions they concern is refresh.versions' policy.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import blobs, package, refresh, store, versions
+from core import blobs, package, store
 from core.blobs import Blobs
 from core.engines import Engine, load_engine
 from core.settings import Settings
 from core.store import Store
-from core.versions import VersionError
+from refresh import reembed, versions
+from refresh.versions import VersionError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class RefreshStatus:
             started_at=_now(),
         )
 
-    def update(self, alias: str, r: refresh.ReembedReport) -> None:
+    def update(self, alias: str, r: reembed.ReembedReport) -> None:
         # New objects, rebound in one assignment: a reader in another thread (GET
         # /admin/refresh) never iterates a dict or list while it changes.
         row = {k: getattr(r, k) for k in STATUS_COUNTS}
@@ -73,7 +74,7 @@ class RefreshStatus:
         seen = {f["uri"] for f in self.failures}
         new = [f for f in r.failures if f["uri"] not in seen]
         if new:
-            self.failures = (self.failures + new)[: refresh.MAX_REPORTED]
+            self.failures = (self.failures + new)[: reembed.MAX_REPORTED]
 
     def end(self, error: str | None = None) -> None:
         self.state, self.error, self.finished_at = ("failed" if error else "done"), error, _now()
@@ -107,7 +108,7 @@ class RefreshJob:
     Args:
         q: the store (with the batch retry policy).
         settings: the service settings (engine, refresh batch sizes, limits).
-        name_dir: the model's registry folder (`core.versions.registry_dir`).
+        name_dir: the model's registry folder (`refresh.versions.registry_dir`).
         status: what the job reports; `from_version` is the served version, `to_version` the
             target.
         should_stop: polled between batches; True stops the job (it is aborted).
@@ -203,7 +204,7 @@ class RefreshJob:
         for alias, source in sorted(sources.items()):
             physical = self._target(alias, p.engine)
             report = self._reembed(source, physical, p.engine, optimize=False)
-            n = refresh.changes(report)
+            n = reembed.changes(report)
             if n:
                 log.info(
                     "caught up %s → %s: %d written, %d relabelled, %d deleted",
@@ -256,11 +257,11 @@ class RefreshJob:
         source: str,
         target: str,
         engine: Engine,
-        progress: Callable[[refresh.ReembedReport], None] | None = None,
+        progress: Callable[[reembed.ReembedReport], None] | None = None,
         optimize: bool = True,
-    ) -> refresh.ReembedReport:
+    ) -> reembed.ReembedReport:
         s = self.settings
-        return refresh.reembed(
+        return reembed.reembed(
             self.q,
             source,
             target,
@@ -306,7 +307,7 @@ def describe(q: Store | None, name_dir: Path, served: str | None) -> dict[str, A
 def gc(
     q: Store | None, name_dir: Path, served: str, keep: int, blob_store: Blobs | None = None
 ) -> dict[str, Any]:
-    """Delete the versions `core.versions.gc_candidates` names: their packages and physical
+    """Delete the versions `refresh.versions.gc_candidates` names: their packages and physical
     collections (collections only when `q` is given; never one an alias points to), and then
     the uploaded images (`blob_store`) that no remaining point names."""
     victims = versions.gc_candidates(name_dir, served, keep)

@@ -1,6 +1,6 @@
 """The one ingestion core: read → hash → skip unchanged → decode → embed → write, overlapped.
 
-`dinoserve index` (indexer/pipeline.py) and a refresh's re-embedding (core/refresh.py) both run
+`dinoserve index` (indexer/pipeline.py) and a refresh's re-embedding (refresh/reembed.py) both run
 it, into one physical collection. A producer thread reads, hashes and decodes batch k+1
 (decoding in a worker pool, or on the engine's device) while the calling thread embeds batch k
 and a writer thread upserts batch k−1. A point is written only with its embedding and the

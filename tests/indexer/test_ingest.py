@@ -1,4 +1,4 @@
-"""core.ingest.Ingest: when a run fails, nothing it started still touches the store."""
+"""indexer.ingest.Ingest: when a run fails, nothing it started still touches the store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from core.ingest import Ingest, Item
+from indexer.ingest import Ingest, Item
 from tests.fakes import DIM, FakeEngine
 from tests.stores import edge_store
 

@@ -1,0 +1,2 @@
+"""Discovery: near-duplicate groups and k-means clusters of a collection, and their stored
+results."""

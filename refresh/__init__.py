@@ -1,0 +1,1 @@
+"""Refresh: re-embed the served collections with a new model version, the job, the versions."""
