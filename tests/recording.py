@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "admin-key"
 TIMES = re.compile(r'"(\w*_at|seconds|elapsed_s|uptime_s)": ?("[^"]*"|[0-9.e+-]+)')
-PROM_VALUE = re.compile(r"^([a-zA-Z_:][\w:]*(\{[^}]*\})?) .*$", re.M)
+PROM_VALUE = re.compile(r"^([a-zA-Z_:][^ ]*(\{.*\})?) \S+$", re.M)
+RATES = re.compile(r"\b\d+(\.\d+)? ?(s|img/s|images/s)\b")
 
 
 def build_fixtures(fx: Path) -> None:
@@ -104,7 +105,8 @@ def seed_uuid4() -> None:
 
 
 def mask(text: str) -> str:
-    return TIMES.sub(lambda m: f'"{m.group(1)}": "<t>"', text)
+    """Times, durations and rates masked (they differ between any two runs)."""
+    return RATES.sub("<t>", TIMES.sub(lambda m: f'"{m.group(1)}": "<t>"', text))
 
 
 class Recorder:
@@ -393,7 +395,6 @@ def record_cli(fx: Path, rec: Recorder, work: Path) -> None:
         p = subprocess.run([*cli(), *args], env=env, capture_output=True, text=True, cwd=work)
         text = mask(p.stdout) + "\n--- stderr\n" + mask(p.stderr)
         text = text.replace(str(work), "<work>").replace(str(fx), "<fx>")
-        text = re.sub(r"\d+(\.\d+)? ?(s|img/s|images/s)\b", "<t>", text)
         text = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", "", text, flags=re.M)
         text = re.sub(r"\b[0-9a-f]{12}\b", "<job>", text)  # job ids (uuid4, not seeded here)
         rec.save(
