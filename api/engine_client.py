@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from api.engine_wire import WireError, call, encode_rows
-from api.errors import ApiError
+from api.engine_wire import EngineUnavailable, WireError, call, encode_rows
 from api.index_jobs import NoIndexJobs
 from api.metrics import Metrics
 from api.refresh import SingleProcessAdmin
@@ -37,12 +36,12 @@ class EngineLink:
     """Blocking request/reply to the engine process, one connection per calling thread.
 
     Raises (from `request`):
-        ApiError: 503 engine_unavailable when the engine process cannot be reached, or the
-            ApiError the engine side raised; else whatever the engine side raised.
+        EngineUnavailable: the engine process cannot be reached; else whatever the engine
+            side raised.
     """
 
-    def __init__(self, path: Path, retry_after_s: int = 5) -> None:
-        self.path, self.retry_after_s = path, retry_after_s
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._local = threading.local()
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -68,16 +67,9 @@ class EngineLink:
             kind, value = call(self._sock(), (op, arg))  # type: ignore[misc]
         except (OSError, WireError) as exc:
             self._drop()  # a reply may be half read: never reuse this connection
-            raise ApiError(
-                status=503,
-                code="engine_unavailable",
-                message=f"the engine process is not reachable: {exc}",
-                headers={"Retry-After": str(self.retry_after_s)},
-            ) from exc
+            raise EngineUnavailable(f"the engine process is not reachable: {exc}") from exc
         if kind == "ok":
             return value
-        if kind == "api_error":
-            raise ApiError(*value)
         if kind == "image_rejected":
             raise ImageRejected(*value)
         raise value
@@ -139,7 +131,7 @@ class RemoteVectors:
 async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator[dict]:
     """The runtime of one HTTP worker: a remote engine behind the usual Serving and batchers."""
     assert settings.serve.engine_socket is not None
-    link = EngineLink(Path(settings.serve.engine_socket), settings.serve.retry_after_s)
+    link = EngineLink(Path(settings.serve.engine_socket))
     info = await run_in_threadpool(link.request, "meta")
     meta = package.read_meta(Path(info["package_dir"]))
     engine = RemoteEngine(link, meta)

@@ -9,7 +9,7 @@ preprocessed in batches on the engine's device (serve.device_decode); ("embed" o
 "attention", rows) → the batcher's result for those rows (sent as the uint8 pixels they were
 normalised from where that is exact: api.engine_wire.encode_rows); ("vectors", (method, args,
 kwargs)) → `await Vectors.<method>(*args, **kwargs)` on the embedded store (only the engine
-process may open it: it admits one process). Replies: ("ok", value), ("api_error", fields),
+process may open it: it admits one process). Replies: ("ok", value),
 ("image_rejected", (reason, message)) or ("err", exc).
 """
 
@@ -31,7 +31,6 @@ import numpy as np
 
 from api.batcher import Batcher
 from api.engine_wire import WireError, call, decode_rows, pack, portable, read_frame
-from api.errors import ApiError
 from api.vectors import Vectors
 from core import package, store
 from core.device_images import preprocess_encoded, use_device_decode
@@ -139,8 +138,6 @@ class EngineServer:
                     return
                 try:
                     reply: tuple = ("ok", await self.answer(op, arg))
-                except ApiError as exc:
-                    reply = ("api_error", (exc.status, exc.code, exc.message, exc.headers))
                 except ImageRejected as exc:
                     reply = ("image_rejected", (exc.reason, str(exc)))
                 except Exception as exc:

@@ -29,6 +29,10 @@ def pack(obj: object) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+class EngineUnavailable(ConnectionError):
+    """The engine process cannot be reached (api/errors.py: 503 with Retry-After)."""
+
+
 def portable(exc: BaseException) -> BaseException:
     """`exc` if it survives pickling (most do), else a RuntimeError with its text."""
     try:

@@ -1,7 +1,8 @@
 """Errors at the HTTP boundary: every failure leaves as `{"error": {"code", "message"}}`.
 
 Domain code raises precise exceptions (ImageRejected, UnknownCollection, StoreError,
-BlobStoreFull, …); the handlers here are the only place that turns them into status codes.
+BlobStoreFull, BadUpload, VersionMismatch, JobBusy, …); the table and handlers here are the only
+place that turns them into status codes. `ApiError` is for the routes themselves.
 FastAPI's own validation errors, unknown routes (404) and wrong methods (405) get the same shape;
 anything unexpected is logged and answered 500 in that shape too, never with a traceback.
 """
@@ -20,7 +21,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.batcher import BatcherClosed
+from api.engine_wire import EngineUnavailable
 from api.jobs import JobBusy, JobsUnavailable
+from api.uploads import BadUpload, UnsupportedUpload, UploadTooLarge
+from api.vectors import VersionMismatch
+from api.writes import SWITCH_RETRY_S, CollectionExists, UnknownImage, WritesPaused
 from core import store
 from core.blob_usage import BlobStoreFull
 from core.images import ImageRejected
@@ -98,11 +103,19 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-# The jobs' and the admin routes' refusals: exception → status and code.
-REFUSALS: dict[type[Exception], tuple[int, str]] = {
-    VersionError: (409, "version_unavailable"),
-    JobsUnavailable: (409, "not_with_workers"),
-    SourceError: (422, "bad_source"),
+# Domain exceptions answered with their message: exception → status, code (None: the
+# exception's own `code`) and headers.
+REFUSALS: dict[type[Exception], tuple[int, str | None, dict[str, str] | None]] = {
+    BadUpload: (422, None, None),
+    UploadTooLarge: (413, None, None),
+    UnsupportedUpload: (415, None, None),
+    VersionMismatch: (409, "model_version_mismatch", None),
+    UnknownImage: (404, "unknown_image", None),
+    CollectionExists: (409, "collection_exists", None),
+    WritesPaused: (409, "collection_switching", {"Retry-After": str(SWITCH_RETRY_S)}),
+    VersionError: (409, "version_unavailable", None),
+    JobsUnavailable: (409, "not_with_workers", None),
+    SourceError: (422, "bad_source", None),
 }
 # A busy job runner (api/jobs.py), by its kind: the code and the headers (a cluster job is
 # short: its clients are told when to retry).
@@ -113,9 +126,11 @@ BUSY: dict[str, tuple[str, dict[str, str] | None]] = {
 }
 
 
-def _refusal(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+def _refusal(
+    status: int, code: str | None, headers: dict[str, str] | None
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(status, code, str(exc))
+        return error_response(status, code or exc.code, str(exc), headers)  # type: ignore[attr-defined]
 
     return handle
 
@@ -128,8 +143,8 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
         retry_after_s: the Retry-After sent with 503s.
     """
     retry = {"Retry-After": str(retry_after_s)}
-    for exc_type, (status, code) in REFUSALS.items():
-        app.add_exception_handler(exc_type, _refusal(status, code))
+    for exc_type, (status, code, headers) in REFUSALS.items():
+        app.add_exception_handler(exc_type, _refusal(status, code, headers))
 
     @app.exception_handler(JobBusy)
     async def _busy(_: Request, exc: JobBusy) -> JSONResponse:
@@ -208,6 +223,10 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         log.warning("Qdrant: %s", exc)
         return error_response(503, "store_unavailable", f"the vector store failed: {exc}", retry)
+
+    @app.exception_handler(EngineUnavailable)
+    async def _engine(_: Request, exc: EngineUnavailable) -> JSONResponse:
+        return error_response(503, "engine_unavailable", str(exc), retry)
 
     @app.exception_handler(BatcherClosed)
     async def _closed(_: Request, exc: BatcherClosed) -> JSONResponse:

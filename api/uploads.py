@@ -27,8 +27,6 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
-from api.errors import ApiError
-
 P = TypeVar("P", bound=BaseModel)
 IMAGE_FIELDS = ("images", "image")
 _SLACK = 64 * 1024  # multipart boundaries, headers and JSON punctuation; the most of one field
@@ -51,6 +49,25 @@ class Part(bytes):
         return (Part, (bytes(self), self.name))
 
 
+class BadUpload(Exception):
+    """A request body the service cannot take; `code` says why (api/errors.py: 422)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.code, str(self))
+
+
+class UploadTooLarge(BadUpload):
+    """Over DINOSERVE_MAX_UPLOAD_BYTES or DINOSERVE_MAX_BATCH_IMAGES (413)."""
+
+
+class UnsupportedUpload(BadUpload):
+    """Neither multipart/form-data nor JSON (415)."""
+
+
 @dataclass
 class Upload:
     """What a request carried: raw image bytes in order, and its scalar fields (form or JSON)."""
@@ -62,20 +79,18 @@ class Upload:
     lists: dict[str, list[str | None]] = field(default_factory=dict)
 
 
-def _too_large(what: str, max_bytes: int) -> ApiError:
+def _too_large(what: str, max_bytes: int) -> UploadTooLarge:
     """The one message of a too large request: the size, the limit, its scope and setting."""
-    return ApiError(
-        413,
+    return UploadTooLarge(
         "upload_too_large",
         f"{what} is over the limit of {max_bytes} bytes of images per request "
         "(DINOSERVE_MAX_UPLOAD_BYTES); send fewer or smaller images per request",
     )
 
 
-def _too_many(count: str, max_images: int) -> ApiError:
+def _too_many(count: str, max_images: int) -> UploadTooLarge:
     """The one message of too many images: how many were sent, the limit and its setting."""
-    return ApiError(
-        413,
+    return UploadTooLarge(
         "too_many_images",
         f"{count} images are over the limit of {max_images} images per request "
         "(DINOSERVE_MAX_BATCH_IMAGES)",
@@ -113,7 +128,8 @@ async def read_upload(
         max_images: most images per request (DINOSERVE_MAX_BATCH_IMAGES).
         lists: names taken as one value per image (see `Upload.lists`).
     Raises:
-        ApiError: 413 too large or too many, 415 another content type, 422 no or bad images.
+        UploadTooLarge: too large or too many; UnsupportedUpload: another content type;
+            BadUpload: no or bad images.
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
@@ -121,15 +137,14 @@ async def read_upload(
     elif ctype == "application/json" or ctype.endswith("+json"):
         upload = _json(await read_body(request, max_bytes), lists)
     else:
-        raise ApiError(
-            415,
+        raise UnsupportedUpload(
             "unsupported_media_type",
             f"content type {ctype or 'none'!r}: send multipart/form-data files or "
             'application/json {"images": [base64, …]}',
         )
     if not upload.images:
-        raise ApiError(
-            422, "no_image", "no image: send multipart file(s) 'images' or JSON base64 'images'"
+        raise BadUpload(
+            "no_image", "no image: send multipart file(s) 'images' or JSON base64 'images'"
         )
     if len(upload.images) > max_images:
         raise _too_many(str(len(upload.images)), max_images)
@@ -147,8 +162,8 @@ def _decode(raw: bytes | bytearray, charset: str) -> str:
         return raw.decode("latin-1")
 
 
-def _malformed(reason: str) -> ApiError:
-    return ApiError(422, "invalid_multipart", f"malformed multipart body: {reason}")
+def _malformed(reason: str) -> BadUpload:
+    return BadUpload("invalid_multipart", f"malformed multipart body: {reason}")
 
 
 @dataclass
@@ -262,15 +277,13 @@ async def _multipart(
         name = part.name
         if part.filename is not None:
             if name not in IMAGE_FIELDS:
-                raise ApiError(
-                    422, "unexpected_field", f"file field {name!r}: send images as 'images'"
-                )
+                raise BadUpload("unexpected_field", f"file field {name!r}: send images as 'images'")
             n = len(upload.images) + 1
             upload.images.append(Part(bytes(part.data), part.filename or f"{name} #{n}"))
         elif name in lists:
             upload.lists.setdefault(name, []).append(part.value or None)
         elif name in upload.fields:
-            raise ApiError(422, "invalid_parameter", f"field {name[:64]!r} given twice")
+            raise BadUpload("invalid_parameter", f"field {name[:64]!r} given twice")
         else:
             upload.fields[name] = part.value
     return upload
@@ -278,24 +291,24 @@ async def _multipart(
 
 def _b64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
-        raise ApiError(422, "invalid_base64", f"{where} must be a base64 string")
+        raise BadUpload("invalid_base64", f"{where} must be a base64 string")
     if value.startswith("data:"):  # a data URL from a browser: data:image/png;base64,….
         value = value.partition(",")[2]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(422, "invalid_base64", f"{where} is not valid base64: {exc}") from exc
+        raise BadUpload("invalid_base64", f"{where} is not valid base64: {exc}") from exc
 
 
 def _json(body: bytes, lists: tuple[str, ...] = ()) -> Upload:
     try:
         doc = json.loads(body)
     except RecursionError as exc:  # [[[[…]]]] deeper than the parser's stack
-        raise ApiError(422, "invalid_json", "the body is nested too deeply") from exc
+        raise BadUpload("invalid_json", "the body is nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
-        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+        raise BadUpload("invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
-        raise ApiError(422, "invalid_json", "the body must be a JSON object")
+        raise BadUpload("invalid_json", "the body must be a JSON object")
     images: list[bytes] = []
     doc = {k: v for k, v in doc.items() if v is not None}  # null: as if not given
     if isinstance(doc.get("images"), list):
@@ -303,7 +316,7 @@ def _json(body: bytes, lists: tuple[str, ...] = ()) -> Upload:
             Part(_b64(v, f"images[{i}]"), f"images[{i}]") for i, v in enumerate(doc["images"])
         ]
     elif "images" in doc:
-        raise ApiError(422, "invalid_json", "'images' must be a list of base64 strings")
+        raise BadUpload("invalid_json", "'images' must be a list of base64 strings")
     if "image" in doc:
         images.append(Part(_b64(doc["image"], "image"), "image"))
     fields, per_image = {}, {}
@@ -312,11 +325,11 @@ def _json(body: bytes, lists: tuple[str, ...] = ()) -> Upload:
             continue
         if k in lists:
             if not isinstance(v, list) or not all(x is None or isinstance(x, str) for x in v):
-                raise ApiError(422, "invalid_parameter", f"{k!r} must be a list of strings")
+                raise BadUpload("invalid_parameter", f"{k!r} must be a list of strings")
             per_image[k] = [x or None for x in v]
             continue
         if not isinstance(v, str | int | float | bool):
-            raise ApiError(422, "invalid_parameter", f"{k[:64]!r} must be a string or a number")
+            raise BadUpload("invalid_parameter", f"{k[:64]!r} must be a string or a number")
         # JSON numbers and booleans are validated like query strings (pydantic's lax mode)
         fields[k] = str(v).lower() if isinstance(v, bool) else str(v)
     return Upload(images, fields, per_image)
@@ -325,7 +338,7 @@ def _json(body: bytes, lists: tuple[str, ...] = ()) -> Upload:
 def single(upload: Upload) -> bytes:
     """The one image of an endpoint that takes one (`image`)."""
     if len(upload.images) != 1:
-        raise ApiError(422, "one_image", f"send exactly one image, got {len(upload.images)}")
+        raise BadUpload("one_image", f"send exactly one image, got {len(upload.images)}")
     return upload.images[0]
 
 
@@ -336,14 +349,13 @@ def merge_params(query: P, fields: Mapping[str, str], request: Request) -> P:
 
     Raises:
         pydantic.ValidationError: a body value is out of range (→ 422).
-        ApiError: 422 for a field the endpoint does not take.
+        BadUpload: a field the endpoint does not take.
     """
     model = type(query)
     unknown = [k for k in fields if k not in model.model_fields]
     if unknown:
         known = ", ".join(model.model_fields) or "none"
-        raise ApiError(
-            422,
+        raise BadUpload(
             "invalid_parameter",
             f"unknown field {unknown[0][:64]!r} (parameters of this endpoint: {known})",
         )

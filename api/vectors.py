@@ -11,13 +11,16 @@ from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError
 from core import store
 from core.store import Match, Point, Store
 from discovery.duplicates import DuplicateCache
 
 T = TypeVar("T")
 HIT_FIELDS = ("uri", "label")
+
+
+class VersionMismatch(Exception):
+    """The collection holds embeddings of another model version than the request's (409)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class Vectors:
 
         Raises:
             UnknownCollection: no such collection (→ 404).
-            ApiError: 409 when it holds another model version's embeddings.
+            VersionMismatch: it holds another model version's embeddings.
         """
         expected = f"{name}{store.SEP}{version}"
 
@@ -91,12 +94,10 @@ class Vectors:
         physical = await self.run(resolve)
         if version is not None and physical != expected:
             held = store.version_of(physical) or "unknown"
-            raise ApiError(
-                409,
-                "model_version_mismatch",
+            raise VersionMismatch(
                 f"collection {name!r} holds embeddings of model version {held}, this service "
                 f"runs {version}: re-index it with this model (dinoserve index) "
-                "before querying it",
+                "before querying it"
             )
         return physical
 

@@ -28,12 +28,24 @@ from typing import Any
 
 import numpy as np
 
-from api.errors import ApiError
+from api.vectors import VersionMismatch
 from core import blobs, store
 from core.blobs import Blobs, blob_uri, is_blob
 from core.store import Match, Point, Store, StoreError, UnknownCollection
 
 SWITCH_RETRY_S = 1  # the gate is closed for one catch-up pass and a flip: seconds, not minutes
+
+
+class WritesPaused(Exception):
+    """The collections are switching to another model version: retry in SWITCH_RETRY_S (409)."""
+
+
+class UnknownImage(LookupError):
+    """No such point in the collection (404)."""
+
+
+class CollectionExists(Exception):
+    """The collection exists with another model version's embeddings (409)."""
 
 
 class WriteGate:
@@ -49,13 +61,10 @@ class WriteGate:
 
     @asynccontextmanager
     async def entry(self) -> AsyncIterator[None]:
-        """One write. Raises ApiError 409 `collection_switching` while the gate is closed."""
+        """One write. Raises WritesPaused while the gate is closed."""
         if self.is_closed:
-            raise ApiError(
-                409,
-                "collection_switching",
-                "the collections are switching to another model version; retry in a moment",
-                {"Retry-After": str(SWITCH_RETRY_S)},
+            raise WritesPaused(
+                "the collections are switching to another model version; retry in a moment"
             )
         self.in_flight += 1
         self._idle.clear()
@@ -121,7 +130,7 @@ class Writer:
 
         Raises:
             UnknownCollection: no such collection (→ 404).
-            ApiError: 409 when it holds another version's embeddings.
+            VersionMismatch: it holds another version's embeddings.
         """
         physical = self.db.resolve_alias(name)
         if physical is None:
@@ -129,11 +138,9 @@ class Writer:
             raise UnknownCollection(f"no collection named {name!r}")
         if physical != store.physical_name(name, version):
             held = store.version_of(physical) or "unknown"
-            raise ApiError(
-                409,
-                "model_version_mismatch",
+            raise VersionMismatch(
                 f"collection {name!r} holds embeddings of model version {held}, this service "
-                f"runs {version}: refresh it (POST /admin/refresh) before writing to it",
+                f"runs {version}: refresh it (POST /admin/refresh) before writing to it"
             )
         return physical
 
@@ -189,7 +196,7 @@ class Writer:
     def relabel(self, physical: str, pid: str, label: str | None) -> dict[str, Any]:
         """Set or remove (None) a point's label; returns its payload after."""
         if self.db.point(physical, pid, ["uri"]) is None:
-            raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
+            raise UnknownImage(f"no image {pid} in the collection")
         try:
             self.db.set_payload(physical, [pid], {"label": label})
         except StoreError:
@@ -197,7 +204,7 @@ class Writer:
                 raise  # not the race below: the store failed
         point = self.db.point(physical, pid)
         if point is None:  # deleted meanwhile
-            raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
+            raise UnknownImage(f"no image {pid} in the collection")
         return point.payload
 
     def relabel_many(
@@ -226,11 +233,11 @@ class Writer:
         whether the bytes were removed.
 
         Raises:
-            ApiError: 404 for a point that is not there.
+            UnknownImage: the point is not there.
         """
         point = self.db.point(physical, pid, ["uri"])
         if point is None:
-            raise ApiError(404, "unknown_image", f"no image {pid} in the collection")
+            raise UnknownImage(f"no image {pid} in the collection")
         self.db.delete_points(physical, [pid])
         uri = str(point.payload.get("uri", ""))
         return is_blob(uri) and self.release(uri)
@@ -261,15 +268,13 @@ class Writer:
         """An empty collection for `version` (and its alias); (info, created).
 
         Raises:
-            ApiError: 409 when it exists with another version's embeddings.
+            CollectionExists: it exists with another version's embeddings.
         """
         expected = store.physical_name(name, version)
         physical = self.db.resolve_alias(name)
         if physical is not None and physical != expected:
-            raise ApiError(
-                409,
-                "collection_exists",
-                f"collection {name!r} exists with model version {store.version_of(physical)}",
+            raise CollectionExists(
+                f"collection {name!r} exists with model version {store.version_of(physical)}"
             )
         created = physical is None
         if created:

@@ -417,8 +417,8 @@ def main() -> None:
     rec = Recorder(args.out)
     seed_uuid4()
     with contextlib.redirect_stderr(io.StringIO()):
-        record_api(fx, rec, fresh_work(fx, fx.parent / "rec-work-api"))
-    record_cli(fx, rec, fresh_work(fx, fx.parent / "rec-work-cli"))
+        record_api(fx, rec, fresh_work(fx, args.out.parent / f"{args.out.name}-work-api"))
+    record_cli(fx, rec, fresh_work(fx, args.out.parent / f"{args.out.name}-work-cli"))
     print(f"{rec.n} recordings in {args.out}")
 
 
