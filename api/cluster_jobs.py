@@ -67,7 +67,7 @@ class ClusterJobs:
 
     async def _run(self, record: dict[str, Any]) -> None:
         try:
-            await self.runner.in_thread(
+            final = await self.runner.in_thread(
                 run_job,
                 self.results,
                 self.store,
@@ -76,17 +76,21 @@ class ClusterJobs:
                 self.runner.should_stop,
             )
             log.info(
-                "cluster job %s on %s: %s", record["job"], record["collection"], record["state"]
+                "cluster job %s on %s: %s", record["job"], record["collection"], final["state"]
             )
         except Exception:  # run_job saved it as failed; the service keeps serving
             log.exception("cluster job %s failed", record["job"])
         finally:
+            # The end is published here, on the event loop, after run_job saved and cached
+            # it: from now on `get` reads the saved record, and a request seen "done" is
+            # answered from the cache (200), never by this finished job (202) or as busy.
             self.running = None
 
     def get(self, name: str, job: str) -> dict[str, Any] | None:
         """A job's record as clients see it (blocking: reads the disk), or None."""
-        if self.running is not None and self.running["job"] == job:
-            return self.running if self.running["collection"] == name else None
+        running = self.running  # read once: the event loop may clear it meanwhile
+        if running is not None and running["job"] == job:
+            return running if running["collection"] == name else None
         record = self.results.load(name, job)
         return None if record is None else as_seen(record, live=False)
 

@@ -100,7 +100,8 @@ class Refresher:
             on_loop = self._catch_up_and_switch(job, p)
             asyncio.run_coroutine_threadsafe(on_loop, loop).result()
 
-        await self.runner.in_thread(job.run, switch)
+        reason = await self.runner.in_thread(job.attempt, switch)
+        job.status.end(reason)  # then the runner is free, in the same step of the loop
 
     async def _catch_up_and_switch(self, job: RefreshJob, p: Prepared) -> None:
         """Bring the targets in line with the writes made while they were built, then switch

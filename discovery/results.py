@@ -161,7 +161,12 @@ def run_job(
 ) -> dict[str, Any]:
     """Run a "running" record to its end (blocking: a worker thread's work), saving it at the
     start and the end: done with its result (cached under the key of what was read), failed
-    with the reason, or interrupted when `should_stop` said so."""
+    with the reason, or interrupted when `should_stop` said so.
+
+    `record` is the live one (its progress moves) and stays "running"; the end state is the
+    returned record, saved (and cached) before it is returned. A caller that shows the live
+    record (the service) publishes the end only then, so whoever sees "done" finds the cache.
+    """
     params, tuning = ClusterParams(**record["params"]), Tuning(**record["tuning"])
     physical = record["physical_collection"]
 
@@ -172,28 +177,30 @@ def run_job(
 
     results.save(record)
     t0 = time.perf_counter()
+    end: dict[str, Any] = {}
     try:
         # BLAS and OpenMP threads of k-means: few, so that requests keep their cores.
         with threadpool_limits(threads):
             emb = read_embeddings(db, physical, progress)
             result = cluster(emb, params, tuning, progress, should_stop)
-        record.update(
+        end.update(
             state="done",
             fingerprint=emb.fingerprint,
             result=result,
             key=cache_key(physical, params, tuning, emb.fingerprint),
+            progress={"phase": "done", "done": 1, "total": 1},
         )
-        record["progress"] = {"phase": "done", "done": 1, "total": 1}
     except Stopped:
-        record.update(state="interrupted", error=INTERRUPTED)
+        end.update(state="interrupted", error=INTERRUPTED)
     except (NotEnoughPoints, StoreError) as exc:
-        record.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        end.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     finally:
-        record.update(finished_at=now(), seconds=round(time.perf_counter() - t0, 3))
-        if record["state"] == "running":  # an unexpected error: it propagates to the log
-            record.update(state="failed", error="an unexpected error; see the service's log")
-        results.save(record)
-    return record
+        final = {**record, **end}
+        final.update(finished_at=now(), seconds=round(time.perf_counter() - t0, 3))
+        if final["state"] == "running":  # an unexpected error: it propagates to the log
+            final.update(state="failed", error="an unexpected error; see the service's log")
+        results.save(final)
+    return final
 
 
 def _write_atomic(path: Path, text: str) -> None:

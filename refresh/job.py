@@ -134,12 +134,19 @@ class RefreshJob:
     def run(self, switch: Switch | None = None) -> RefreshStatus:
         """Prepare, then switch (default: `commit`); on any failure abort and keep serving the
         served version. Returns the status, ended done or failed."""
+        self.status.end(self.attempt(switch))
+        return self.status
+
+    def attempt(self, switch: Switch | None = None) -> str | None:
+        """`run` without ending the status: None when done, else why it failed (aborted).
+        The service ends the status itself, on its event loop, as it frees its job runner:
+        whoever sees "done" may start the next operation at once."""
         st = self.status
         try:
             p = self.prepare()
             (switch or RefreshJob.commit)(self, p)
-            st.end()
             log.info("refresh %s done: serving %s (%s)", st.job, st.to_version, st.collections)
+            return None
         except Exception as exc:  # any failure: report it, keep serving the old version
             reason = f"{type(exc).__name__}: {exc}"
             log.error(
@@ -150,8 +157,7 @@ class RefreshJob:
                 self.abort()
             except Exception:
                 log.exception("refresh %s: could not drop %s", st.job, self.created)
-            st.end(reason)
-        return st
+            return reason
 
     def load(self) -> Engine:
         """The target version's engine (its package's sha256s verified)."""

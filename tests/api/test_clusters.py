@@ -74,6 +74,30 @@ def test_job_result_and_cache(make_client, discovery):
     assert rest["next_offset"] is None and len(rest["members"]) == first["size"] - 3
 
 
+def test_a_job_seen_done_is_cached_and_frees_the_runner(make_client, discovery, monkeypatch):
+    """A client that sees "done" gets the cache (200) and may start another job at once (202):
+    the end is published only after the record is saved, and with the runner freed. Saving the
+    done record slowly widens the window in which it used to be seen early."""
+    from discovery.results import ClusterResults
+
+    save = ClusterResults.save
+
+    def slow_save(self, record):
+        if record.get("state") == "done":
+            time.sleep(0.3)
+        save(self, record)
+
+    monkeypatch.setattr(ClusterResults, "save", slow_save)
+    client = make_client(discovery=discovery)
+    started = client.post("/collections/shapes/clusters", json={"k": 3, "seed": 1}).json()
+    assert wait_done(client, "shapes", started["job"])["state"] == "done"
+    again = client.post("/collections/shapes/clusters", json={"k": 3, "seed": 1})
+    assert again.status_code == 200 and again.json()["job"] == started["job"]
+    other = client.post("/collections/shapes/clusters", json={"k": 3, "seed": 2})
+    assert other.status_code == 202, other.text
+    wait_done(client, "shapes", other.json()["job"])
+
+
 def test_change_to_the_collection_invalidates_the_cache(make_client, discovery):
     client = make_client(discovery=discovery)
     first = run_clusters(client, k=4)
