@@ -84,13 +84,14 @@ def quality(package: Path, data: Path, work: Path, name: str) -> dict:
     from core.store import Layout
     from core.store.edge import EdgeStore
     from discovery.clusters import ClusterParams, cluster, read_embeddings
+    from indexer.ingest import IngestOptions
     from indexer.pipeline import Indexer
     from indexer.sources import list_source
 
     engine = load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))
     db = EdgeStore(work / f"qdrant-{name}", Layout())
     try:
-        Indexer(db, engine, "cifar", batch=64, workers=1).run(
+        Indexer(db, engine, "cifar", IngestOptions(batch=64, workers=1)).run(
             list_source(data, "dirs"), progress=False
         )
         t0 = time.perf_counter()

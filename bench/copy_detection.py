@@ -164,6 +164,7 @@ def engine_for(package: Path):
 
 
 def copy_detection(args: argparse.Namespace, work: Path) -> dict:
+    from indexer.ingest import IngestOptions
     from indexer.pipeline import Indexer
     from indexer.sources import Item
 
@@ -174,9 +175,9 @@ def copy_detection(args: argparse.Namespace, work: Path) -> dict:
     db = edge_store(work / "qdrant")
     t0 = time.perf_counter()
     items = [Item(uri) for uri in sorted(truth)]
-    report = Indexer(db, engine_for(Path(package)), "copies", batch=256, workers=1).run(
-        items, progress=False
-    )
+    report = Indexer(
+        db, engine_for(Path(package)), "copies", IngestOptions(batch=256, workers=1)
+    ).run(items, progress=False)
     physical = db.resolve("copies")
     db.optimize(physical)
     index_s = time.perf_counter() - t0

@@ -127,6 +127,7 @@ def copy_set(work: Path, seed: int = 4242) -> dict[str, int | None]:
 def copy_detection(package: Path, work: Path, thresholds: list[float]) -> dict:
     from bench.copy_detection import engine_for, score
     from discovery.duplicates import find_duplicates
+    from indexer.ingest import IngestOptions
     from indexer.pipeline import Indexer
     from indexer.sources import Item
     from tests.stores import edge_store
@@ -134,7 +135,7 @@ def copy_detection(package: Path, work: Path, thresholds: list[float]) -> dict:
     truth = copy_set(work)
     db = edge_store(work / "qdrant-copies")
     try:
-        Indexer(db, engine_for(package), "copies", batch=128, workers=1).run(
+        Indexer(db, engine_for(package), "copies", IngestOptions(batch=128, workers=1)).run(
             [Item(uri) for uri in sorted(truth)], progress=False
         )
         physical = db.resolve("copies")

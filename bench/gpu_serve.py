@@ -236,7 +236,7 @@ def decode_embed_rate(pkg: Path, files: list[Path], batch: int, device: str) -> 
     from core.engines import load_engine
     from core.settings import InferenceSettings
     from indexer.device import DeviceDecode
-    from indexer.pipeline import Limits
+    from indexer.ingest import Limits
 
     engine = load_engine(pkg, "torch", InferenceSettings(device=device))
     emb = DeviceDecode(engine, tensor_decode=True)

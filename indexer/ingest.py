@@ -68,6 +68,32 @@ class BatchDecode(Protocol):
 
 
 @dataclass
+class IngestOptions:
+    """How items are ingested, the same for `Ingest`, the indexer and the refresh.
+
+    Args:
+        batch: images per engine batch and per upsert.
+        workers: read and decode threads.
+        limits: per-image byte and pixel limits.
+        blob_dir: where `blob://` URIs (images uploaded over HTTP) are read.
+        device: decode and preprocess each batch on the engine's device (indexer/device.py)
+            instead of in the decode threads.
+        executor: where engine calls run (a service's one engine thread, so that requests and
+            ingestion take turns); None: in the calling thread.
+    """
+
+    batch: int = 32
+    workers: int = 4
+    limits: Limits = field(default_factory=Limits)
+    blob_dir: Path | None = None
+    device: BatchDecode | None = None
+    executor: Executor | None = None
+
+    def __post_init__(self) -> None:
+        self.batch, self.workers = max(1, self.batch), max(1, self.workers)
+
+
+@dataclass
 class Batch:
     """One batch through the pipeline: what was written, skipped and left out."""
 
@@ -131,31 +157,16 @@ class Ingest:
         db: the store.
         engine: the model; its version is written into every payload.
         physical: the physical collection (it must exist).
-        batch: images per engine batch and per upsert.
-        workers: read and decode threads.
-        limits: per-image byte and pixel limits.
-        blob_dir: where `blob://` URIs (images uploaded over HTTP) are read.
-        device: decode and preprocess each batch on the engine's device instead.
-        executor: where engine calls run (a service's one engine thread, so that requests and
-            ingestion take turns); None: in the calling thread.
+        options: batch size, threads, limits, where blobs and batches are read and embedded.
     """
 
     def __init__(
-        self,
-        db: Store,
-        engine: Engine,
-        physical: str,
-        batch: int = 32,
-        workers: int = 4,
-        limits: Limits | None = None,
-        blob_dir: Path | None = None,
-        device: BatchDecode | None = None,
-        executor: Executor | None = None,
+        self, db: Store, engine: Engine, physical: str, options: IngestOptions | None = None
     ) -> None:
         self.db, self.engine, self.physical = db, engine, physical
-        self.batch, self.workers = max(1, batch), max(1, workers)
-        self.limits = limits or Limits()
-        self.blob_dir, self.device, self.executor = blob_dir, device, executor
+        o = self.options = options or IngestOptions()
+        self.batch, self.workers, self.limits = o.batch, o.workers, o.limits
+        self.blob_dir, self.device, self.executor = o.blob_dir, o.device, o.executor
 
     def run(
         self,

@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from core import store
 from core.blobs import is_blob
 from core.engines import Engine
 from core.store import Store
-from indexer.ingest import RESERVED, Batch, BatchDecode, Ingest, Item, Limits, Stopped
+from indexer.ingest import RESERVED, Batch, Ingest, IngestOptions, Item, Limits, Stopped
 from indexer.sources import in_shard
 
 __all__ = ["IndexReport", "Indexer", "Limits", "Stopped"]
@@ -88,34 +87,17 @@ class Indexer:
         db: the store (embedded or server).
         engine: the model (its version names the physical collection).
         collection: logical name (the alias).
-        batch: images per engine batch and per upsert.
-        workers: decode threads.
-        limits: per-image byte and pixel limits.
-        blob_dir: DINOSERVE_BLOB_DIR: images uploaded over HTTP are read from there when a run
-            carries them into a new model version's collection.
-        device: decode and preprocess each batch on the engine's device (indexer/device.py)
-            instead of in the decode threads.
-        executor: where engine calls run (a service's one engine thread, so that requests and
-            indexing take turns); None: in the calling thread.
+        options: how items are ingested (`IngestOptions`); its `blob_dir`
+            (DINOSERVE_BLOB_DIR) is where images uploaded over HTTP are read when a run carries
+            them into a new model version's collection.
     """
 
     def __init__(
-        self,
-        db: Store,
-        engine: Engine,
-        collection: str,
-        batch: int = 32,
-        workers: int = 4,
-        limits: Limits | None = None,
-        blob_dir: Path | None = None,
-        device: BatchDecode | None = None,
-        executor: Executor | None = None,
+        self, db: Store, engine: Engine, collection: str, options: IngestOptions | None = None
     ) -> None:
-        self.db, self.engine, self.blob_dir = db, engine, blob_dir
-        self.device, self.executor = device, executor
+        self.db, self.engine = db, engine
         self.collection = store.check_name(collection)
-        self.batch, self.workers = max(1, batch), max(1, workers)
-        self.limits = limits or Limits()
+        self.options = options or IngestOptions()
 
     def run(
         self,
@@ -162,17 +144,7 @@ class Indexer:
             if on_batch is not None:
                 on_batch(report, bar.n)
 
-        ingest = Ingest(
-            self.db,
-            self.engine,
-            physical,
-            batch=self.batch,
-            workers=self.workers,
-            limits=self.limits,
-            blob_dir=self.blob_dir,
-            device=self.device,
-            executor=self.executor,
-        )
+        ingest = Ingest(self.db, self.engine, physical, self.options)
         watch = _SegmentWatch(self.db, physical, bar)  # a segment's build shows on the bar
         try:
             ingest.run(mine, counted, should_stop)

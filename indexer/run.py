@@ -14,7 +14,8 @@ from core import store
 from core.engines import Engine, load_engine
 from core.package import resolve
 from core.settings import Settings
-from indexer.pipeline import Indexer, IndexReport, Limits
+from indexer.ingest import IngestOptions, Limits
+from indexer.pipeline import Indexer, IndexReport
 from indexer.sources import Item, check_items, list_source, parse_shard
 
 if TYPE_CHECKING:  # torch is imported only where device decoding is used
@@ -85,10 +86,7 @@ def run_index(
     spec = parse_shard(req.shard)
     if items is None:
         items = list_items(req)
-    indexer = Indexer(
-        db,
-        engine,
-        name,
+    options = IngestOptions(
         batch=req.batch or settings.indexer.batch,
         workers=req.workers or settings.indexer.workers,
         limits=Limits(settings.max_pixels, settings.indexer.max_image_bytes),
@@ -96,6 +94,7 @@ def run_index(
         device=device,
         executor=executor,
     )
+    indexer = Indexer(db, engine, name, options)
     suffix = f".shard{spec[0]}of{spec[1]}" if spec[1] > 1 else ""
     fail_path = (
         Path(req.failures)

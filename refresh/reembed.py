@@ -22,7 +22,7 @@ from typing import Any
 
 from core.engines import Engine
 from core.store import Store
-from indexer.ingest import RESERVED, Batch, Ingest, Item, Limits, Stopped
+from indexer.ingest import RESERVED, Batch, Ingest, IngestOptions, Item, Limits, Stopped
 
 __all__ = ["DERIVED", "MAX_REPORTED", "ReembedReport", "Stopped", "changes", "reembed"]
 
@@ -96,7 +96,7 @@ def reembed(
             progress(report)
 
     limits = Limits(max_pixels=max_pixels, max_bytes=None)
-    ingest = Ingest(q, engine, target, batch, workers, limits, blob_dir)
+    ingest = Ingest(q, engine, target, IngestOptions(batch, workers, limits, blob_dir))
     ingest.run(todo, counted, should_stop)
     gone = [p.id for p in q.iter_points(target, ["sha256"]) if p.id not in seen]
     q.delete_points(target, gone)

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from core.engines import Engine, load_engine
 from core.settings import InferenceSettings, Settings
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.sources import Item, list_source
 from tests.stores import copy_store_dir, edge_store
@@ -35,7 +36,9 @@ def engine_for(package_dir: Path, version: str | None = None) -> Engine:
 def index_into(path: Path, engine: Engine, collection: str, items: list[Item]) -> None:
     client = edge_store(path)
     try:
-        Indexer(client, engine, collection, batch=64, workers=1).run(items, progress=False)
+        Indexer(client, engine, collection, IngestOptions(batch=64, workers=1)).run(
+            items, progress=False
+        )
     finally:
         client.close()
 

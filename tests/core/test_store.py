@@ -14,6 +14,7 @@ import pytest
 from core import store
 from core.store import Match, StoreFull, StoreUnusable, point_id
 from core.store.edge import ALIASES, EdgeStore
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.conftest import ROOT
@@ -43,7 +44,7 @@ def test_a_query_straight_after_indexing_finds_every_point(synthetic_dir, tmp_pa
     db = edge_store(tmp_path / "q")
     items = list_source(synthetic_dir, "dirs")
     emb = FakeEngine()
-    Indexer(db, emb, "photos", batch=16).run(items, progress=False)
+    Indexer(db, emb, "photos", IngestOptions(batch=16)).run(items, progress=False)
     physical = db.resolve("photos")
     points = list(db.iter_points(physical, ["uri"], vectors=True))
     assert len(points) == len(items)

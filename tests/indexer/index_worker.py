@@ -2,6 +2,7 @@
 
 import sys
 
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.fakes import FakeEngine
@@ -19,7 +20,7 @@ if __name__ == "__main__":
         return out
 
     emb.embed = embed_and_say
-    report = Indexer(client, emb, "photos", batch=4, workers=2).run(
+    report = Indexer(client, emb, "photos", IngestOptions(batch=4, workers=2)).run(
         list_source(source, "dirs"), progress=False
     )
     client.close()

@@ -7,6 +7,7 @@ from core.device_images import use_device_decode
 from core.engines import load_engine
 from core.settings import InferenceSettings, Settings
 from indexer.device import DeviceDecode
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.run import device_decode_for
 from indexer.sources import list_source
@@ -26,9 +27,9 @@ def jpegs(tmp_path_factory):
 
 def _index(engine, jpegs, device=None):
     client = memory_server()
-    report = Indexer(client, engine, "photos", batch=16, workers=1, device=device).run(
-        list_source(jpegs), progress=False
-    )
+    report = Indexer(
+        client, engine, "photos", IngestOptions(batch=16, workers=1, device=device)
+    ).run(list_source(jpegs), progress=False)
     points = {
         p.id: (p.payload, p.vector) for p in client.iter_points(report.physical, vectors=True)
     }

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from core import store
-from indexer.pipeline import Indexer, Limits
+from indexer.ingest import IngestOptions, Limits
+from indexer.pipeline import Indexer
 from indexer.sources import SourceError, list_source, parse_shard
 from tests.fakes import DIM, FakeEngine
 from tests.stores import all_points, edge_store, memory_server
@@ -33,7 +34,7 @@ _all_points = all_points
 
 
 def test_directory_with_labels_alias_and_payload(images, client):
-    report = Indexer(client, FakeEngine(), "photos", batch=16).run(
+    report = Indexer(client, FakeEngine(), "photos", IngestOptions(batch=16)).run(
         list_source(images, "dirs"), progress=False
     )
     assert (report.indexed, report.unchanged, report.failed) == (120, 0, 0)
@@ -56,7 +57,7 @@ def test_no_labels_unless_asked(images, client):
 
 
 def test_rerun_skips_unchanged_and_picks_up_changes(images, client):
-    indexer = Indexer(client, FakeEngine(), "photos", batch=16)
+    indexer = Indexer(client, FakeEngine(), "photos", IngestOptions(batch=16))
     indexer.run(list_source(images, "dirs"), progress=False)
     again = indexer.run(list_source(images, "dirs"), progress=False)
     assert (again.indexed, again.unchanged) == (0, 120)
@@ -88,9 +89,9 @@ def test_bad_files_are_skipped_and_reported(images, client, tmp_path):
     (bad / "truncated.png").write_bytes(good_bytes[: len(good_bytes) // 3])
     Image.new("RGB", (1200, 1000)).save(bad / "huge.png")  # 1.2 Mpx, over the limit below
     failures = tmp_path / "failures.jsonl"
-    report = Indexer(client, FakeEngine(), "photos", limits=Limits(max_pixels=1_000_000)).run(
-        list_source(images, "dirs"), failures_path=failures, progress=False
-    )
+    report = Indexer(
+        client, FakeEngine(), "photos", IngestOptions(limits=Limits(max_pixels=1_000_000))
+    ).run(list_source(images, "dirs"), failures_path=failures, progress=False)
     assert (report.indexed, report.failed) == (120, 4)
     rows = {Path(r["uri"]).name: r["reason"] for r in map(json.loads, failures.open())}
     assert rows == {
@@ -207,7 +208,7 @@ def test_the_index_build_is_a_stage_of_the_progress(images, tmp_path, monkeypatc
     monkeypatch.setattr(edge_build, "POLL_S", 0.01)
     db = edge_store(tmp_path / "q", build_apart_above=0)  # every build in a child: it reports
     seen: list[tuple[str, float]] = []
-    report = Indexer(db, FakeEngine(), "photos", batch=16).run(
+    report = Indexer(db, FakeEngine(), "photos", IngestOptions(batch=16)).run(
         list_source(images, "dirs"), on_batch=lambda r, done: seen.append((r.stage, done))
     )
     stages = [s for s, _ in seen]

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from indexer.ingest import Ingest, Item
+from indexer.ingest import Ingest, IngestOptions, Item
 from tests.fakes import DIM, FakeEngine
 from tests.stores import edge_store
 
@@ -37,7 +37,9 @@ def test_a_failed_run_returns_only_after_its_reads_of_the_store_end(tmp_path):
         raise OSError("disk full (injected)")
 
     with pytest.raises(OSError, match="injected"):
-        Ingest(db, FakeEngine(), physical, batch=4, workers=1).run(items, on_batch=fail)
+        Ingest(db, FakeEngine(), physical, IngestOptions(batch=4, workers=1)).run(
+            items, on_batch=fail
+        )
     assert not busy.is_set()  # no read of the store outlives the run…
     assert not [t for t in threading.enumerate() if t.name.startswith(("decode", "upsert"))]
     db.delete_collections([physical])  # …so a failed refresh's abort can drop it at once

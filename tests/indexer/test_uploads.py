@@ -11,6 +11,7 @@ import pytest
 
 from core import store
 from core.blobs import Blobs, blob_uri
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.fakes import DIM, FakeEngine
@@ -44,7 +45,7 @@ def test_prune_never_deletes_uploaded_images(images, tmp_path):
     db = edge_store(tmp_path / "q")
     blobs = Blobs(tmp_path / "blobs")
     try:
-        indexer = Indexer(db, FakeEngine(), "photos", batch=16, blob_dir=blobs.root)
+        indexer = Indexer(db, FakeEngine(), "photos", IngestOptions(batch=16, blob_dir=blobs.root))
         report = indexer.run(list_source(images, "dirs"), progress=False)
         pid = _upload(
             db, report.physical, blobs, (images / "star" / "00000.png").read_bytes(), "up"
@@ -62,11 +63,16 @@ def test_a_new_versions_run_re_embeds_uploads_from_the_blob_store(images, tmp_pa
     db = edge_store(tmp_path / "q")
     blobs = Blobs(tmp_path / "blobs")
     try:
-        v1 = Indexer(db, FakeEngine(), "photos", batch=16, blob_dir=blobs.root)
+        v1 = Indexer(db, FakeEngine(), "photos", IngestOptions(batch=16, blob_dir=blobs.root))
         old = v1.run(list_source(images, "dirs"), progress=False).physical
         data = (images / "ring" / "00003.png").read_bytes()
         pid = _upload(db, old, blobs, data, "uploaded")
-        v2 = Indexer(db, FakeEngine(version="fake-v2"), "photos", batch=16, blob_dir=blobs.root)
+        v2 = Indexer(
+            db,
+            FakeEngine(version="fake-v2"),
+            "photos",
+            IngestOptions(batch=16, blob_dir=blobs.root),
+        )
         report = v2.run(list_source(images, "dirs"), progress=False)
         assert report.physical == "photos__fake-v2" and report.indexed == 121
         assert db.resolve_alias("photos") == old  # a refresh (or an operator) flips it

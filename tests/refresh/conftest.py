@@ -21,6 +21,7 @@ import uvicorn
 from api.main import create_app
 from core.package import WEIGHTS, read_meta
 from core.settings import Settings
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.api.conftest import ONE_THREAD, engine_for
@@ -89,12 +90,14 @@ def index_v1(client, env: Env) -> None:
     """`shapes` (60 labelled), `more` (20 unlabelled) by v1; `stale` (10) by an old version."""
     v1 = engine_for(env.name_dir / env.v1)
     items = list_source(env.images, "dirs")
-    Indexer(client, v1, "shapes", batch=32, workers=1).run(items, progress=False)
-    Indexer(client, v1, "more", batch=32, workers=1).run(
+    Indexer(client, v1, "shapes", IngestOptions(batch=32, workers=1)).run(items, progress=False)
+    Indexer(client, v1, "more", IngestOptions(batch=32, workers=1)).run(
         list_source(env.images)[:20], progress=False
     )
     old = engine_for(env.name_dir / env.v1, "19990101-000000-old")
-    Indexer(client, old, "stale", batch=32, workers=1).run(items[:10], progress=False)
+    Indexer(client, old, "stale", IngestOptions(batch=32, workers=1)).run(
+        items[:10], progress=False
+    )
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from api.main import create_app
 from core import store
 from core.package import META
 from core.store import base as store_base
+from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer
 from indexer.sources import list_source
 from tests.fakes import DIM, FakeEngine
@@ -98,7 +99,9 @@ def test_indexer_survives_a_qdrant_restart_mid_run(synthetic_dir, outage, fast_b
     items = list_source(synthetic_dir, "dirs")
     qdrant = outage(client)
     qdrant.arm_at = (12, 4)  # a few batches in, the next 4 calls fail (a restart), then it's back
-    report = Indexer(client, emb, "photos", batch=16, workers=1).run(items, progress=False)
+    report = Indexer(client, emb, "photos", IngestOptions(batch=16, workers=1)).run(
+        items, progress=False
+    )
     assert len(qdrant.failed) == 4 and "upsert" in qdrant.calls[:12]  # mid-run
     # each failed call is retried after 0.5 s, 1 s, 2 s, … (calls in two threads may share it)
     assert len(fast_backoff) == 4 and set(fast_backoff) <= {0.5, 1.0, 2.0, 4.0}
@@ -115,9 +118,13 @@ def test_indexer_outage_longer_than_its_retries_then_rerun(synthetic_dir, outage
     qdrant = outage(client)
     qdrant.arm_at = (12, 50)  # mid-run, down for longer than 5 attempts with back-off
     with pytest.raises(store.StoreError):
-        Indexer(client, emb, "photos", batch=16, workers=1).run(items, progress=False)
+        Indexer(client, emb, "photos", IngestOptions(batch=16, workers=1)).run(
+            items, progress=False
+        )
     qdrant.fail_next = 0
-    report = Indexer(client, emb, "photos", batch=16, workers=1).run(items, progress=False)
+    report = Indexer(client, emb, "photos", IngestOptions(batch=16, workers=1)).run(
+        items, progress=False
+    )
     assert report.indexed + report.unchanged == len(items) and report.failed == 0
     assert report.unchanged > 0  # what was written before the outage is kept, not redone
     _check_points(client, items)
