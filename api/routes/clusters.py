@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from api.cluster_jobs import ClusterJobs
 from api.deps import RuntimeDep
 from api.errors import ApiError
+from api.jobs import JobsUnavailable
 from api.openapi import AUTH, errors
 from api.routes.collections import PATCH_BYTES, Label, NameArg, WriteDep, _name, _writer
 from api.runtime import Runtime
@@ -101,11 +102,9 @@ def _body_doc(model: type[BaseModel], required: bool) -> dict[str, Any]:
 
 def _jobs(rt: Runtime) -> ClusterJobs:
     if rt.clusters is None:
-        raise ApiError(
-            409,
-            "not_with_workers",
+        raise JobsUnavailable(
             "cluster jobs run in a single-process service (DINOSERVE_SERVE__WORKERS=1), or use "
-            "`dinoserve clusters NAME` while no service holds the embedded store",
+            "`dinoserve clusters NAME` while no service holds the embedded store"
         )
     return rt.clusters
 
