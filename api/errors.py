@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -104,18 +105,28 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 # Domain exceptions answered with their message: exception → status, code (None: the
-# exception's own `code`) and headers.
+# exception's own `code`) and headers (RETRY: the service's Retry-After, set per app).
+RETRY: dict[str, str] = {"Retry-After": "DINOSERVE_SERVE__RETRY_AFTER_S"}
 REFUSALS: dict[type[Exception], tuple[int, str | None, dict[str, str] | None]] = {
     BadUpload: (422, None, None),
     UploadTooLarge: (413, None, None),
     UnsupportedUpload: (415, None, None),
     VersionMismatch: (409, "model_version_mismatch", None),
     UnknownImage: (404, "unknown_image", None),
+    UnknownSample: (404, "unknown_sample", None),
     CollectionExists: (409, "collection_exists", None),
     WritesPaused: (409, "collection_switching", {"Retry-After": str(SWITCH_RETRY_S)}),
     VersionError: (409, "version_unavailable", None),
     JobsUnavailable: (409, "not_with_workers", None),
     SourceError: (422, "bad_source", None),
+    # Writes fail until space is freed; what is stored stays readable (reads go on).
+    StoreFull: (507, "store_full", None),
+    # Refused before any of the request's bytes or points were written; reads go on.
+    BlobStoreFull: (507, "blob_store_full", None),
+    # That one collection, for the minutes its index builds; everything else answers.
+    IndexBuilding: (503, "index_building", RETRY),
+    EngineUnavailable: (503, "engine_unavailable", RETRY),
+    BatcherClosed: (503, "shutting_down", RETRY),
 }
 # A busy job runner (api/jobs.py), by its kind: the code and the headers (a cluster job is
 # short: its clients are told when to retry).
@@ -135,6 +146,86 @@ def _refusal(
     return handle
 
 
+async def _busy(_: Request, exc: JobBusy) -> JSONResponse:
+    code, headers = BUSY[exc.kind]
+    return error_response(409, code, str(exc), headers)
+
+
+async def _api(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    headers = dict(exc.headers or {})
+    if status == 404:
+        message = "no such route" if exc.detail == "Not Found" else str(exc.detail)
+    elif status == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+        message = f"{request.method} is not allowed here; use {headers['Allow']}"
+    else:
+        message = str(exc.detail)
+    return error_response(status, _code_for(status), message, headers)
+
+
+async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    for e in errors:
+        if tuple(e.get("loc", ())) == ("path", "name"):  # a collection name in the path
+            try:
+                store.check_name(str(e.get("input", "")))
+            except ValueError as bad:
+                return error_response(422, "invalid_collection", str(bad))
+    return error_response(422, "invalid_parameter", _validation_message(errors))
+
+
+async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+    return error_response(422, "invalid_parameter", _validation_message(list(exc.errors())))
+
+
+async def _image(_: Request, exc: ImageRejected) -> JSONResponse:
+    if exc.reason == "too_large":
+        return error_response(413, "image_too_large", str(exc))
+    code = "empty_image" if exc.reason == "empty" else "invalid_image"
+    return error_response(422, code, str(exc))
+
+
+async def _collection(request: Request, exc: UnknownCollection) -> JSONResponse:
+    known = await _collections(request)
+    hint = (
+        f"; collections: {', '.join(known)}"
+        if known
+        else "; none is indexed yet (dinoserve index FOLDER --collection NAME)"
+    )
+    return error_response(404, "unknown_collection", f"{exc}{hint}")
+
+
+def _store(retry: dict[str, str]) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Qdrant: %s", exc)
+        return error_response(503, "store_unavailable", f"the vector store failed: {exc}", retry)
+
+    return handle
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "an unexpected error occurred; see the log")
+
+
+# The exceptions whose answer needs more than their message (the request, a log line).
+HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
+    JobBusy: _busy,
+    ApiError: _api,
+    StarletteHTTPException: _http,
+    RequestValidationError: _request_validation,
+    ValidationError: _validation,
+    ImageRejected: _image,
+    UnknownCollection: _collection,
+    Exception: _unexpected,
+}
+
+
 def install(app: FastAPI, retry_after_s: int = 5) -> None:
     """Register the handlers that translate exceptions into the JSON error shape.
 
@@ -144,95 +235,9 @@ def install(app: FastAPI, retry_after_s: int = 5) -> None:
     """
     retry = {"Retry-After": str(retry_after_s)}
     for exc_type, (status, code, headers) in REFUSALS.items():
-        app.add_exception_handler(exc_type, _refusal(status, code, headers))
-
-    @app.exception_handler(JobBusy)
-    async def _busy(_: Request, exc: JobBusy) -> JSONResponse:
-        code, headers = BUSY[exc.kind]
-        return error_response(409, code, str(exc), headers)
-
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        status = exc.status_code
-        headers = dict(exc.headers or {})
-        if status == 404:
-            message = "no such route" if exc.detail == "Not Found" else str(exc.detail)
-        elif status == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
-            message = f"{request.method} is not allowed here; use {headers['Allow']}"
-        else:
-            message = str(exc.detail)
-        return error_response(status, _code_for(status), message, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        for e in errors:
-            if tuple(e.get("loc", ())) == ("path", "name"):  # a collection name in the path
-                try:
-                    store.check_name(str(e.get("input", "")))
-                except ValueError as bad:
-                    return error_response(422, "invalid_collection", str(bad))
-        return error_response(422, "invalid_parameter", _validation_message(errors))
-
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return error_response(422, "invalid_parameter", _validation_message(list(exc.errors())))
-
-    @app.exception_handler(ImageRejected)
-    async def _image(_: Request, exc: ImageRejected) -> JSONResponse:
-        if exc.reason == "too_large":
-            return error_response(413, "image_too_large", str(exc))
-        code = "empty_image" if exc.reason == "empty" else "invalid_image"
-        return error_response(422, code, str(exc))
-
-    @app.exception_handler(UnknownCollection)
-    async def _collection(request: Request, exc: UnknownCollection) -> JSONResponse:
-        known = await _collections(request)
-        hint = (
-            f"; collections: {', '.join(known)}"
-            if known
-            else "; none is indexed yet (dinoserve index FOLDER --collection NAME)"
+        app.add_exception_handler(
+            exc_type, _refusal(status, code, retry if headers is RETRY else headers)
         )
-        return error_response(404, "unknown_collection", f"{exc}{hint}")
-
-    @app.exception_handler(UnknownSample)
-    async def _sample(_: Request, exc: UnknownSample) -> JSONResponse:
-        return error_response(404, "unknown_sample", str(exc))
-
-    @app.exception_handler(StoreFull)
-    async def _full(_: Request, exc: StoreFull) -> JSONResponse:
-        # Writes fail until space is freed; what is stored stays readable (reads go on).
-        return error_response(507, "store_full", str(exc))
-
-    @app.exception_handler(BlobStoreFull)
-    async def _blobs_full(_: Request, exc: BlobStoreFull) -> JSONResponse:
-        # Refused before any of the request's bytes or points were written; reads go on.
-        return error_response(507, "blob_store_full", str(exc))
-
-    @app.exception_handler(IndexBuilding)
-    async def _building(_: Request, exc: IndexBuilding) -> JSONResponse:
-        # That one collection, for the minutes its index builds; everything else answers.
-        return error_response(503, "index_building", str(exc), retry)
-
-    @app.exception_handler(StoreError)
-    async def _store(_: Request, exc: StoreError) -> JSONResponse:
-        log.warning("Qdrant: %s", exc)
-        return error_response(503, "store_unavailable", f"the vector store failed: {exc}", retry)
-
-    @app.exception_handler(EngineUnavailable)
-    async def _engine(_: Request, exc: EngineUnavailable) -> JSONResponse:
-        return error_response(503, "engine_unavailable", str(exc), retry)
-
-    @app.exception_handler(BatcherClosed)
-    async def _closed(_: Request, exc: BatcherClosed) -> JSONResponse:
-        return error_response(503, "shutting_down", str(exc), retry)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "an unexpected error occurred; see the log")
+    for exc_type, handler in HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
+    app.add_exception_handler(StoreError, _store(retry))
