@@ -16,13 +16,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback_server(app: FastAPI, port: int) -> uvicorn.Server:
+    """A uvicorn server for a test, on 127.0.0.1:`port`, that leaves logging as it is.
+
+    uvicorn's own logging config (`logging.config.dictConfig`) first closes every existing
+    handler; absl's (imported with tensorboard by an earlier test) then closes the stream it
+    was given, which under pytest is the captured stderr of that moment, and every later write
+    to it (the capture's own included) fails: the suite stopped with "lost sys.stderr" after
+    the first such server, depending on which tests ran before it.
+    """
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
+    return uvicorn.Server(config)
+
+
 def start_uvicorn(app: FastAPI, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     """Serve `app` on 127.0.0.1:`port` in a daemon thread; returns once it is started.
 
     Raises:
         RuntimeError: it did not start within 60 s (or its thread died).
     """
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = loopback_server(app, port)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -8,20 +8,18 @@ import threading
 import time
 
 import pytest
-import uvicorn
 
 from api.main import create_app
 from tests.api.test_browser import _free_port, browser  # noqa: F401  (fixture)
 from tests.api.test_collections import noise_png
+from tests.servers import loopback_server
 
 
 @pytest.fixture
 def server(make_settings, tmp_path):
     port = _free_port()
     settings = make_settings(blob_dir=tmp_path / "blobs", max_batch_images=8)
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    srv = loopback_server(create_app(settings), port)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

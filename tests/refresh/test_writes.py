@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-import uvicorn
 
 from api.main import create_app
 from core import store
@@ -21,6 +20,7 @@ from core.blobs import Blobs, blob_uri
 from tests.api.test_browser import _free_port
 from tests.api.test_collections import noise_png
 from tests.refresh.conftest import ADMIN_KEY
+from tests.servers import loopback_server
 from tests.stores import all_points, edge_store
 
 WRITE_KEY = "refresh-write-key"
@@ -73,9 +73,7 @@ class Service:
         serve = settings.serve.model_copy(update={"port": port})
         self.url = f"http://127.0.0.1:{port}"
         app = create_app(settings.model_copy(update={"serve": serve}))
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
+        self.server = loopback_server(app, port)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60

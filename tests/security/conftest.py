@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from api.main import create_app
 from core.settings import Settings
@@ -27,6 +26,7 @@ from tests.api.conftest import (  # noqa: F401  (fixtures)
 )
 from tests.api.test_browser import _free_port
 from tests.refresh.conftest import env, two_versions  # noqa: F401  (fixtures)
+from tests.servers import loopback_server
 
 
 def live_settings(micro_package, indexed_store, tmp_path_factory, **overrides) -> Settings:  # noqa: F811
@@ -41,8 +41,7 @@ class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.port = _free_port()
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        self.server = loopback_server(self.app, self.port)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
