@@ -162,3 +162,19 @@ def test_a_request_handler_s_writes_do_not_wait_for_a_segment(tmp_path, monkeypa
         db.upsert(physical, ids, x[lo : lo + 500], [{} for _ in ids], index_segments=False)
     assert built == [] and db.count(physical) == 1500
     db.close()
+
+
+def test_opening_a_large_collection_reads_its_int8_copy_and_graph_once(tmp_path, monkeypatch):
+    import core.store.edge as edge
+
+    db = edge_store(tmp_path / "q", quantize_above=100)
+    physical, x = _fill(db, "photos", 12000, 256, batch=2000)  # past the indexing threshold
+    db.optimize(physical)
+    db.close()
+    warmed: list[int] = []
+    real = edge.warm
+    monkeypatch.setattr(edge, "warm", lambda d: warmed.append(real(d)) or warmed[-1])
+    db = edge_store(tmp_path / "q", quantize_above=100)
+    assert db.search(physical, x[7], 1)[0].id == point_id("photos7")
+    assert len(warmed) == 1 and warmed[0] >= 12000 * 256  # at least the int8 copy
+    db.close()
