@@ -1,7 +1,7 @@
 """`dinoserve index` end to end on the CPU against the engine alone at the same batch (issue 27).
 
     .venv/bin/python -m bench.index_e2e [--images 1024] [--size 500x375] [--rounds 3]
-        [--engine openvino --variant int8-nncf] [--threads 2] [--compare]
+        [--engine openvino --variant int8-nncf] [--threads 2] [--decode-nice 19,0]
 
 A folder of JPEGs is made once under `.data/` (CIFAR-10 images from
 ../shared/data/cifar10-train.tar.gz, upscaled to `--size` so that decoding costs what a photo's
@@ -14,9 +14,9 @@ interleaved rounds:
 - **index**: `indexer.run.run_index` (what `dinoserve index DIR --labels dirs` runs once the
   model is loaded) on the folder into a fresh embedded store: read, hash, decode, embed, upsert,
   optimize; img/s = images ÷ the run's own seconds (what `dinoserve index` prints).
-With `--compare`, a third phase indexes with the decode threads at nice 0, as before they yielded
-the CPU to the engine (core/ingest.py). Phases rotate from round to round; medians over the
-rounds and the ratio index ÷ engine (goal ≥ 0.90). Also, once: decoding alone
+`--decode-nice 19,0` indexes once per niceness of the decode threads in each round (0: as before
+they yielded the CPU to the engine, core/ingest.py). Phases rotate from round to round; medians
+over the rounds and the ratio index ÷ engine (goal ≥ 0.90). Also, once: decoding alone
 (one thread, ms per image) and the store alone (upsert + optimize of as many random vectors).
 Prints a markdown table and one JSON line with the date, the CPU, the command and every round.
 """
@@ -156,9 +156,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="default DINOSERVE_INDEXER__WORKERS")
     ap.add_argument("--data", default=str(ROOT / ".data"))
     ap.add_argument(
-        "--compare",
-        action="store_true",
-        help="also index with the decode threads at nice 0 (as before issue 27's fix)",
+        "--decode-nice",
+        default=str(ingest.DECODE_NICE),
+        help="the decode threads' niceness of each index phase, e.g. 19,0 (0: as before issue "
+        f"27's fix; default {ingest.DECODE_NICE}, core/ingest.py's)",
     )
     ap.add_argument("--calibration", default=str(CIFAR))
     args = ap.parse_args()
@@ -192,7 +193,8 @@ def main() -> None:
         )
         per_image_ms = decode_ms(engine, folder, 256)
         store_pts = store_rate(settings, engine.dim, len(files), batch, tmp)
-        phases = ["engine", "index"] + (["index, decode at nice 0"] if args.compare else [])
+        nices = [int(n) for n in args.decode_nice.split(",")]
+        phases = ["engine"] + [f"index, decode at nice {n}" for n in nices]
         runs: dict[str, list[float]] = {k: [] for k in phases}
         for r in range(args.rounds):
             for what in phases[r % len(phases) :] + phases[: r % len(phases)]:  # rotated
@@ -200,7 +202,7 @@ def main() -> None:
                 if what == "engine":
                     runs[what].append(engine_rate(engine, rows, len(files), batch))
                     continue
-                ingest.DECODE_NICE = 0 if what.endswith("nice 0") else SHIPPED_NICE
+                ingest.DECODE_NICE = int(what.rsplit(" ", 1)[1])
                 runs[what].append(index_rate(settings, engine, folder, tmp, r))
             ingest.DECODE_NICE = SHIPPED_NICE
             print(
@@ -231,7 +233,7 @@ def main() -> None:
         "threads": args.threads,
         "command": shlex.join([".venv/bin/python", "-m", "bench.index_e2e", *sys.argv[1:]]),
         "medians": med,
-        "ratio": med["index"] / eng,
+        "ratios": {k: v / eng for k, v in med.items()},
         "decode_ms": per_image_ms,
         "store_points_s": store_pts,
         "rounds": runs,
