@@ -15,7 +15,7 @@ interleaved rounds:
   model is loaded) on the folder into a fresh embedded store: read, hash, decode, embed, upsert,
   optimize; img/s = images ÷ the run's own seconds (what `dinoserve index` prints).
 `--decode-nice 19,0` indexes once per niceness of the decode threads in each round (0: as before
-they yielded the CPU to the engine, core/ingest.py). Phases rotate from round to round; medians
+they yielded the CPU to the engine, indexer/ingest.py). Phases rotate from round to round; medians
 over the rounds and the ratio index ÷ engine (goal ≥ 0.90). Also, once: decoding alone
 (one thread, ms per image) and the store alone (upsert + optimize of as many random vectors).
 Prints a markdown table and one JSON line with the date, the CPU, the command and every round.
@@ -38,12 +38,13 @@ import numpy as np
 from PIL import Image
 
 from bench.embed_throughput import CIFAR, random_package
-from core import ingest, store
+from core import store
 from core.engines import Engine, load_engine
-from core.ingest import Limits, _decode
 from core.package import PackageError, resolve
 from core.settings import InferenceSettings, Settings
 from evaluation.variant_bench import cpu_model
+from indexer import ingest
+from indexer.ingest import Limits, _decode
 from indexer.run import IndexRequest, list_items, run_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +160,7 @@ def main() -> None:
         "--decode-nice",
         default=str(ingest.DECODE_NICE),
         help="the decode threads' niceness of each index phase, e.g. 19,0 (0: as before issue "
-        f"27's fix; default {ingest.DECODE_NICE}, core/ingest.py's)",
+        f"27's fix; default {ingest.DECODE_NICE}, indexer/ingest.py's)",
     )
     ap.add_argument("--calibration", default=str(CIFAR))
     args = ap.parse_args()
