@@ -135,6 +135,7 @@ async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator
     info = await run_in_threadpool(link.request, "meta")
     meta = package.read_meta(Path(info["package_dir"]))
     engine = RemoteEngine(link, meta)
+    engine.runtime, engine.variant = info.get("engine", ""), info.get("variant", "fp32")
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine-link")
     serving = RemoteServing.start(engine, executor, settings, metrics)
     if info["device_decode"]:
@@ -145,7 +146,7 @@ async def worker_lifespan(settings: Settings, metrics: Metrics) -> AsyncIterator
     else:
         db = store.open_store(settings, store.request_policy(settings))
         vectors = Vectors(db)
-    metrics.model.info(model_info(meta, settings.engine))
+    metrics.model.info(model_info(serving, settings.engine))
     runtime = Runtime(
         settings,
         serving,

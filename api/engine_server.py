@@ -113,6 +113,8 @@ class EngineServer:
                 "version": self.engine.model_version,
                 "store": self.vectors is not None,
                 "device_decode": self.device_decode,
+                "engine": getattr(self.engine, "runtime", ""),  # as resolved (auto → its choice)
+                "variant": getattr(self.engine, "variant", "fp32"),
             }
         if op == "embed_encoded":
             jobs = np.empty(len(arg), dtype=object)  # type: ignore[arg-type]

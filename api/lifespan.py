@@ -53,7 +53,7 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     # Old and new engines of a refresh share it too.
     executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
     serving = Serving.start(engine, executor, settings, metrics)
-    metrics.model.info(model_info(meta, settings.engine))
+    metrics.model.info(model_info(serving, settings.engine))
     runtime = Runtime(settings, serving, Vectors(db), metrics, executor)
     metrics.watch_queue("embed", lambda: runtime.serving.embedder.depth)
     metrics.watch_queue("attention", lambda: runtime.serving.attender.depth)
@@ -72,7 +72,8 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     )
     runtime.clusters = ClusterJobs(settings.discovery, runtime.store)
     runtime.admin.start_watch()
-    log.info("serving %s %s (%s)", meta.name, meta.version, settings.engine)
+    run = serving.engine_info(settings.engine)
+    log.info("serving %s %s (%s %s)", meta.name, meta.version, run["engine"], run["engine_variant"])
     try:
         yield {"runtime": runtime}
     finally:

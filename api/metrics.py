@@ -22,7 +22,8 @@ class Metrics:
     - `dinoserve_request_seconds{method, route}`: latency histogram.
     - `dinoserve_batch_size{op}`: images per engine call (embed / attention).
     - `dinoserve_queue_depth{op}`: images waiting for a batch.
-    - `dinoserve_model_info{name, version, engine}`.
+    - `dinoserve_model_info{name, version, engine, engine_variant, engine_setting, embed_dim}`:
+      the engine as resolved (DINOSERVE_ENGINE=auto → the bench record's choice).
     """
 
     def __init__(self) -> None:

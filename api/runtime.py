@@ -63,16 +63,17 @@ class Runtime:
     def swap(self, new: Serving) -> Serving:
         """Serve `new` from the next request on; returns the old state (to retire)."""
         old, self.serving = self.serving, new
-        self.metrics.model.info(model_info(new.meta, self.settings.engine))
+        self.metrics.model.info(model_info(new, self.settings.engine))
         log.info("now serving %s %s", new.meta.name, new.meta.version)
         return old
 
 
-def model_info(meta: package.PackageMeta, engine: str) -> dict[str, str]:
-    """The labels of `dinoserve_model_info`."""
+def model_info(serving: Serving, setting: str) -> dict[str, str]:
+    """The labels of `dinoserve_model_info`: the package, and the engine as resolved."""
+    meta = serving.meta
     return {
         "name": meta.name,
         "version": meta.version,
-        "engine": engine,
+        **serving.engine_info(setting),
         "embed_dim": str(meta.embed_dim),
     }

@@ -74,6 +74,16 @@ class Serving:
     def version(self) -> str:
         return self.meta.version
 
+    def engine_info(self, setting: str) -> dict[str, str]:
+        """What runs this version: `engine` and `engine_variant` as resolved (with
+        DINOSERVE_ENGINE=auto, the choice of the bench record, or fp32 without one), and
+        `engine_setting`, the DINOSERVE_ENGINE that chose them."""
+        return {
+            "engine": getattr(self.engine, "runtime", "") or setting,
+            "engine_variant": getattr(self.engine, "variant", "fp32"),
+            "engine_setting": setting,
+        }
+
     async def decode(
         self, images: list[bytes], keep: bool = True
     ) -> tuple[list[Image.Image], np.ndarray]:

@@ -62,12 +62,15 @@ class OrtEngine(PackagedModel):
         settings: threads, provider preference and which ONNX variant (fp32 or int8).
     """
 
+    runtime = "onnxruntime"
+
     def __init__(self, package_dir: Path, settings: InferenceSettings | None = None) -> None:
         import onnxruntime as ort
 
         s = settings or InferenceSettings()
         self.meta = package.read_meta(package_dir)
         package.require_variant(package_dir, self.meta, s.onnx_variant, "onnxruntime")
+        self.variant = s.onnx_variant
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = s.intra_op_threads
         opts.inter_op_num_threads = s.inter_op_threads

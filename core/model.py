@@ -34,6 +34,11 @@ class PackagedModel:
     """
 
     meta: PackageMeta
+    # What runs it, once DINOSERVE_ENGINE=auto is resolved: the runtime ("onnxruntime", "torch",
+    # "openvino"; "" when not one of these, e.g. a test's fake) and the model file it runs
+    # (the package variant, or torch's dtype). /healthz, /model and the metrics report them.
+    runtime: str = ""
+    variant: str = "fp32"
 
     @property
     def model_version(self) -> str:

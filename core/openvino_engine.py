@@ -51,6 +51,8 @@ class OpenVinoEngine(PackagedModel):
         settings: `intra_op_threads` (0 = OpenVINO's default) and `onnx_variant`.
     """
 
+    runtime = "openvino"
+
     def __init__(self, package_dir: Path, settings: InferenceSettings | None = None) -> None:
         ov = require_openvino()
         s = settings or InferenceSettings()

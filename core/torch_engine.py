@@ -51,6 +51,8 @@ class TorchEngine(PackagedModel):
         settings: device, dtype on CUDA, torch.compile, CUDA graphs, buckets and warm-up.
     """
 
+    runtime = "torch"
+
     def __init__(self, package_dir: Path, settings: InferenceSettings | None = None) -> None:
         import torch
         from safetensors.torch import load_file
@@ -68,6 +70,7 @@ class TorchEngine(PackagedModel):
         # fp32 on the CPU (bf16 matmuls there are slow and lose accuracy for nothing).
         self.dtype = getattr(torch, s.cuda_dtype) if cuda else torch.float32
         self.autocast = self.dtype != torch.float32
+        self.variant = s.cuda_dtype if self.autocast else "fp32"
         vit = build_vit(self.meta.arch, self.meta.timm_kwargs)
         vit.load_state_dict(load_file(Path(package_dir) / package.WEIGHTS), strict=True)
         for blk in getattr(vit, "blocks", []):

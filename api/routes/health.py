@@ -16,9 +16,13 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="Liveness")
-async def healthz() -> dict[str, str]:
-    """200 while the process serves HTTP."""
-    return {"status": "ok"}
+async def healthz(request: Request) -> dict[str, str]:
+    """200 while the process serves HTTP; once the model is loaded, with the engine that runs
+    it (`engine`, `engine_variant`: DINOSERVE_ENGINE=auto resolved) and `engine_setting`."""
+    rt = getattr(request.state, "runtime", None)
+    if rt is None:
+        return {"status": "ok"}
+    return {"status": "ok", **rt.serving.engine_info(rt.settings.engine)}
 
 
 @router.get(
@@ -51,5 +55,5 @@ async def metrics(m: MetricsDep) -> Response:
 
 @router.get("/model", summary="The served model package (model.json)", responses=errors(*AUTH, 503))
 async def model(rt: RuntimeDep, meta: MetaDep) -> dict[str, Any]:
-    """model.json of the served package, with the engine that runs it."""
-    return {**meta.model_dump(mode="json"), "engine": rt.settings.engine}
+    """model.json of the served package, with the engine that runs it (as /healthz says)."""
+    return {**meta.model_dump(mode="json"), **rt.serving.engine_info(rt.settings.engine)}

@@ -1,20 +1,50 @@
+import json
 import re
 import uuid
 
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from core import package
+from core.engine_choice import record_path
 from core.package import read_meta
+
+ORT_FP32 = {"engine": "onnxruntime", "engine_variant": "fp32", "engine_setting": "onnxruntime"}
 
 
 def test_health_ready_and_model(client, micro_package):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", **ORT_FP32}
     ready = client.get("/readyz")
     meta = read_meta(micro_package)
-    assert ready.status_code == 200 and ready.json()["model_version"] == meta.version
+    assert ready.json() == {"status": "ready", "model_version": meta.version, "qdrant": "ok"}
     model = client.get("/model").json()
     assert model["version"] == meta.version and model["embed_dim"] == meta.embed_dim
-    assert model["engine"] == "onnxruntime"
+    assert {k: model[k] for k in ORT_FP32} == ORT_FP32
+
+
+def test_auto_reports_the_engine_it_resolved_to(make_client, micro_package, tmp_path):
+    pkg = package.install(micro_package, tmp_path / "models", "micro")
+    chosen = {"engine": "onnxruntime", "variant": "int8", "images_per_s": {"1": 10.0}}
+    record = {
+        "model": "micro",
+        "version": pkg.name,
+        "date": "2026-12-06",
+        "cpu": "x",
+        "cores": 2,
+        "threads": 1,
+        "batches": [1],
+        "candidates": [chosen],
+        "chosen": chosen,
+    }
+    record_path(pkg).write_text(json.dumps(record))
+    c = make_client(model=str(pkg), engine="auto")
+    want = {"engine": "onnxruntime", "engine_variant": "int8", "engine_setting": "auto"}
+    assert c.get("/healthz").json() == {"status": "ok", **want}
+    model = c.get("/model").json()
+    assert {k: model[k] for k in want} == want
+    text = c.get("/metrics").text
+    assert 'engine="onnxruntime"' in text and 'engine_setting="auto"' in text
+    assert 'engine_variant="int8"' in text
 
 
 def test_metrics_by_route_template(client, png_bytes):

@@ -113,6 +113,8 @@ def test_engine_process_decodes_uploads(micro_package, indexed_store, png_bytes,
         DINOSERVE_ENGINE="torch",
         DINOSERVE_SERVE__DEVICE_DECODE="device",
     ) as (url, _):
+        health = httpx.get(f"{url}/healthz", timeout=10).json()  # the engine process's engine
+        assert (health["engine"], health["engine_variant"]) == ("torch", "fp32")
 
         def embed(i: int) -> np.ndarray:
             r = httpx.post(f"{url}/embed", files={"images": ("x", images[i % 5])}, timeout=60)
