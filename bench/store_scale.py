@@ -158,23 +158,17 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _rss(self, pid: int) -> float:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
-
     def _run(self) -> None:
+        from core.store.edge_build import status_mib
+
         children = Path(f"/proc/{self._pid}/task/{self._pid}/children")
         while not self._stop.wait(0.1):
             try:
                 kids = [int(x) for x in children.read_text().split()]
             except OSError:
                 kids = []
-            self.peak = max(self.peak, self._rss(self._pid) + sum(self._rss(k) for k in kids))
+            rss = sum(status_mib(p, "VmRSS") for p in (self._pid, *kids))
+            self.peak = max(self.peak, rss)
 
     def stop(self) -> float:
         self._stop.set()

@@ -40,11 +40,12 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def peak_rss_mib(pid: int) -> float:
-    """The high-water mark of a live process's resident memory (VmHWM), in MiB; 0 if gone."""
+def status_mib(pid: int, field: str = "VmHWM") -> float:
+    """A memory field of a live process's /proc status (VmHWM: its peak resident memory;
+    VmRSS: now), in MiB; 0 if it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -82,7 +83,7 @@ def build_apart(
                 child.wait(timeout=POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                peak = max(peak, peak_rss_mib(child.pid))
+                peak = max(peak, status_mib(child.pid))
                 if on_wait is not None:
                     on_wait(time.monotonic() - t0)
         err = child.stderr.read() if child.stderr else ""
