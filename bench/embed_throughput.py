@@ -43,11 +43,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.train_knn_cpu import cpu_model
 from core.engines import OrtEngine, TorchEngine
 from core.package import read_meta
-from core.settings import InferenceSettings, QuantizeSettings
+from core.settings import InferenceSettings
 from core.vit import build_vit
 from evaluation.variant_bench import openvino_installed
 from training.config import load_config
-from training.export import config_meta, write_package
+from training.export import QuantizeOptions, config_meta, write_package
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def random_package(
     meta["provenance"] = {"source": source}
     torch.manual_seed(0)
     vit = build_vit(meta["arch"], meta["timm_kwargs"])
-    quant = QuantizeSettings(guard_images=guard_images)
+    quant = QuantizeOptions(guard_images=guard_images)
     return vit, write_package(vit, meta, models, name, quantize, True, calibration, quant)
 
 

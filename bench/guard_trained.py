@@ -27,16 +27,15 @@ from pathlib import Path
 
 from bench.embed_throughput import CIFAR
 from core.package import read_meta
-from core.settings import QuantizeSettings
 from evaluation.variant_bench import cpu_model, openvino_installed
 from evaluation.variant_guard import MAX_KNN_DROP, MIN_ATTENTION_COSINE, MIN_COSINE
 from training.config import load_config
-from training.export import export_run
+from training.export import QuantizeOptions, export_run
 from training.synthetic import make_synthetic
 from training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-OFF = QuantizeSettings(min_cosine=1e-9, min_attention_cosine=1e-9, max_knn_drop=100)
+OFF = QuantizeOptions(min_cosine=1e-9, min_attention_cosine=1e-9, max_knn_drop=100)
 
 
 def cifar_split(tar: Path, train: Path, guard: Path, n_train: int, n_guard: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core import package
+from core.extras import EngineUnavailable, require_openvino
 
 log = logging.getLogger(__name__)
 FALLBACK = ("onnxruntime", "fp32")
@@ -114,8 +115,6 @@ def resolve_auto(package_dir: Path, meta: package.PackageMeta) -> tuple[str, str
         except package.PackageError as exc:
             raise ChoiceError(f"{where}: {exc}") from exc
     if engine == "openvino":
-        from core.openvino_engine import EngineUnavailable, require_openvino
-
         try:
             require_openvino()
         except EngineUnavailable as exc:

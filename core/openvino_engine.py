@@ -8,39 +8,19 @@ on CPUs with AVX-512 BF16 OpenVINO would otherwise pick bf16 for float layers on
 changes the embeddings without the accuracy guard having seen it.
 
 openvino is an optional extra (`pip install '.[openvino]'`); it is imported when an engine is
-built, and its absence is one clear error.
+built, and its absence is one clear error (core/extras.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 from core import package
+from core.extras import require_openvino
 from core.model import PackagedModel, l2_normalize
 from core.settings import InferenceSettings
-
-INSTALL = "pip install '.[openvino]' (or pip install openvino nncf)"
-
-
-class EngineUnavailable(ValueError):
-    """The engine asked for cannot run here (its optional runtime is not installed)."""
-
-
-def require_openvino() -> ModuleType:
-    """The `openvino` module, or EngineUnavailable saying how to install it."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise EngineUnavailable(f"the openvino engine needs the openvino extra: {INSTALL}") from exc
-    return openvino
-
-
-def missing(what: str) -> EngineUnavailable:
-    """The error for another missing piece of the extra (e.g. nncf)."""
-    return EngineUnavailable(f"{what} is not installed: {INSTALL}")
 
 
 class OpenVinoEngine(PackagedModel):

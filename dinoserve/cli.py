@@ -77,7 +77,7 @@ def _quantize(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from training.export import export_run
+    from training.export import QuantizeOptions, export_run
 
     out = export_run(
         Path(args.run_dir),
@@ -86,14 +86,14 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         _quantize(args),
         activate=not args.no_activate,
         calibration=Path(args.calibration) if args.calibration else None,
-        quant=settings.quantize,
+        quant=QuantizeOptions(**settings.quantize.model_dump()),
     )
     _report_package(out)
     return 0
 
 
 def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from training.export import import_published
+    from training.export import QuantizeOptions, import_published
 
     calibration = args.calibration or settings.quantize.calibration_dir or settings.samples_dir
     out = import_published(
@@ -105,7 +105,7 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         img_size=args.img_size,
         activate=args.activate,
         calibration=Path(calibration) if calibration else None,
-        quant=settings.quantize,
+        quant=QuantizeOptions(**settings.quantize.model_dump()),
     )
     _report_package(out)
     if not args.activate:
@@ -161,7 +161,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if kind != "torch":
         package.require_variant(package_dir, meta, inference.onnx_variant, kind)
     if kind == "openvino":
-        from core.openvino_engine import require_openvino
+        from core.extras import require_openvino
 
         require_openvino()
     print(f"serving {meta.name} {meta.version} on http://{serve.host}:{serve.port}")

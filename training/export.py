@@ -9,6 +9,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from core import package
-from core.settings import QuantizeSettings
 from core.vit import EmbedAttention, build_vit
 from evaluation.real_images import Preprocessing, RealImages, load_real_images
 from evaluation.sources import EvalError
-from evaluation.variant_guard import Forward, check_variant, run_forward
+from evaluation.variant_guard import (
+    MAX_KNN_DROP,
+    MIN_ATTENTION_COSINE,
+    MIN_COSINE,
+    Forward,
+    check_variant,
+    run_forward,
+)
 from training import checkpoint
 from training.backbone import backbone_kwargs
 from training.config import TrainConfig, load_config
@@ -38,6 +45,20 @@ from training.published import build_published
 from training.static_int8 import quantize_int8_static
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Where the quantised variants' calibration and guard images come from, how many, and the
+    guard's thresholds: the values of DINOSERVE_QUANTIZE__* (`QuantizeSettings`, whose defaults
+    these are), passed in by the CLI."""
+
+    calibration_dir: Path | None = None  # a folder or tar; class folders turn on the k-NN part
+    calibration_images: int = 256  # activation ranges from these
+    guard_images: int = 512  # held out from calibration, for the guard
+    min_cosine: float = MIN_COSINE
+    min_attention_cosine: float = MIN_ATTENTION_COSINE
+    max_knn_drop: float = MAX_KNN_DROP
 
 
 @contextmanager
@@ -73,7 +94,7 @@ def _forward(path: Path) -> Forward:
 
 
 def guard_images(
-    calibration: Path | None, meta: dict[str, Any], size: int, quant: QuantizeSettings
+    calibration: Path | None, meta: dict[str, Any], size: int, quant: QuantizeOptions
 ) -> tuple[RealImages | None, RealImages]:
     """The calibration images and the guard's held-out images of `calibration` (disjoint), or
     (None, the export's real-looking check images) without a source."""
@@ -96,7 +117,7 @@ def quantized_variants(
     variants: list[str],
     cal: RealImages | None,
     held: RealImages,
-    quant: QuantizeSettings,
+    quant: QuantizeOptions,
 ) -> dict[str, package.OnnxVariant]:
     """Write each quantised variant into `stage` and keep those that pass the accuracy guard
     (evaluation/variant_guard.py) on the held-out images; the others are deleted, logged."""
@@ -164,7 +185,7 @@ def write_package(
     quantize: str | Sequence[str] | None = None,
     activate: bool = True,
     calibration: Path | None = None,
-    quant: QuantizeSettings | None = None,
+    quant: QuantizeOptions | None = None,
 ) -> Path:
     """Export, check, write and (by default) switch CURRENT to a new version of model `name`.
 
@@ -185,7 +206,7 @@ def write_package(
         The new package directory.
     """
     variants = _variants(quantize)
-    quant = quant or QuantizeSettings()
+    quant = quant or QuantizeOptions()
     vit = vit.float().eval()
     net = EmbedAttention(vit)
     pe = vit.patch_embed
@@ -251,7 +272,7 @@ def export_run(
     ckpt_name: str = "last.pt",
     activate: bool = True,
     calibration: Path | None = None,
-    quant: QuantizeSettings | None = None,
+    quant: QuantizeOptions | None = None,
 ) -> Path:
     """Package the teacher backbone of a training run.
 
@@ -297,7 +318,7 @@ def export_run(
         },
         "evaluation": evaluation,
     }
-    quant = quant or QuantizeSettings()
+    quant = quant or QuantizeOptions()
     if calibration is None and quantize:
         calibration = quant.calibration_dir
         if calibration is None and cfg.data.train and Path(cfg.data.train).exists():
@@ -315,7 +336,7 @@ def import_published(
     img_size: int | None = None,
     activate: bool = False,
     calibration: Path | None = None,
-    quant: QuantizeSettings | None = None,
+    quant: QuantizeOptions | None = None,
 ) -> Path:
     """Package a published backbone (DINO, DINOv2, DINOv3) through timm, e.g.
     `vit_small_patch14_reg4_dinov2.lvd142m`, from the hub or a local file.
@@ -344,9 +365,9 @@ def import_published(
         "crop_pct": 0.875,  # the families' k-NN evaluations: resize to 256, crop 224
         "provenance": provenance,
     }
-    quant = quant or QuantizeSettings()
+    quant = quant or QuantizeOptions()
     calibration = calibration or quant.calibration_dir
     return write_package(vit, meta, models_dir, name, quantize, activate, calibration, quant)
 
 
-__all__ = ["ExportError", "export_run", "import_published", "write_package"]
+__all__ = ["ExportError", "QuantizeOptions", "export_run", "import_published", "write_package"]

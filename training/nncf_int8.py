@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.openvino_engine import missing, require_openvino
+from core.extras import missing, require_openvino
 from evaluation.variant_guard import Forward
 
 CALIBRATION_BATCH = 8

@@ -10,8 +10,8 @@ import pytest
 
 from core import package
 from core.engines import load_engine
+from core.extras import EngineUnavailable, require_openvino
 from core.model import preprocess_batch
-from core.openvino_engine import EngineUnavailable, require_openvino
 from core.settings import InferenceSettings
 from training.synthetic import draw_shape
 

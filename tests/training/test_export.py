@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 
 import numpy as np
@@ -14,7 +15,7 @@ from dinoserve.cli import main
 from training import checkpoint
 from training.backbone import backbone_kwargs
 from training.config import load_config
-from training.export import export_run, import_published
+from training.export import QuantizeOptions, export_run, import_published
 from training.onnx_export import ExportError, check_images
 
 
@@ -78,9 +79,7 @@ def test_failed_check_writes_nothing(micro_run, tmp_path, monkeypatch):
 
 
 def test_int8_is_dropped_when_too_far_from_fp32(micro_run, tmp_path):
-    from core.settings import QuantizeSettings
-
-    strict = QuantizeSettings(min_cosine=1.0)  # no int8 model is exactly fp32
+    strict = QuantizeOptions(min_cosine=1.0)  # no int8 model is exactly fp32
     out = export_run(micro_run, tmp_path, "m", quantize="int8", quant=strict)
     meta = package.verify(out)
     assert set(meta.onnx) == {"fp32"} and not (out / package.ONNX_INT8).exists()
@@ -149,3 +148,11 @@ def test_int8_export_keeps_the_quantiser_quiet(micro_package, tmp_path, caplog):
         quantize_int8(micro_package / package.ONNX_FP32, tmp_path / "quiet.onnx", real)
         logging.getLogger("training.export").info("ours stays")
     assert [r.getMessage() for r in caplog.records] == ["ours stays"]
+
+
+def test_quantize_options_are_the_settings_defaults():
+    """The export's options default to DINOSERVE_QUANTIZE__*'s, field for field: the CLI
+    passes `QuantizeOptions(**settings.quantize.model_dump())`."""
+    from core.settings import QuantizeSettings
+
+    assert dataclasses.asdict(QuantizeOptions()) == QuantizeSettings().model_dump()

@@ -9,11 +9,11 @@ import torch
 
 from core import package
 from core.engines import load_engine
-from core.settings import InferenceSettings, QuantizeSettings
+from core.settings import InferenceSettings
 from core.vit import build_vit
 from evaluation.real_images import Preprocessing, load_real_images
 from evaluation.variant_guard import MIN_ATTENTION_COSINE, check_variant, run_forward
-from training.export import export_run, write_package
+from training.export import QuantizeOptions, export_run, write_package
 from training.onnx_export import ort_session
 from training.static_int8 import attention_nodes, quantize_int8_static
 
@@ -69,7 +69,7 @@ def test_static_int8_needs_calibration_images(tmp_path):
 
 
 def test_a_variant_failing_the_guard_is_not_written(micro_run, synthetic_dir, tmp_path):
-    strict = QuantizeSettings(min_cosine=1.0)  # no int8 model is exactly fp32
+    strict = QuantizeOptions(min_cosine=1.0)  # no int8 model is exactly fp32
     out = export_run(
         micro_run, tmp_path, "m", "int8-static", calibration=synthetic_dir, quant=strict
     )
