@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.errors import ApiError
 from core.store import NAME_RE, check_name
 
 
@@ -17,15 +15,6 @@ class Params(BaseModel):
     a typo (`tempreature=`) never silently runs with the default."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def single_valued(request: Request) -> None:
-    """Refuse a query parameter given twice (`k=1&k=1000`): which one wins is ambiguous."""
-    names = [name for name, _ in request.query_params.multi_items()]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        shown = ", ".join(repr(n[:64]) for n in repeated[:5])
-        raise ApiError(422, "invalid_parameter", f"parameter given more than once: {shown}")
 
 
 class EmbedParams(Params):

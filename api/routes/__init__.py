@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Depends
 
-from api.params import single_valued
+from api.deps import single_valued
 from api.routes import (
     admin,
     attention,
@@ -19,7 +19,7 @@ from api.routes import (
     search,
 )
 
-# Every route: a query parameter given twice is refused (api.params.single_valued).
+# Every route: a query parameter given twice is refused (api.deps.single_valued).
 router = APIRouter(dependencies=[Depends(single_valued)])
 modules = [embed, classify, search, attention, images, samples, collections, duplicates, clusters]
 for module in (*modules, health, page, docs, admin):

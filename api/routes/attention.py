@@ -9,8 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.bodies import UploadBody, upload_body
-from api.deps import ServingDep
+from api.deps import ServingDep, UploadBody, upload_body
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import AttentionParams
 from api.render import render_attention

@@ -21,8 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.access import anonymous_writes
 from api.auth import key_matches, presented_key
-from api.bodies import UploadBody, upload_body
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, UploadBody, upload_body
 from api.errors import ApiError
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import Params

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.bodies import UploadBody, upload_body
-from api.deps import ServingDep
+from api.deps import ServingDep, UploadBody, upload_body
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import EmbedParams
 from api.uploads import body_doc

@@ -10,8 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from api.bodies import UploadBody, upload_body
-from api.deps import RuntimeDep, ServingDep, StoreDep
+from api.deps import RuntimeDep, ServingDep, StoreDep, UploadBody, upload_body
 from api.errors import ApiError
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import SearchByIdParams, SearchParams
