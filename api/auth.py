@@ -75,7 +75,7 @@ class ApiKeyMiddleware:
 
     Args:
         app: the wrapped application.
-        api_key: DINOSERVE_API_KEY (None: the middleware lets everything through).
+        api_key: DINOSERVE_API_KEY (without one the app adds no key check: api.main).
         admin_api_key: DINOSERVE_ADMIN_API_KEY, also accepted here.
         write_api_key: DINOSERVE_WRITE_API_KEY, also accepted here.
     """
@@ -83,15 +83,14 @@ class ApiKeyMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        api_key: str | None,
+        api_key: str,
         admin_api_key: str | None,
         write_api_key: str | None = None,
     ) -> None:
         self.app, self.keys = app, (api_key, admin_api_key, write_api_key)
-        self.enabled = bool(api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.enabled or scope["type"] != "http" or is_open(scope["path"]):
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = presented_key(Headers(scope=scope))
