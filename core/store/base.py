@@ -93,7 +93,13 @@ class Store(ABC):
     ) -> list[Point]: ...
     @abstractmethod
     def _search(
-        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
+        self,
+        physical: str,
+        vector: list[float],
+        k: int,
+        match: Match,
+        fields: Sequence[str],
+        ef: int,
     ) -> list[Point]: ...
     def _search_many(
         self,
@@ -104,9 +110,8 @@ class Store(ABC):
         fields: Sequence[str],
         ef: int,
     ) -> list[list[Point]]:
-        """One search per vector (at the layout's ef); a backend that can plan them as one
-        batch overrides this."""
-        return [self._search(physical, v, k, match, fields) for v in vectors]
+        """One search per vector; a backend that can plan them as one batch overrides this."""
+        return [self._search(physical, v, k, match, fields, ef) for v in vectors]
 
     @abstractmethod
     def _scroll(
@@ -361,6 +366,11 @@ class Store(ABC):
         """sha256 payloads of those of `ids` that exist."""
         return {p.id: p.payload.get("sha256", "") for p in self.retrieve(physical, ids, ["sha256"])}
 
+    def _ef(self, match: Match) -> int:
+        """The HNSW search breadth for a search with `match`: wider with a label filter, which
+        cuts most of the graph's links (`Layout.filtered_hnsw_ef`)."""
+        return self.layout.filtered_hnsw_ef if match.label is not None else self.layout.hnsw_ef
+
     def search(
         self,
         physical: str,
@@ -371,7 +381,9 @@ class Store(ABC):
     ) -> list[Point]:
         """The k nearest points by cosine similarity, best first."""
         vec = [float(x) for x in vector]
-        return self.call(lambda: self._search(physical, vec, k, match or Match(), fields))
+        match = match or Match()
+        ef = self._ef(match)
+        return self.call(lambda: self._search(physical, vec, k, match, fields, ef))
 
     def search_many(
         self,
@@ -390,7 +402,7 @@ class Store(ABC):
             return []
         rows = np.asarray(vectors, dtype=np.float32).tolist()
         match = match or Match()
-        breadth = ef or self.layout.ef(match)
+        breadth = ef or self._ef(match)
         return self.call(lambda: self._search_many(physical, rows, k, match, fields, breadth))
 
     def scroll(

@@ -126,7 +126,3 @@ class Layout:
         """The largest segment Qdrant may build or merge into: `segment_points` float vectors
         of `dim`, with room for a segment that filled past it while its build waited."""
         return max(1, int(1.5 * self.segment_points * dim * 4 / 2**20))
-
-    def ef(self, match: Match) -> int:
-        """The HNSW search breadth for a search with `match`."""
-        return self.filtered_hnsw_ef if match.label is not None else self.hnsw_ef

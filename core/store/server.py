@@ -113,7 +113,13 @@ class ServerStore(Store):
         return [_point(r) for r in records]
 
     def _search(
-        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
+        self,
+        physical: str,
+        vector: list[float],
+        k: int,
+        match: Match,
+        fields: Sequence[str],
+        ef: int,
     ) -> list[Point]:
         quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
         response = self.client.query_points(
@@ -122,7 +128,7 @@ class ServerStore(Store):
             limit=k,
             query_filter=_filter(match),
             with_payload=list(fields),
-            search_params=qm.SearchParams(hnsw_ef=self.layout.ef(match), quantization=quant),
+            search_params=qm.SearchParams(hnsw_ef=ef, quantization=quant),
         )
         return [_point(p) for p in response.points]
 
