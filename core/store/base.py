@@ -93,13 +93,7 @@ class Store(ABC):
     ) -> list[Point]: ...
     @abstractmethod
     def _search(
-        self,
-        physical: str,
-        vector: list[float],
-        k: int,
-        match: Match,
-        fields: Sequence[str],
-        ef: int,
+        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
     ) -> list[Point]: ...
     def _search_many(
         self,
@@ -110,8 +104,9 @@ class Store(ABC):
         fields: Sequence[str],
         ef: int,
     ) -> list[list[Point]]:
-        """One search per vector; a backend that can plan them as one batch overrides this."""
-        return [self._search(physical, v, k, match, fields, ef) for v in vectors]
+        """One search per vector (at the layout's ef); a backend that can plan them as one
+        batch overrides this."""
+        return [self._search(physical, v, k, match, fields) for v in vectors]
 
     @abstractmethod
     def _scroll(
@@ -381,9 +376,7 @@ class Store(ABC):
     ) -> list[Point]:
         """The k nearest points by cosine similarity, best first."""
         vec = [float(x) for x in vector]
-        match = match or Match()
-        ef = self._ef(match)
-        return self.call(lambda: self._search(physical, vec, k, match, fields, ef))
+        return self.call(lambda: self._search(physical, vec, k, match or Match(), fields))
 
     def search_many(
         self,

@@ -317,7 +317,7 @@ class EdgeStore(Store):
         k: int,
         match: Match,
         fields: Sequence[str],
-        ef: int,
+        ef: int | None = None,
     ) -> qe.QueryRequest:
         quant = qe.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
         return qe.QueryRequest(
@@ -325,19 +325,13 @@ class EdgeStore(Store):
             query=qe.Query.Nearest(vector),
             filter=_filter(match),
             with_payload=list(fields),
-            params=qe.SearchParams(hnsw_ef=ef, quantization=quant),
+            params=qe.SearchParams(hnsw_ef=ef or self._ef(match), quantization=quant),
         )
 
     def _search(
-        self,
-        physical: str,
-        vector: list[float],
-        k: int,
-        match: Match,
-        fields: Sequence[str],
-        ef: int,
+        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
     ) -> list[Point]:
-        request = self._request(vector, k, match, fields, ef)
+        request = self._request(vector, k, match, fields)
         return [_point(r) for r in self._shard(physical).query(request)]
 
     def _search_many(

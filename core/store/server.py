@@ -113,13 +113,7 @@ class ServerStore(Store):
         return [_point(r) for r in records]
 
     def _search(
-        self,
-        physical: str,
-        vector: list[float],
-        k: int,
-        match: Match,
-        fields: Sequence[str],
-        ef: int,
+        self, physical: str, vector: list[float], k: int, match: Match, fields: Sequence[str]
     ) -> list[Point]:
         quant = qm.QuantizationSearchParams(rescore=True, oversampling=self.layout.oversampling)
         response = self.client.query_points(
@@ -128,7 +122,7 @@ class ServerStore(Store):
             limit=k,
             query_filter=_filter(match),
             with_payload=list(fields),
-            search_params=qm.SearchParams(hnsw_ef=ef, quantization=quant),
+            search_params=qm.SearchParams(hnsw_ef=self._ef(match), quantization=quant),
         )
         return [_point(p) for p in response.points]
 
