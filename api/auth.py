@@ -75,19 +75,12 @@ class ApiKeyMiddleware:
 
     Args:
         app: the wrapped application.
-        api_key: DINOSERVE_API_KEY (without one the app adds no key check: api.main).
-        admin_api_key: DINOSERVE_ADMIN_API_KEY, also accepted here.
-        write_api_key: DINOSERVE_WRITE_API_KEY, also accepted here.
+        keys: DINOSERVE_API_KEY (without one the app adds no key check: api.main), and the
+            admin and write keys (None where unset), accepted here too.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        api_key: str,
-        admin_api_key: str | None,
-        write_api_key: str | None = None,
-    ) -> None:
-        self.app, self.keys = app, (api_key, admin_api_key, write_api_key)
+    def __init__(self, app: ASGIApp, keys: tuple[str | None, ...]) -> None:
+        self.app, self.keys = app, keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):

@@ -56,12 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # (401s too); metrics count refused requests; the key check runs before any route. Without
     # DINOSERVE_API_KEY the service is open to reads: no key check at all (api.auth).
     if settings.api_key:
-        app.add_middleware(
-            ApiKeyMiddleware,
-            api_key=settings.api_key,
-            admin_api_key=settings.admin_api_key,
-            write_api_key=settings.write_api_key,
-        )
+        keys = (settings.api_key, settings.admin_api_key, settings.write_api_key)
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     cors = settings.cors
     if cors.allow_origins:
