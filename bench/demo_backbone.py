@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.demo_backbone data      # the training scenes (var/train-scenes)
     .venv/bin/dinoserve train --config configs/demo.yaml --data var/train-scenes/images \
-        --out runs/demo-scenes                         # about 1.5 h on 2 CPU cores; --resume
+        --out runs/demo-scenes                         # about 75 min on 2 CPU cores; --resume
     .venv/bin/python -m bench.demo_backbone ship runs/demo-scenes
     .venv/bin/python -m bench.demo_backbone measure [--model shipped/models/demo-scenes/VERSION]
 
-Seeds keep the sets apart: the backbone trains on scenes of seed 1000 (640 per class; the last
+Seeds keep the sets apart: the backbone trains on scenes of seed 1000 (1,000 per class; the last
 40 of each class are training's own k-NN queries); the demo indexes seed 0 (200 per class) and
 offers seed 12345 (5 per class) on the page; `measure` scores held-out scenes of seed 777 (40 per
 class) against the demo's index set. No image of a measured set was trained on.
@@ -44,7 +44,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 NAME = "demo-scenes"
-TRAIN_SEED, TRAIN_PER_CLASS = 1000, 640
+TRAIN_SEED, TRAIN_PER_CLASS = 1000, 1000
 INDEX_SEED, QUERY_SEED, HELDOUT_SEED = 0, 12345, 777
 PICTURE = "attention_scenes.png"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "summary.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from training.scenes import CLASSES, draw_scene, make_scenes, masks_dir_for
 
@@ -61,6 +61,34 @@ def test_backgrounds_hold_more_than_the_object():
         grey = np.asarray(img.convert("L"), np.float64)
         stds.append(grey[np.asarray(mask) == 0].std())
     assert np.median(stds) > 10
+
+
+def test_the_object_is_the_brightest_thing_and_its_colour_pale():
+    # The object stands out by brightness, not by a colour two views of it could share.
+    rng = np.random.default_rng(2)
+    for cls in range(len(CLASSES)):
+        img, mask = draw_scene(cls, rng)
+        m = np.asarray(mask) > 0
+        grey = np.asarray(img.convert("L"), np.float64)
+        sat = np.asarray(img.convert("HSV"), np.float64)[..., 1]
+        inner = np.asarray(mask.filter(ImageFilter.MinFilter(5))) > 0  # away from blurred edges
+        assert np.median(grey[inner]) > np.percentile(grey[~m], 95), CLASSES[cls]
+        assert np.median(sat[inner]) < 0.35 * 255, CLASSES[cls]
+
+
+def test_backgrounds_do_not_tell_the_class():
+    # The ground and its clutter come from one distribution for every class: the mean
+    # brightness outside the object is the same from class to class, within the noise.
+    rng = np.random.default_rng(3)
+    means = []
+    for cls in range(len(CLASSES)):
+        vals = []
+        for _ in range(30):
+            img, mask = draw_scene(cls, rng)
+            grey = np.asarray(img.convert("L"), np.float64)
+            vals.append(grey[np.asarray(mask) == 0].mean())
+        means.append(np.mean(vals))
+    assert np.ptp(means) < 12
 
 
 def test_unknown_class_is_refused():
