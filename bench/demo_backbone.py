@@ -19,8 +19,9 @@ model card, and keeps the run's config.yaml, metrics and curves in shipped/runs/
 `measure`, for the shipped backbone and the same architecture at random initialisation (seed 0)
 in one run:
   - k-NN top-1/top-5 (k = 20, T = 0.07, evaluation/knn.py) of the 400 held-out scenes and of the
-    demo's 50 page queries, the demo's 2,000 indexed scenes as the labelled memory; and what the
-    first page query (star/00000.png) is classified as;
+    demo's 50 page queries, the demo's 2,000 indexed scenes as the labelled memory; of the 400
+    held-out scenes against the 10,000 training scenes too (DINO's eval_knn takes its train
+    split as the memory); and what the first page query (star/00000.png) is classified as;
   - the attention-mask Jaccard (evaluation/masks.py, threshold 0.6) on the held-out scenes;
   - copy detection as bench/copy_detection.py edits copies (5 per source), 200 sources among
     2,000 other scenes, at the default duplicate threshold and a sweep;
@@ -94,6 +95,9 @@ def _scene_sets(work: Path) -> dict[str, Path]:
         "memory": make_scenes(work / "memory", 200, seed=INDEX_SEED),
         "queries": make_scenes(work / "queries", 5, seed=QUERY_SEED),
         "heldout": make_scenes(work / "heldout", 40, seed=HELDOUT_SEED),
+        # The backbone's own training scenes (the same seed), as DINO's eval_knn takes its
+        # train split for the labelled memory; the queries stay held out.
+        "train": make_scenes(work / "train", TRAIN_PER_CLASS, seed=TRAIN_SEED),
     }
 
 
@@ -182,12 +186,18 @@ def measure_one(package: Path, name: str, sets: dict[str, Path], work: Path, arg
     t0 = time.perf_counter()
     held = evaluate_knn(engine, sets["memory"], sets["heldout"], progress=False)
     page = evaluate_knn(engine, sets["memory"], sets["queries"], progress=False)
+    held_train = evaluate_knn(engine, sets["train"], sets["heldout"], progress=False)
     masks = evaluate_masks(engine, sets["heldout"], masks_dir_for(sets["heldout"]), progress=False)
     out = {
         "model": name,
         "package": str(package),
         "knn_heldout": {"top1": held.top1, "top5": held.top5, "n": held.n_val},
         "knn_page_queries": {"top1": page.top1, "top5": page.top5, "n": page.n_val},
+        "knn_heldout_train_memory": {
+            "top1": held_train.top1,
+            "top5": held_train.top5,
+            "memory": held_train.n_train,
+        },
         "first_star": first_star(package, sets["memory"], sets["queries"]),
         "masks": {"mean": masks.mean, "best": masks.best, "per_head": masks.per_head},
     }
