@@ -7,14 +7,25 @@ import io
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 MAX_ASPECT = 64  # resize_center_crop: beyond this aspect ratio, resample the crop's region only
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
+_TRANSPOSED = range(2, 9)  # EXIF orientations that move pixels (1: as stored)
+
+
+def is_plain_rgb(img: Image.Image) -> bool:
+    """8-bit RGB with no EXIF rotation or mirroring to apply: `to_rgb` would only copy it."""
+    return img.mode == "RGB" and img.getexif().get(ExifTags.Base.Orientation, 1) not in _TRANSPOSED
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """EXIF-transpose and convert to 8-bit RGB (palette, alpha, CMYK, 16-bit, grayscale alike)."""
+    """EXIF-transpose and convert to 8-bit RGB (palette, alpha, CMYK, 16-bit, grayscale alike).
+
+    Always a new image (a caller may close `img`); see `is_plain_rgb` to skip the copy.
+    """
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
@@ -46,10 +57,18 @@ def resize_center_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Im
 
 
 def normalize(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """uint8 RGB image → float32 (3, H, W) normalised array."""
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    """uint8 RGB image → float32 (3, H, W) normalised array.
+
+    The channels are moved first, on the uint8 pixels, and the arithmetic is done in place: the
+    same float32 operations in the same order as `(x / 255 - mean) / std` on (H, W, 3), hence
+    the same values, in one buffer instead of four (half the time of a crop's preprocessing).
+    """
+    out = np.empty((3, img.height, img.width), np.float32)
+    out[...] = np.asarray(img).transpose(2, 0, 1)
+    out /= np.float32(255.0)
+    out -= np.asarray(mean, np.float32)[:, None, None]
+    out /= np.asarray(std, np.float32)[:, None, None]
+    return out
 
 
 def preprocess(
@@ -60,7 +79,8 @@ def preprocess(
     crop_pct: float = 0.875,
 ) -> np.ndarray:
     """DINO's k-NN evaluation transform: RGB, resize, centre crop, normalise → (3, size, size)."""
-    return normalize(resize_center_crop(to_rgb(img), size, crop_pct), mean, std)
+    rgb = img if is_plain_rgb(img) else to_rgb(img)  # decode_image's output already is
+    return normalize(resize_center_crop(rgb, size, crop_pct), mean, std)
 
 
 class ImageRejected(ValueError):
@@ -97,7 +117,7 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = None) -> 
             raise ImageRejected("invalid", f"an image of {w}×{h} pixels has nothing to see")
         img.seek(0)
         img.load()
-        rgb = to_rgb(img)
+        rgb = img if is_plain_rgb(img) else to_rgb(img)  # ours: no copy needed
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageRejected, decode_image, preprocess
+from core.images import ImageRejected, decode_image, is_plain_rgb, normalize, preprocess
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -91,3 +91,33 @@ def test_preprocess_matches_the_dino_eval_transform():
     arr = preprocess(img, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert arr.shape == (3, 224, 224) and arr.dtype == np.float32
     assert np.allclose(arr[0], 1.0) and np.allclose(arr[1], -1.0)
+
+
+def test_normalize_gives_the_reference_formula_bit_for_bit():
+    """The in-place arithmetic is the same float32 operations as the plain formula."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = (np.asarray(img, np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
+        std, np.float32
+    )
+    out = normalize(img, mean, std)
+    assert out.flags.c_contiguous and out.dtype == np.float32
+    assert np.array_equal(out, ref.transpose(2, 0, 1))
+
+
+def test_preprocess_applies_what_a_raw_image_still_needs():
+    """preprocess skips the RGB copy only where there is nothing to do: an EXIF-rotated image
+    opened by hand, or a grey one, is still turned and converted."""
+    mean = std = (0.5, 0.5, 0.5)
+    wide = Image.new("RGB", (40, 20), "white")
+    wide.paste((0, 0, 0), (0, 0, 20, 20))  # left half black
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display: the black half ends up on top
+    raw = Image.open(io.BytesIO(_bytes(wide, "JPEG", exif=exif)))
+    turned = preprocess(raw, 16, mean, std, crop_pct=1.0)
+    assert turned[0, :4].mean() < -0.8 and turned[0, -4:].mean() > 0.8
+    plain = Image.open(io.BytesIO(_bytes(wide, "JPEG")))
+    assert is_plain_rgb(plain) and not is_plain_rgb(raw)
+    grey = preprocess(Image.new("L", (16, 16), 255), 16, mean, std, crop_pct=1.0)
+    assert grey.shape == (3, 16, 16) and np.allclose(grey, 1.0)
