@@ -27,8 +27,8 @@ from api.runtime import Runtime, model_info
 from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
+from core.engines import PackagedModel
 from core.images import ImageRejected
-from core.model import PackagedModel
 from core.settings import Settings
 
 

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from api.batcher import Batcher
 from api.engine_wire import WireError, call, decode_rows, pack, portable, read_frame
+from api.serving import Batcher
 from api.vectors import Vectors
 from core import package, store
 from core.device_images import preprocess_encoded, use_device_decode
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from core.images import ImageRejected
 from core.settings import Settings
 

@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.batcher import BatcherClosed
+from api.deps import BadUpload, NotStarted, UnsupportedUpload, UploadTooLarge
 from api.engine_wire import EngineUnavailable
 from api.jobs import JobBusy, JobsUnavailable
-from api.uploads import BadUpload, UnsupportedUpload, UploadTooLarge
+from api.serving import BatcherClosed
 from api.vectors import VersionMismatch
 from api.writes import SWITCH_RETRY_S, CollectionExists, UnknownImage, WritesPaused
 from core import store
@@ -127,6 +127,7 @@ REFUSALS: dict[type[Exception], tuple[int, str | None, dict[str, str] | None]] =
     IndexBuilding: (503, "index_building", RETRY),
     EngineUnavailable: (503, "engine_unavailable", RETRY),
     BatcherClosed: (503, "shutting_down", RETRY),
+    NotStarted: (503, "not_ready", {"Retry-After": "5"}),  # an app used without its lifespan
 }
 # A busy job runner (api/jobs.py), by its kind: the code and the headers (a cluster job is
 # short: its clients are told when to retry).

@@ -23,7 +23,7 @@ from api.runtime import Runtime, model_info
 from api.serving import Serving
 from api.vectors import Vectors
 from core import package, store
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

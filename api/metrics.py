@@ -56,7 +56,7 @@ class Metrics:
         self.queue_depth.labels(op).set_function(depth)
 
     def batch_observer(self, op: str) -> Callable[[int], None]:
-        """A callback recording batch sizes of `op` (for api.batcher.Batcher's on_batch)."""
+        """A callback recording batch sizes of `op` (for api.serving.Batcher's on_batch)."""
         hist = self.batch_size.labels(op)
         return hist.observe
 

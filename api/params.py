@@ -1,5 +1,5 @@
 """Scalar parameters of the endpoints, validated once: query parameters, or the same names as
-form fields / JSON keys (see api.uploads.merge_params)."""
+form fields / JSON keys (see api.deps.merge_params)."""
 
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def start_server(
 def engine_batch_gain(env: dict[str, str], max_batch: int, seconds: float, rounds: int = 3) -> dict:
     """Images/s of the served engine alone at batch 1 and at `max_batch`, with the settings the
     server will use (same package, engine, variant, device and threads)."""
-    from core.engines import load_engine
+    from core.engine_choice import load_engine
     from core.settings import InferenceSettings
 
     inference = InferenceSettings(

@@ -66,7 +66,8 @@ def parts(env: dict[str, str], queries: list[tuple[Path, str]], n: int) -> dict[
     """Where a request's time goes, each part alone (the service is stopped)."""
     from qdrant_client import QdrantClient
 
-    from core.engines import load_engine, preprocess_batch
+    from core.engine_choice import load_engine
+    from core.engines import preprocess_batch
     from core.images import decode_image
     from core.package import read_meta
     from core.settings import Settings

@@ -79,7 +79,7 @@ def trained_package(data: Path, work: Path, epochs: int) -> Path:
 
 def quality(package: Path, data: Path, work: Path, name: str) -> dict:
     """Index `data` with `package`, cluster at k = 10, score against the folders' labels."""
-    from core.engines import load_engine
+    from core.engine_choice import load_engine
     from core.settings import InferenceSettings
     from core.store import Layout
     from core.store.edge import EdgeStore

@@ -157,7 +157,7 @@ def random_package(config: Path, out: Path) -> Path:
 
 def engine_for(package: Path):
     """The package's ONNX model on one thread (the engine is the model: it preprocesses too)."""
-    from core.engines import load_engine
+    from core.engine_choice import load_engine
     from core.settings import InferenceSettings
 
     return load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))

@@ -41,9 +41,10 @@ from onnx import TensorProto, helper, numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.train_knn_cpu import cpu_model
-from core.engines import OrtEngine, TorchEngine
+from core.engines import OrtEngine
 from core.package import read_meta
 from core.settings import InferenceSettings
+from core.torch_engine import TorchEngine
 from core.vit import build_vit
 from evaluation.variant_bench import openvino_installed
 from training.config import load_config

@@ -233,7 +233,7 @@ def decode_embed_rate(pkg: Path, files: list[Path], batch: int, device: str) -> 
     """Read + device decode + embed of `files` in batches, no store: the indexer's GPU side."""
     import torch
 
-    from core.engines import load_engine
+    from core.engine_choice import load_engine
     from core.settings import InferenceSettings
     from indexer.device import DeviceDecode
     from indexer.ingest import Limits

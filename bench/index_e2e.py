@@ -39,7 +39,8 @@ from PIL import Image
 
 from bench.embed_throughput import CIFAR, random_package
 from core import store
-from core.engines import Engine, load_engine
+from core.engine_choice import load_engine
+from core.engines import Engine
 from core.package import PackageError, resolve
 from core.settings import InferenceSettings, Settings
 from evaluation.variant_bench import cpu_model

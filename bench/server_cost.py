@@ -40,7 +40,7 @@ def cpu_seconds(pid: int) -> float:
 
 def engine_alone(env: dict[str, str], seconds: float) -> dict[str, float]:
     """Images/s of the served engine on one thread on the server's CPU, at batch 1 and 12."""
-    from core.engines import load_engine
+    from core.engine_choice import load_engine
     from core.settings import InferenceSettings
 
     before = os.sched_getaffinity(0)

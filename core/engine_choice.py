@@ -1,5 +1,6 @@
-"""Which engine and variant `DINOSERVE_ENGINE=auto` serves: the record `dinoserve models bench`
-wrote beside the registry's versions, `<models_dir>/<name>/bench-<version>.json`.
+"""Which engine serves a package, and loading it (`load_engine`): DINOSERVE_ENGINE names one,
+or `auto` serves the record `dinoserve models bench` wrote beside the registry's versions,
+`<models_dir>/<name>/bench-<version>.json`.
 
 The record is kept outside the package (a package is immutable, and its speed is a property of
 the machine, not of the model). It lists every (engine, variant) timed, with its images/s per
@@ -18,7 +19,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core import package
+from core.engines import Engine, OrtEngine
 from core.extras import EngineUnavailable, require_openvino
+from core.settings import InferenceSettings
+from core.torch_engine import TorchEngine  # torch itself is imported when one is built
 
 log = logging.getLogger(__name__)
 FALLBACK = ("onnxruntime", "fp32")
@@ -129,3 +133,44 @@ def resolve_auto(package_dir: Path, meta: package.PackageMeta) -> tuple[str, str
         record.cpu,
     )
     return engine, variant
+
+
+def resolve_engine(
+    package_dir: Path, kind: str, settings: InferenceSettings | None = None
+) -> tuple[str, InferenceSettings]:
+    """The engine kind and settings that `kind` means for this package: "auto" becomes the
+    choice `dinoserve models bench` recorded (core/engine_choice.py), with its variant."""
+    s = settings or InferenceSettings()
+    if kind != "auto":
+        return kind, s
+    engine, variant = resolve_auto(package_dir, package.read_meta(package_dir))
+    return engine, s.model_copy(update={"onnx_variant": variant})
+
+
+def load_engine(
+    package_dir: Path,
+    kind: str = "onnxruntime",
+    settings: InferenceSettings | None = None,
+    check: bool = True,
+) -> Engine:
+    """Verify a package's sha256s and open it with the engine `kind`.
+
+    Args:
+        package_dir: a package directory (see core.package.resolve for names).
+        kind: "onnxruntime", "torch", "openvino" or "auto" (DINOSERVE_ENGINE).
+        settings: engine settings (DINOSERVE_INFERENCE__*); with "auto" the variant is the
+            recorded one.
+        check: verify file hashes first (refuse a tampered package).
+    """
+    if check:
+        package.verify(package_dir)
+    kind, settings = resolve_engine(package_dir, kind, settings)
+    if kind == "onnxruntime":
+        return OrtEngine(package_dir, settings)
+    if kind == "torch":
+        return TorchEngine(package_dir, settings)
+    if kind == "openvino":
+        from core.openvino_engine import OpenVinoEngine
+
+        return OpenVinoEngine(package_dir, settings)
+    raise ValueError(f"unknown engine {kind!r}: use onnxruntime, torch, openvino or auto")

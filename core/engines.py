@@ -1,11 +1,13 @@
-"""Inference engines behind one protocol: ONNX Runtime (the default), torch and OpenVINO
-(core/openvino_engine.py, an optional extra); `auto` serves what `dinoserve models bench`
-measured fastest on this machine (core/engine_choice.py).
+"""Inference engines behind one protocol: ONNX Runtime (the default, here), torch
+(core/torch_engine.py) and OpenVINO (core/openvino_engine.py, an optional extra); which one a
+package is served by, `auto` included, and loading it: core/engine_choice.py.
 
-Both take the same preprocessed batch, (N, 3, H, W) float32 normalised (see `preprocess_batch`),
-and return L2-normalised float32 embeddings (N, D) and attention maps (N, heads, h, w). Both are
-the model too (core/model.py): `meta`, `preprocess` and `embed_images` for decoded images.
-torch and onnxruntime are imported only by the engine that needs them.
+Every engine takes the same preprocessed batch, (N, 3, H, W) float32 normalised (see
+`preprocess_batch`), and returns L2-normalised float32 embeddings (N, D) and attention maps
+(N, heads, h, w). Every engine is the model too (`PackagedModel`, the base they share): it
+carries the package's `meta`, preprocesses images as DINO's k-NN evaluation does and embeds
+decoded images, so no caller pairs an engine with its metadata again. torch, onnxruntime and
+openvino are imported only by the engine that needs them.
 """
 
 from __future__ import annotations
@@ -17,20 +19,9 @@ import numpy as np
 from PIL import Image
 
 from core import package
-from core.engine_choice import resolve_auto
-from core.model import PackagedModel, l2_normalize, preprocess_batch
+from core.images import preprocess
+from core.package import PackageMeta
 from core.settings import InferenceSettings
-from core.torch_engine import TorchEngine  # torch itself is imported when one is built
-
-__all__ = [
-    "Engine",
-    "OrtEngine",
-    "TorchEngine",
-    "l2_normalize",
-    "load_engine",
-    "preprocess_batch",
-    "resolve_engine",
-]
 
 
 @runtime_checkable
@@ -52,6 +43,53 @@ class Engine(Protocol):
     def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def attention(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def preprocess_batch(meta: PackageMeta, images: list[Image.Image]) -> np.ndarray:
+    """DINO's evaluation transform for a package's image size, mean/std and crop_pct, stacked."""
+    return np.stack(
+        [preprocess(im, meta.img_size, meta.mean, meta.std, meta.crop_pct) for im in images]
+    )
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class PackagedModel:
+    """The model side an engine shares: identity from `meta`, preprocessing, image embedding.
+
+    Subclasses set `meta` and implement `embed` and `attention` on preprocessed batches
+    (N, 3, H, W) float32.
+    """
+
+    meta: PackageMeta
+    # What runs it, once DINOSERVE_ENGINE=auto is resolved: the runtime ("onnxruntime", "torch",
+    # "openvino"; "" when not one of these, e.g. a test's fake) and the model file it runs
+    # (the package variant, or torch's dtype). /healthz, /model and the metrics report them.
+    runtime: str = ""
+    variant: str = "fp32"
+
+    @property
+    def model_version(self) -> str:
+        """Stored with every point and in the name of a physical collection."""
+        return self.meta.version
+
+    @property
+    def dim(self) -> int:
+        return self.meta.embed_dim
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """One decoded RGB image → (3, H, W) float32, normalised for this package."""
+        return preprocess_batch(self.meta, [img])[0]
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Decoded images → L2-normalised float32 embeddings (N, D)."""
+        return self.embed(np.stack([self.preprocess(im) for im in images]))
 
 
 class OrtEngine(PackagedModel):
@@ -88,44 +126,3 @@ class OrtEngine(PackagedModel):
 
     def attention(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch, "attention").astype(np.float32, copy=False)
-
-
-def resolve_engine(
-    package_dir: Path, kind: str, settings: InferenceSettings | None = None
-) -> tuple[str, InferenceSettings]:
-    """The engine kind and settings that `kind` means for this package: "auto" becomes the
-    choice `dinoserve models bench` recorded (core/engine_choice.py), with its variant."""
-    s = settings or InferenceSettings()
-    if kind != "auto":
-        return kind, s
-    engine, variant = resolve_auto(package_dir, package.read_meta(package_dir))
-    return engine, s.model_copy(update={"onnx_variant": variant})
-
-
-def load_engine(
-    package_dir: Path,
-    kind: str = "onnxruntime",
-    settings: InferenceSettings | None = None,
-    check: bool = True,
-) -> Engine:
-    """Verify a package's sha256s and open it with the engine `kind`.
-
-    Args:
-        package_dir: a package directory (see core.package.resolve for names).
-        kind: "onnxruntime", "torch", "openvino" or "auto" (DINOSERVE_ENGINE).
-        settings: engine settings (DINOSERVE_INFERENCE__*); with "auto" the variant is the
-            recorded one.
-        check: verify file hashes first (refuse a tampered package).
-    """
-    if check:
-        package.verify(package_dir)
-    kind, settings = resolve_engine(package_dir, kind, settings)
-    if kind == "onnxruntime":
-        return OrtEngine(package_dir, settings)
-    if kind == "torch":
-        return TorchEngine(package_dir, settings)
-    if kind == "openvino":
-        from core.openvino_engine import OpenVinoEngine
-
-        return OpenVinoEngine(package_dir, settings)
-    raise ValueError(f"unknown engine {kind!r}: use onnxruntime, torch, openvino or auto")

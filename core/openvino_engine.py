@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from core import package
+from core.engines import PackagedModel, l2_normalize
 from core.extras import require_openvino
-from core.model import PackagedModel, l2_normalize
 from core.settings import InferenceSettings
 
 

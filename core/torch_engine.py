@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core import package
-from core.model import PackagedModel, l2_normalize
+from core.engines import PackagedModel, l2_normalize
 from core.settings import InferenceSettings
 
 log = logging.getLogger(__name__)

@@ -153,7 +153,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     check_exposure(settings, warn=False)  # the app factory logs an opt-out once it is built
     package_dir = package.resolve(settings.models_dir, settings.model)
     meta = package.verify(package_dir)
-    from core.engines import resolve_engine
+    from core.engine_choice import resolve_engine
 
     # fail here, not in the lifespan after "serving on": a variant the package lacks, a bench
     # record (auto) naming what cannot run here, the openvino extra missing

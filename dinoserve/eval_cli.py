@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from core.package import resolve
 from core.settings import Settings
 

@@ -92,7 +92,7 @@ def evaluate_knn(
     """Embed both labelled sources with `engine` and score the queries by k-NN.
 
     Args:
-        engine: a loaded package (core.engines.load_engine).
+        engine: a loaded package (core.engine_choice.load_engine).
         train: folder or tar of class folders: the labelled memory.
         val: folder or tar of class folders: the queries.
         k: neighbours that vote (20 as in the service and DINO).

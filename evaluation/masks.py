@@ -110,7 +110,7 @@ def evaluate_masks(
     """Score the attention masks of every image of `images` against its mask in `masks`.
 
     Args:
-        engine: a loaded package (core.engines.load_engine).
+        engine: a loaded package (core.engine_choice.load_engine).
         images: folder of images (any layout; class folders are fine).
         masks: folder with one mask per image, same relative path (non-zero = object).
         threshold: fraction of each head's attention mass a mask keeps (the service's default).

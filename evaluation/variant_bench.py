@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from core import package
-from core.engine_choice import BenchRecord, Candidate
-from core.engines import Engine, load_engine
+from core.engine_choice import BenchRecord, Candidate, load_engine
+from core.engines import Engine
 from core.settings import InferenceSettings, QuantizeSettings
 from evaluation.variant_guard import check_variant, run_forward
 

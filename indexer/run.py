@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import store
-from core.engines import Engine, load_engine
+from core.engine_choice import load_engine
+from core.engines import Engine
 from core.package import resolve
 from core.settings import Settings
 from indexer.ingest import IngestOptions, Limits

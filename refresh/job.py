@@ -23,7 +23,8 @@ from typing import Any
 
 from core import blobs, package, store
 from core.blobs import Blobs
-from core.engines import Engine, load_engine
+from core.engine_choice import load_engine
+from core.engines import Engine
 from core.settings import Settings
 from core.store import Store
 from refresh import reembed, versions

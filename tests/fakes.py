@@ -1,6 +1,6 @@
 """The one fake engine of the tests: deterministic embeddings of downscaled pixels, no weights.
 
-It is an engine like core/engines.py's (core/model.py's PackagedModel: `meta`, `preprocess`,
+It is an engine like core/engines.py's (its PackagedModel: `meta`, `preprocess`,
 `embed_images`), so the indexer, refresh and service code under test take it as they are.
 """
 
@@ -11,7 +11,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from core.model import PackagedModel
+from core.engines import PackagedModel
 from core.package import PackageMeta
 
 DIM = 12

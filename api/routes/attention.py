@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ServingDep, UploadBody, upload_body
+from api.body_docs import body_doc
+from api.deps import ServingDep, UploadBody, single, upload_body
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import AttentionParams
 from api.render import render_attention
-from api.uploads import body_doc, single
 from core.attention import attention_mask, kept_mass
 from core.images import resize_center_crop
 

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from api.deps import RuntimeDep, ServingDep, StoreDep, UploadBody, upload_body
+from api.body_docs import body_doc
+from api.deps import RuntimeDep, ServingDep, StoreDep, UploadBody, single, upload_body
 from api.errors import ApiError
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import ClassifyParams
-from api.uploads import body_doc, single
 from core.knn import knn_vote
 
 router = APIRouter(tags=["classification"])

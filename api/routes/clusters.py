@@ -19,13 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from api.cluster_jobs import ClusterJobs
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, read_body
 from api.errors import ApiError
 from api.jobs import JobsUnavailable
 from api.openapi import AUTH, errors
 from api.routes.collections import PATCH_BYTES, Label, NameArg, WriteDep, _name, _writer
 from api.runtime import Runtime
-from api.uploads import read_body
 from discovery.clusters import ClusterParams
 from discovery.results import public
 

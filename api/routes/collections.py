@@ -21,13 +21,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.access import anonymous_writes
 from api.auth import key_matches, presented_key
-from api.deps import RuntimeDep, UploadBody, upload_body
+from api.body_docs import body_doc
+from api.deps import RuntimeDep, Upload, UploadBody, read_body, upload_body
 from api.errors import ApiError
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import Params
 from api.runtime import Runtime
 from api.serving import Serving
-from api.uploads import Upload, body_doc, read_body
 from api.vectors import query_id
 from api.writes import NewImage, Writer
 from core import store

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from api.body_docs import body_doc
 from api.deps import ServingDep, UploadBody, upload_body
 from api.openapi import AUTH, UPLOAD, errors
 from api.params import EmbedParams
-from api.uploads import body_doc
 
 router = APIRouter(tags=["embeddings"])
 # /embed takes no parameters: the body's fields are merged all the same, to refuse unknown ones.

@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from core.engines import Engine, load_engine
+from core.engine_choice import load_engine
+from core.engines import Engine
 from core.settings import InferenceSettings, Settings
 from indexer.ingest import IngestOptions
 from indexer.pipeline import Indexer

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from api.batcher import Batcher, BatcherClosed
+from api.serving import Batcher, BatcherClosed
 
 
 class Recorder:

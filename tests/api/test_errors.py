@@ -142,3 +142,18 @@ def test_unexpected_errors_are_500_in_the_same_shape(make_client, png_bytes, mon
 def test_scalar_parameter_ranges(client, png_bytes, query):
     r = client.post(f"/classify?{query}", files={"image": ("a.png", png_bytes(0))})
     _error(r, 422, "invalid_parameter")
+
+
+def test_route_dependencies_raise_domain_errors_that_the_table_answers(make_settings):
+    """api/deps.py builds no HTTP error: an app used without its lifespan (`NotStarted`) and a
+    query parameter given twice (`BadUpload`) are answered by api/errors.py's table."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    bare = TestClient(create_app(make_settings()))  # no `with`: the lifespan never runs
+    r = bare.get("/search?image=x")
+    _error(r, 503, "not_ready")
+    assert r.headers["retry-after"] == "5"
+    err = _error(bare.get("/search?image=x&k=1&k=2"), 422, "invalid_parameter")
+    assert err["message"] == "parameter given more than once: 'k'"

@@ -1,4 +1,4 @@
-"""The multipart reader (api/uploads.py): its own limits and errors."""
+"""The multipart reader (api/deps.py): its own limits and errors."""
 
 from __future__ import annotations
 

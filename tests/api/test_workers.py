@@ -93,7 +93,8 @@ def test_engine_process_decodes_uploads(micro_package, indexed_store, png_bytes,
 
     from PIL import Image
 
-    from core.engines import load_engine, preprocess_batch
+    from core.engine_choice import load_engine
+    from core.engines import preprocess_batch
     from core.images import decode_image
     from core.package import read_meta
 
@@ -135,7 +136,8 @@ def test_engine_process_decodes_uploads(micro_package, indexed_store, png_bytes,
 
 @pytest.mark.slow
 def test_two_workers_one_engine(micro_package, indexed_store, png_bytes, tmp_path):
-    from core.engines import load_engine, preprocess_batch
+    from core.engine_choice import load_engine
+    from core.engines import preprocess_batch
     from core.images import decode_image
     from core.package import read_meta
 

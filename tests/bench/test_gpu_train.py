@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from bench.device import gpu_train, ship_backbone
 from core import package
-from core.engines import OrtEngine, TorchEngine
+from core.engines import OrtEngine
 from core.settings import InferenceSettings
+from core.torch_engine import TorchEngine
 
 MICRO = [
     "run.device=cpu",

@@ -11,7 +11,7 @@ import pytest
 
 from bench.copy_detection import random_package
 from bench.demo_backbone import CONFIG, first_star
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from core.settings import InferenceSettings
 from dinoserve.demo import shipped_demo_backbone
 from evaluation.knn import evaluate_knn

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from core.device_images import orient, preprocess_encoded
-from core.engines import load_engine, preprocess_batch
+from core.engine_choice import load_engine
+from core.engines import preprocess_batch
 from core.images import decode_image
 from core.package import read_meta
 from core.settings import InferenceSettings

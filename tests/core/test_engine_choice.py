@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from core import package
-from core.engine_choice import ChoiceError, read_record, record_path, resolve_auto
-from core.engines import OrtEngine, load_engine
+from core.engine_choice import ChoiceError, load_engine, read_record, record_path, resolve_auto
+from core.engines import OrtEngine
 from core.settings import InferenceSettings
 from dinoserve.cli import main
 

@@ -3,8 +3,10 @@ import pytest
 from PIL import Image
 
 from core import package
-from core.engines import Engine, OrtEngine, TorchEngine, load_engine, preprocess_batch
+from core.engine_choice import load_engine
+from core.engines import Engine, OrtEngine, preprocess_batch
 from core.settings import InferenceSettings, Settings
+from core.torch_engine import TorchEngine
 from training.synthetic import draw_shape
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from core import package
-from core.engines import load_engine
+from core.engine_choice import load_engine
+from core.engines import preprocess_batch
 from core.extras import EngineUnavailable, require_openvino
-from core.model import preprocess_batch
 from core.settings import InferenceSettings
 from training.synthetic import draw_shape
 

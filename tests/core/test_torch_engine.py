@@ -5,9 +5,10 @@ import pytest
 from PIL import Image
 
 from core import package
-from core.engines import TorchEngine, load_engine, preprocess_batch
+from core.engine_choice import load_engine
+from core.engines import preprocess_batch
 from core.settings import InferenceSettings
-from core.torch_engine import bucket_for, chunks
+from core.torch_engine import TorchEngine, bucket_for, chunks
 from training.synthetic import draw_shape
 
 ONE = InferenceSettings(intra_op_threads=1, inter_op_threads=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.model import PackagedModel
+from core.engines import PackagedModel
 from dinoserve.cli import main
 from evaluation.masks import evaluate_masks, jaccard
 from evaluation.sources import EvalError

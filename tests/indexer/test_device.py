@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.device_images import use_device_decode
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from core.settings import InferenceSettings, Settings
 from indexer.device import DeviceDecode
 from indexer.ingest import IngestOptions

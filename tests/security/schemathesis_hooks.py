@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import strategies as st
 from PIL import Image
 
-# api.uploads.IMAGE_BASE64, spelt out: `schemathesis run` loads this file without the
+# api.body_docs.IMAGE_BASE64, spelt out: `schemathesis run` loads this file without the
 # repository on sys.path (test_fuzz.py fails if the two differ).
 IMAGE_BASE64 = "image-base64"
 MAX_SIDE = 24  # pixels: small, so a request stays fast and far under every limit

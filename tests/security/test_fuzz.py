@@ -31,8 +31,8 @@ from schemathesis import GenerationMode
 from schemathesis.core.hooks import load_from_path
 from schemathesis.python import asgi
 
+from api.body_docs import IMAGE_BASE64
 from api.main import create_app
-from api.uploads import IMAGE_BASE64
 from core.images import decode_image
 from core.settings import Settings
 from tests.security import schemathesis_hooks

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core import package
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from dinoserve.cli import main
 from tests.core.test_attention import _reference_cls_attention
 from training.export import import_published

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core import package
-from core.engines import load_engine
+from core.engine_choice import load_engine
 from core.settings import InferenceSettings
 from core.vit import build_vit
 from evaluation.real_images import Preprocessing, load_real_images
