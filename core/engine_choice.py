@@ -139,7 +139,7 @@ def resolve_engine(
     package_dir: Path, kind: str, settings: InferenceSettings | None = None
 ) -> tuple[str, InferenceSettings]:
     """The engine kind and settings that `kind` means for this package: "auto" becomes the
-    choice `dinoserve models bench` recorded (core/engine_choice.py), with its variant."""
+    choice `dinoserve models bench` recorded (`resolve_auto`), with its variant."""
     s = settings or InferenceSettings()
     if kind != "auto":
         return kind, s

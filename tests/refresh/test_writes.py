@@ -188,7 +188,7 @@ def test_concurrent_writes_during_a_refresh_and_a_rollback_lose_nothing(env, tmp
         assert st["state"] == "done", st
         # The writers end once the queue is empty (they stop adding when the refresh is done).
         # Wait for that, not for a fixed time: on a loaded machine the writes queued before the
-        # refresh ended can take minutes, and counting while some are in flight is the flake.
+        # refresh ended can take minutes, and counting while some are in flight would be wrong.
         writers_done = time.monotonic() + WRITERS_DEADLINE_S
         for t in threads[:-1]:
             t.join(timeout=max(0.0, writers_done - time.monotonic()))
