@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageRejected, decode_image, is_plain_rgb, normalize, preprocess
+from core.images import (
+    ImageRejected,
+    decode_image,
+    is_plain_rgb,
+    normalize,
+    preprocess,
+    resize_center_crop,
+)
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -91,6 +98,35 @@ def test_preprocess_matches_the_dino_eval_transform():
     arr = preprocess(img, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert arr.shape == (3, 224, 224) and arr.dtype == np.float32
     assert np.allclose(arr[0], 1.0) and np.allclose(arr[1], -1.0)
+
+
+@pytest.mark.parametrize(
+    "shape", [(500, 375), (375, 500), (32, 32), (64, 64), (1000, 37), (257, 256), (4032, 3024)]
+)
+@pytest.mark.parametrize("size", [224, 64])
+def test_crop_region_resize_matches_resizing_the_whole_image(shape, size):
+    """Resampling only the crop's box gives the whole-image resize-then-crop, up to float
+    rounding at tap boundaries: at most 2 of 255, on under 1 % of the values."""
+    w, h = shape
+    rng = np.random.default_rng(w * h)
+    smooth = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)
+    img = Image.fromarray(smooth).resize((w, h), Image.Resampling.BILINEAR)  # photo-like
+    crop_pct = 0.875
+    short = round(size / crop_pct)
+    scale = short / min(w, h)
+    nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    whole = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    ref = np.asarray(whole.crop((left, top, left + size, top + size)), np.int16)
+    out = np.asarray(resize_center_crop(img, size, crop_pct), np.int16)
+    diff = np.abs(out - ref)
+    assert out.shape == (size, size, 3) and diff.max() <= 2 and (diff > 0).mean() < 0.01
+
+
+def test_a_sliver_is_resized_without_its_whole_resize():
+    img = Image.new("RGB", (40_000, 1), (10, 200, 30))
+    out = np.asarray(resize_center_crop(img, 224, 0.875))
+    assert out.shape == (224, 224, 3) and (out == (10, 200, 30)).all()
 
 
 def test_normalize_gives_the_reference_formula_bit_for_bit():
