@@ -370,13 +370,45 @@ class Trainer:
         )
         if self.dist.is_main:
             plot_curves(self.run_dir)
-            summary = {k: v for k, v in vars(result).items() if k not in ("losses", "run_dir")}
-            summary["device"] = (
+            segment = {k: v for k, v in vars(result).items() if k not in ("losses", "run_dir")}
+            segment["device"] = (
                 torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
             )
-            summary["torch"] = torch.__version__
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            segment["torch"] = torch.__version__
+            path = self.run_dir / "summary.json"
+            before = json.loads(path.read_text()) if start_step and path.is_file() else None
+            summary = run_summary(before, segment, self.step, imgs_per_step)
+            path.write_text(json.dumps(summary, indent=2) + "\n")
         return result
+
+
+def run_summary(before: dict | None, segment: dict, step: int, imgs_per_step: int) -> dict:
+    """summary.json of a whole run: this process's `segment` joined to the summary the run's
+    earlier segments wrote (`before`, None for a run started here), so that a resumed run's
+    steps, k-NN at initialisation, time and skipped images are the run's, not its last part's.
+    Each segment's own figures stay under "segments" (one written by an older version, without
+    them, counts as one segment)."""
+    if before is None:
+        segments = []
+    elif "segments" in before:
+        segments = list(before["segments"])
+    else:
+        segments = [{k: v for k, v in before.items() if k != "segments"}]
+    segments.append(segment)
+    # A segment stopped by Ctrl-C wrote no summary: its steps are in `step`, not in the time.
+    wall = sum(float(s.get("wall_s") or 0.0) for s in segments)
+    timed = sum(int(s.get("steps") or 0) for s in segments)
+    return {
+        "steps": step,
+        "knn_start": segments[0].get("knn_start"),
+        "knn_end": segment["knn_end"],
+        "wall_s": wall,
+        "images_per_s": timed * imgs_per_step / max(wall, 1e-9),
+        "failed_images": sum(int(s.get("failed_images") or 0) for s in segments),
+        "device": segment["device"],
+        "torch": segment["torch"],
+        "segments": segments,
+    }
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
