@@ -216,10 +216,13 @@ def _explain(exc: ValidationError) -> ConfigError:
     return ConfigError("; ".join(lines))
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+def _merge(base: dict[str, Any], extra: dict[str, Any], replace: str | None = None) -> None:
+    """Merge `extra` into `base`; a mapping replaces the one it lands on only at the override's
+    own key (`replace`): `model.kwargs={...}` replaces the timm kwargs, `model.kwargs.depth=6`
+    changes one of them and keeps the rest."""
     for name, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(name), dict) and name != "kwargs":
-            _merge(base[name], value)
+        if isinstance(value, dict) and isinstance(base.get(name), dict) and name != replace:
+            _merge(base[name], value, replace)
         else:
             base[name] = value
 
@@ -268,7 +271,7 @@ def load_config(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
-        _merge(data, nested)
+        _merge(data, nested, replace=parts[-1] if len(parts) > 1 else None)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:

@@ -22,6 +22,14 @@ def test_yaml_then_overrides_typed():
     assert cfg.model.patch_size == 4  # from the preset
 
 
+def test_an_override_inside_the_timm_kwargs_keeps_the_others():
+    demo = ROOT / "configs" / "demo.yaml"
+    base = load_config(demo).model.kwargs
+    one = load_config(demo, ["model.kwargs.reg_tokens=4"]).model.kwargs
+    assert one == {**base, "reg_tokens": 4}
+    assert load_config(demo, ["model.kwargs={depth: 2}"]).model.kwargs == {"depth": 2}
+
+
 def test_typo_names_the_key_and_the_nearest_valid_one():
     with pytest.raises(
         ConfigError, match=r"unknown config key: optim\.epoch; did you mean optim\.epochs"
