@@ -5,6 +5,7 @@
         --out runs/demo-scenes                         # about 75 min on 2 CPU cores; --resume
     .venv/bin/python -m bench.demo_backbone ship runs/demo-scenes
     .venv/bin/python -m bench.demo_backbone measure [--model shipped/models/demo-scenes/VERSION]
+        [--config RUN/config.yaml]                     # the random-init baseline's architecture
 
 Seeds keep the sets apart: the backbone trains on scenes of seed 1000 (1,000 per class; the last
 40 of each class are training's own k-NN queries); the demo indexes seed 0 (200 per class) and
@@ -224,7 +225,7 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         work = Path(tmp)
         sets = _scene_sets(work / "sets")
-        random_pkg = random_package(CONFIG, work / "random")
+        random_pkg = random_package(args.config, work / "random")
         rows = [
             measure_one(model, "shipped", sets, work, args),
             measure_one(random_pkg, "random-init", sets, work, args),
@@ -233,7 +234,8 @@ def measure(args) -> dict:
         "date": dt.date.today().isoformat(),
         "cpu": cpu_model(),
         "command": "python -m bench.demo_backbone measure"
-        + (f" --model {args.model}" if args.model else ""),
+        + (f" --model {args.model}" if args.model else "")
+        + (f" --config {args.config}" if args.config != CONFIG else ""),
         "default_duplicate_threshold": default_t,
         "rows": rows,
     }
@@ -254,6 +256,12 @@ def main() -> None:
         "--thresholds",
         type=lambda s: [float(x) for x in s.split(",")],
         default=[0.8, 0.85, 0.9, 0.95, 0.98],
+    )
+    m.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIG,
+        help="the random-init baseline's architecture (the measured run's config.yaml)",
     )
     m.add_argument("--tmp", default=None)
     m.add_argument("--out", type=Path, default=None, help="also write the JSON there")
