@@ -393,7 +393,7 @@ def run_summary(before: dict | None, segment: dict, step: int, imgs_per_step: in
     elif "segments" in before:
         segments = list(before["segments"])
     else:
-        segments = [{k: v for k, v in before.items() if k != "segments"}]
+        segments = [dict(before)]
     segments.append(segment)
     # A segment stopped by Ctrl-C wrote no summary: its steps are in `step`, not in the time.
     wall = sum(float(s.get("wall_s") or 0.0) for s in segments)
