@@ -5,6 +5,19 @@ head, the mask `POST /attention` serves (core.attention: the patches holding `th
 head's mass, upsampled by the patch size). The true mask is brought to the model's view with the
 same resize and centre crop as the image, then compared pixel by pixel: J = |A ∩ B| / |A ∪ B|.
 Reported per head (mean over images), for the best head and as the mean over heads.
+
+Three figures make those readable, since a Jaccard at a mass threshold mixes where a head looks
+with how its mass is spread:
+- `object_mass`, per head: the share of the head's attention that lands on the object (each
+  patch weighted by the share of its pixels that are object), against `chance`, the object's
+  share of the image, which is what a head spread evenly over the image puts there. It needs no
+  threshold; a random ViT's near-uniform maps score chance here even where the few ties its
+  threshold breaks happen to favour the object.
+- `ceiling`: the Jaccard of the best mask any head could serve on this patch grid (the patches
+  ranked by how much object they hold, the best prefix), the limit the grid itself sets.
+- `even_head`: the Jaccard of a head spread evenly over the object's pixels. At threshold t it
+  keeps only about t of the object, so it scores about t: a mask above that needs a head with
+  part of its mass spread thinly outside the object and the rest evenly on it.
 """
 
 from __future__ import annotations
@@ -32,6 +45,10 @@ class MaskResult:
     best_head: int
     best: float  # per_head[best_head]
     mean: float  # mean over heads
+    object_mass: list[float] = field(default_factory=list)  # per head, share on the object
+    chance: float = 0.0  # the object's share of the image: a uniform head's object_mass
+    ceiling: float = 0.0  # the best patch-grid mask's Jaccard
+    even_head: float = 0.0  # a head spread evenly over the object, at this threshold
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -43,7 +60,10 @@ class MaskResult:
         return (
             f"attention-mask Jaccard of {self.model_version} at threshold {self.threshold}: "
             f"mean over heads {self.mean:.3f}, best head {self.best_head} {self.best:.3f} "
-            f"(per head: {heads}; {self.images} images)"
+            f"(per head: {heads}; {self.images} images); attention on the object per head "
+            f"{', '.join(f'{m:.3f}' for m in self.object_mass)} against chance {self.chance:.3f}; "
+            f"limits on this grid: best patch mask {self.ceiling:.3f}, a head even over the "
+            f"object {self.even_head:.3f}"
         )
 
 
@@ -52,6 +72,45 @@ def jaccard(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     inter = (pred & truth).sum(axis=(-2, -1))
     union = (pred | truth).sum(axis=(-2, -1))
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def object_share(truth: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
+    """(h, w) share of each patch's pixels that are object (truth cropped to the grid)."""
+    h, w = grid
+    t = np.zeros((h * patch, w * patch), np.float64)
+    th, tw = min(truth.shape[0], h * patch), min(truth.shape[1], w * patch)
+    t[:th, :tw] = truth[:th, :tw]
+    return t.reshape(h, patch, w, patch).mean(axis=(1, 3))
+
+
+def best_patch_jaccard(share: np.ndarray, patch: int) -> float:
+    """The highest Jaccard a mask made of whole patches reaches against the truth of `share`.
+
+    The best mask is the k patches holding most object for some k: adding a patch in order of
+    share changes J monotonically up to the optimum, so trying every prefix is exact.
+    """
+    area = patch * patch
+    total = share.sum() * area
+    if total == 0:
+        return 1.0  # no object: the empty mask is exact
+    ranked = np.sort(share.ravel())[::-1]
+    inter = np.cumsum(ranked) * area
+    union = total + area * np.arange(1, len(ranked) + 1) - inter
+    return float((inter / union).max())
+
+
+def limits(truth: np.ndarray, grid: tuple[int, int], patch: int, threshold: float) -> np.ndarray:
+    """(chance, ceiling, even head) for one true mask: see the module docstring."""
+    share = object_share(truth, grid, patch)
+    even = upsample(attention_mask(share[None], threshold), patch)[0]
+    th, tw = min(even.shape[0], truth.shape[0]), min(even.shape[1], truth.shape[1])
+    return np.array(
+        [
+            share.mean(),
+            best_patch_jaccard(share, patch),
+            float(jaccard(even[:th, :tw], truth[:th, :tw])),
+        ]
+    )
 
 
 def mask_paths(images: Path, entries: list[Entry], masks: Path) -> list[Path]:
@@ -131,14 +190,20 @@ def evaluate_masks(
 
     def score(idx: list[int], imgs: list[Image.Image]) -> np.ndarray:
         batch_in = np.stack([engine.preprocess(im) for im in imgs])
-        att = engine.attention(batch_in)  # (B, heads, h, w)
+        att = engine.attention(batch_in).astype(np.float64)  # (B, heads, h, w)
+        grid = att.shape[-2:]
         pred = upsample(attention_mask(att, threshold), meta.patch_size)  # (B, heads, H, W)
         out = []
-        for i, p, im in zip(idx, pred, imgs, strict=True):
+        for i, a, p, im in zip(idx, att, pred, imgs, strict=True):
             truth = true_mask(paths[i], im.size, meta.img_size, meta.crop_pct)
             h, w = min(p.shape[-2], truth.shape[0]), min(p.shape[-1], truth.shape[1])
-            out.append(jaccard(p[:, :h, :w], truth[:h, :w]))
-        return np.stack(out)  # (B, heads)
+            share = object_share(truth, grid, meta.patch_size)
+            total = a.sum(axis=(-2, -1))
+            mass = (a * share).sum(axis=(-2, -1)) / np.where(total > 0, total, 1.0)
+            row = [jaccard(p[:, :h, :w], truth[:h, :w]), mass]
+            out.append(np.concatenate([*row, limits(truth, grid, meta.patch_size, threshold)]))
+        # (B, 2 · heads + 3): Jaccard per head, object mass per head, chance, ceiling, even head
+        return np.stack(out)
 
     per_image, _ = run_batches(
         batches(images, entries, batch, f"masks {images.name}", progress, skipped),
@@ -147,7 +212,10 @@ def evaluate_masks(
     )
     if not len(per_image):
         raise EvalError(f"no image of {images} could be decoded")
-    per_head = per_image.mean(axis=0)
+    means = per_image.mean(axis=0)
+    heads = (len(means) - 3) // 2
+    per_head, mass = means[:heads], means[heads : 2 * heads]
+    chance, ceiling, even = means[2 * heads :]
     best = int(per_head.argmax())
     return MaskResult(
         model_version=engine.model_version,
@@ -157,6 +225,10 @@ def evaluate_masks(
         best_head=best,
         best=round(float(per_head[best]), 4),
         mean=round(float(per_head.mean()), 4),
+        object_mass=[round(float(m), 4) for m in mass],
+        chance=round(float(chance), 4),
+        ceiling=round(float(ceiling), 4),
+        even_head=round(float(even), 4),
         skipped=skipped,
         seconds=round(time.perf_counter() - t0, 2),
     )

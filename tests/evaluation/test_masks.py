@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.engines import PackagedModel
 from dinoserve.cli import main
-from evaluation.masks import evaluate_masks, jaccard
+from evaluation.masks import best_patch_jaccard, evaluate_masks, jaccard
 from evaluation.sources import EvalError
 from tests.fakes import fake_meta
 from training.scenes import make_scenes, masks_dir_for
@@ -69,6 +69,35 @@ def test_an_oracle_head_scores_one_and_a_uniform_head_the_objects_share(tmp_path
     assert result.mean == pytest.approx((1.0 + 24 * 24 / SIZE**2) / 2, abs=1e-4)
 
 
+def test_object_mass_chance_and_the_grids_limits(tmp_path):
+    images, masks = _square_scenes(tmp_path)
+    result = evaluate_masks(OracleEngine(), images, masks, threshold=0.6, progress=False)
+    share = 24 * 24 / SIZE**2
+    # Head 0 puts all its mass on the object, the uniform head the object's share: chance.
+    assert result.object_mass == pytest.approx([1.0, share], abs=1e-4)
+    assert result.chance == pytest.approx(share, abs=1e-4)
+    assert result.ceiling == pytest.approx(1.0)  # the squares lie on whole patches
+    # Head 0 is itself spread evenly over the object: it is the even head.
+    assert result.even_head == pytest.approx(result.per_head[0], abs=1e-4)
+    assert "against chance 0.141" in result.summary()
+
+
+def test_the_best_patch_mask_is_the_best_of_every_subset():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        share = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], size=(3, 3)) * (rng.random((3, 3)) < 0.7)
+        area, total = 4, share.sum() * 4
+        best = 1.0 if total == 0 else 0.0
+        flat = share.ravel()
+        for bits in range(1, 2**9):
+            pick = np.array([(bits >> i) & 1 for i in range(9)], bool)
+            inter = flat[pick].sum() * area
+            best = max(best, inter / (total + pick.sum() * area - inter))
+        assert best_patch_jaccard(share, 2) == pytest.approx(best)
+    # A half-covered patch next to a full one: both (6 of 8 pixels) beat the full one alone (4/6).
+    assert best_patch_jaccard(np.array([[1.0, 0.5], [0.0, 0.0]]), 2) == pytest.approx(0.75)
+
+
 def test_the_threshold_keeps_that_share_of_the_mass(tmp_path):
     images, masks = _square_scenes(tmp_path)
     # A uniform head keeps 60 % of the patches at 0.6: J against a 9-patch object is ≤ 9/38.
@@ -117,6 +146,8 @@ def test_cli_on_a_package(tmp_path, micro_package, capsys):
     assert doc["images"] == 10 and doc["threshold"] == 0.6
     assert len(doc["per_head"]) == 2 and doc["best"] == max(doc["per_head"])
     assert 0 <= doc["mean"] <= doc["best"] <= 1
+    assert len(doc["object_mass"]) == 2 and 0 < doc["chance"] < 1
+    assert doc["even_head"] <= doc["ceiling"] <= 1
 
 
 def test_cli_mismatched_names_are_one_line(tmp_path, micro_package, capsys):
