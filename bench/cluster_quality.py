@@ -11,8 +11,9 @@ scored against the true classes (NMI, purity). The packages: the tiny CPU preset
 (e.g. the shipped default backbone, where one exists).
 
 Time and memory: `--points` synthetic 384-d vectors (store_scale's clustered vectors) in an
-Edge store, clustered at k = 20 the way the service does above DINOSERVE_DISCOVERY__MINIBATCH_ABOVE
-(MiniBatchKMeans), against full KMeans (n_init 4) on the same vectors as the baseline; each in
+Edge store, clustered at k = 20 the way the service does by default (`auto`: spectral on the
+neighbour graph up to DINOSERVE_DISCOVERY__MINIBATCH_ABOVE = 20,000 points, MiniBatchKMeans
+above), against full KMeans (n_init 4) on the same vectors as the baseline; each in
 a child process of its own: peak RSS is the process's high-water mark from just before reading
 the vectors (reset through /proc/self/clear_refs), beside its RSS then (imports, open store).
 One BLAS thread, as the service.
@@ -77,8 +78,21 @@ def trained_package(data: Path, work: Path, epochs: int) -> Path:
     return export_run(work / "run", work / "models", "tiny-cifar")
 
 
-def quality(package: Path, data: Path, work: Path, name: str) -> dict:
-    """Index `data` with `package`, cluster at k = 10, score against the folders' labels."""
+def quality(
+    package: Path,
+    data: Path,
+    work: Path,
+    name: str,
+    seeds: tuple[int, ...] = (0,),
+    methods: tuple[str, ...] = ("auto",),
+) -> dict:
+    """Index `data` with `package`, cluster at k = 10, score against the folders' labels.
+
+    Each of `seeds` is one k-means seed; `nmi` and `purity` are the first's. Where the points
+    form no compact groups, k-means finds partitions of nearly equal inertia that disagree, and
+    one seed is a draw: `nmi_seeds` shows the spread. With several `methods` (discovery/clusters.py:
+    auto, spectral, kmeans), the first is reported as above and each under `by_method`.
+    """
     from core.engine_choice import load_engine
     from core.settings import InferenceSettings
     from core.store import Layout
@@ -96,8 +110,20 @@ def quality(package: Path, data: Path, work: Path, name: str) -> dict:
         )
         t0 = time.perf_counter()
         emb = read_embeddings(db, db.resolve("cifar"))
-        out = cluster(emb, ClusterParams(k=10, seed=0))
-        seconds = time.perf_counter() - t0
+        by_method: dict[str, dict] = {}
+        for method in methods:
+            t1 = time.perf_counter()
+            runs = [cluster(emb, ClusterParams(k=10, seed=s, method=method)) for s in seeds]
+            by_method[method] = {
+                "algorithm": runs[0]["algorithm"],
+                "nmi_seeds": [round(o["nmi"], 4) for o in runs],
+                "purity_seeds": [round(o["purity"], 4) for o in runs],
+                "seconds": round((time.perf_counter() - t1) / len(seeds), 2),
+            }
+            if method == methods[0]:
+                outs = runs
+        out = outs[0]
+        seconds = (time.perf_counter() - t0) / (len(seeds) * len(methods))
     finally:
         db.close()
     return {
@@ -109,6 +135,8 @@ def quality(package: Path, data: Path, work: Path, name: str) -> dict:
         "k": 10,
         "nmi": round(out["nmi"], 4),
         "purity": round(out["purity"], 4),
+        "nmi_seeds": [round(o["nmi"], 4) for o in outs],
+        "by_method": by_method,
         "cluster_seconds": round(seconds, 2),
     }
 
@@ -140,13 +168,16 @@ def timing(points: int, work: Path, algorithm: str) -> dict:
             return {"what": "fill", "points": db.count(physical)}
         rss0 = _status_mib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS (VmHWM) := RSS now
-        # MiniBatchKMeans above 20,000 points (the default), or full KMeans for the baseline.
-        tuning = Tuning(minibatch_above=20_000 if algorithm == "minibatch" else 10**9)
+        # auto: what the service runs (spectral up to 20,000 points, MiniBatchKMeans above);
+        # kmeans: full KMeans at any size, the baseline.
+        auto = algorithm == "auto"
+        tuning = Tuning(minibatch_above=20_000 if auto else 10**9)
+        params = ClusterParams(k=20, seed=0, method="auto" if auto else "kmeans")
         with threadpool_limits(1):
             t0 = time.perf_counter()
             emb = read_embeddings(db, db.resolve("synth"))
             t1 = time.perf_counter()
-            out = cluster(emb, ClusterParams(k=20, seed=0), tuning)
+            out = cluster(emb, params, tuning)
             t2 = time.perf_counter()
     finally:
         db.close()
@@ -179,7 +210,7 @@ def main() -> None:
     ap.add_argument("--package", type=Path, action="append", default=[], help="more packages")
     ap.add_argument("--points", type=int, default=100_000, help="timing; 0 skips it")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-clusters"))
-    ap.add_argument("--child", choices=("fill", "minibatch", "kmeans"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("fill", "auto", "kmeans"), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -194,7 +225,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-clusters-") as tmp:
         work = Path(tmp)
         if args.points:
-            for algorithm in ("fill", "minibatch", "kmeans"):
+            for algorithm in ("fill", "auto", "kmeans"):
                 child = subprocess.run(
                     [
                         sys.executable,

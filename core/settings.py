@@ -215,8 +215,14 @@ class DiscoverySettings(BaseModel):
     clusters_dir: Path = Path("var/discovery/clusters")
     # Threads for k-means (BLAS/OpenMP): 1 leaves the other cores to requests while a job runs.
     cluster_threads: int = Field(1, ge=1, le=256)
-    # Above this many points, MiniBatchKMeans instead of full k-means (n_init restarts).
+    # Above this many points, `auto` clusters with MiniBatchKMeans instead of spectral clustering
+    # of the neighbour graph (whose exact graph costs the square of the points), and `kmeans`
+    # with MiniBatchKMeans instead of full k-means.
     minibatch_above: int = Field(20_000, ge=100)
+    # Spectral clustering: each image's nearest neighbours in the graph (doubled where the graph
+    # would fall apart into more pieces than clusters). 5–30 gave NMI within ±0.05 of each other
+    # on the demo scenes (bench/RESULTS.md); 10 is scikit-learn's own default.
+    graph_neighbors: int = Field(10, ge=2, le=200)
     # Automatic k: each candidate is fitted on a seeded sample of at most this many points and
     # scored by the silhouette on it (cost grows with the square of the sample).
     k_sample: int = Field(4000, ge=100, le=100_000)

@@ -20,7 +20,7 @@ from typing import Any
 from core import store
 from core.settings import Settings
 from dinoserve.models_cli import CliError, Service
-from discovery.clusters import ClusterParams, Tuning, fingerprint
+from discovery.clusters import METHODS, ClusterParams, Tuning, fingerprint
 from discovery.results import ClusterResults, cache_key, new_record, public, run_job
 
 
@@ -29,7 +29,7 @@ def params_from(args: argparse.Namespace) -> ClusterParams:
         raise ValueError("--k must be at least 2")
     if args.k_min > args.k_max:
         raise ValueError(f"--k-min {args.k_min} is above --k-max {args.k_max}")
-    return ClusterParams(args.k, args.k_min, args.k_max, args.seed)
+    return ClusterParams(args.k, args.k_min, args.k_max, args.seed, args.method)
 
 
 def local(settings: Settings, db: store.Store, name: str, params: ClusterParams) -> dict:
@@ -37,7 +37,7 @@ def local(settings: Settings, db: store.Store, name: str, params: ClusterParams)
     d = settings.discovery
     physical = db.resolve(store.check_name(name))
     results = ClusterResults(d.clusters_dir)
-    tuning = Tuning(d.minibatch_above, d.k_sample, d.nearest, d.k_max)
+    tuning = Tuning(d.minibatch_above, d.k_sample, d.nearest, d.k_max, d.graph_neighbors)
     key = cache_key(physical, params, tuning, fingerprint(db, physical))
     cached = results.cached(physical, key)
     if cached is not None:
@@ -124,11 +124,18 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register `clusters NAME` on the CLI's subparsers."""
-    c = sub.add_parser("clusters", help="k-means clusters of a collection's embeddings")
+    c = sub.add_parser("clusters", help="clusters of a collection's embeddings")
     c.add_argument("name", help="logical collection name")
     c.add_argument("--k", type=int, default=None, help="clusters (default: chosen in k-min..k-max)")
     c.add_argument("--k-min", type=int, default=2, help="automatic k: smallest tried (2)")
     c.add_argument("--k-max", type=int, default=20, help="automatic k: largest tried (20)")
-    c.add_argument("--seed", type=int, default=0, help="seed of k-means and the sample (0)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the fitting and the sample (0)")
+    c.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="spectral (the neighbour graph), kmeans, or auto: spectral up to "
+        "DINOSERVE_DISCOVERY__MINIBATCH_ABOVE points, MiniBatchKMeans above (auto)",
+    )
     c.add_argument("--json", action="store_true", help="the job's record as JSON")
     c.set_defaults(func=cmd_clusters, reads_settings=True)

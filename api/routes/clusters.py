@@ -11,7 +11,7 @@ at once and a refresh running meanwhile carries them over.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -51,7 +51,13 @@ class ClusterRequest(BaseModel):
         description="automatic k: the largest tried (at most points / 5 and "
         "DINOSERVE_DISCOVERY__K_MAX)",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="k-means' and the sample's seed")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="the fitting's and the sample's seed")
+    method: Literal["auto", "spectral", "kmeans"] = Field(
+        "auto",
+        description="spectral: spectral clustering of the nearest-neighbour graph; kmeans: "
+        "spherical k-means; auto: spectral up to DINOSERVE_DISCOVERY__MINIBATCH_ABOVE points, "
+        "MiniBatchKMeans above",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ClusterRequest:
@@ -139,8 +145,11 @@ def _cluster(record: dict[str, Any], cluster: int) -> dict[str, Any]:
     dependencies=[WriteDep],
 )
 async def start_clusters(request: Request, rt: RuntimeDep, name: NameArg) -> JSONResponse:
-    """k-means on the collection's L2-normalised embeddings (spherical k-means), seeded: the
-    same request on the same collection gives the same clusters. Without `k`, k is chosen in
+    """Clusters of the collection's L2-normalised embeddings, seeded: the same request on the
+    same collection gives the same clusters. `method` auto (the default) runs spectral
+    clustering of the graph joining each image to its DINOSERVE_DISCOVERY__GRAPH_NEIGHBORS
+    nearest, up to DINOSERVE_DISCOVERY__MINIBATCH_ABOVE points, and MiniBatchKMeans above;
+    `kmeans` asks for spherical k-means. Without `k`, k is chosen in
     `k_min..k_max` (at most points / 5 and DINOSERVE_DISCOVERY__K_MAX) by the best silhouette
     on a seeded sample (DINOSERVE_DISCOVERY__K_SAMPLE points); a job that cannot have its k
     (more than the points) fails and says so. 202 with the job (follow it with GET
@@ -151,7 +160,7 @@ async def start_clusters(request: Request, rt: RuntimeDep, name: NameArg) -> JSO
     req = await _json(request, ClusterRequest, optional=True)
     jobs = _jobs(rt)
     physical = await rt.vectors.physical(name, None)
-    params = ClusterParams(req.k, req.k_min, req.k_max, req.seed)
+    params = ClusterParams(req.k, req.k_min, req.k_max, req.seed, req.method)
     record, cached = await jobs.start(name, physical, params)  # JobBusy: 409
     return JSONResponse(public(record), status_code=200 if cached else 202)
 

@@ -1,4 +1,4 @@
-// dinoserve web page, "Discover" view: the groups the model found in a collection (k-means on
+// dinoserve web page, "Discover" view: the groups the model found in a collection (clusters of
 // its embeddings, POST /collections/{name}/clusters), one row of thumbnails per cluster, each
 // with a box to name the whole cluster at once (POST …/clusters/{job}/{n}/label).
 // Loaded after app.js, whose helpers it uses: $, el, call (read key), writeCall (the write
@@ -33,7 +33,7 @@ function buildDiscover() {
   controls.addEventListener("submit", (e) => { e.preventDefault(); findClusters(); });
   $("#discover-view").replaceChildren(el("section", {},
     el("h2", {}, "Discover: clusters of ", el("span", { id: "discover-collection" }, "…")),
-    el("p", { class: "empty" }, "Groups the model found without labels (k-means on the embeddings). "
+    el("p", { class: "empty" }, "Groups the model found without labels (neighbour-graph clusters of the embeddings). "
       + "Name a cluster to label all its images at once; /classify uses the labels at once."),
     controls,
     el("div", { id: "discover-status", class: "empty" }),

@@ -58,10 +58,14 @@ def test_job_result_and_cache(make_client, discovery):
     again = client.post("/collections/shapes/clusters", json={"k": 10, "seed": 3})
     assert again.status_code == 200 and again.json()["job"] == started["job"]
     assert again.json()["result"] == result
-    # Another seed is another job.
+    assert result["algorithm"] == "SpectralClustering" and result["graph_neighbors"] >= 10
+    # Another seed is another job, and so is another method.
     other = client.post("/collections/shapes/clusters", json={"k": 10, "seed": 4})
     assert other.status_code == 202 and other.json()["job"] != started["job"]
     wait_done(client, "shapes", other.json()["job"])
+    km = client.post("/collections/shapes/clusters", json={"k": 10, "seed": 3, "method": "kmeans"})
+    assert km.status_code == 202 and km.json()["job"] != started["job"]
+    assert wait_done(client, "shapes", km.json()["job"])["result"]["algorithm"] == "KMeans"
 
     # Members, a page at a time, nearest first.
     first = client.get(f"/collections/shapes/clusters/{started['job']}/0?limit=3").json()
@@ -186,6 +190,8 @@ def test_errors_in_the_one_shape(make_client, discovery):
     _error(client.post("/collections/shapes/clusters", content=b"k=3"), 415)
     _error(client.post("/collections/shapes/clusters", json={"kk": 3}), 422, "invalid_parameter")
     _error(client.post("/collections/shapes/clusters", json={"k_min": 9, "k_max": 3}), 422)
+    bad = {"k": 3, "method": "dbscan"}
+    _error(client.post("/collections/shapes/clusters", json=bad), 422, "invalid_parameter")
     _error(client.post("/collections/a__b/clusters", json={"k": 3}), 422, "invalid_collection")
     _error(client.get("/collections/shapes/clusters/0123456789ab"), 404, "unknown_job")
     _error(client.get("/collections/shapes/clusters/../x"), 404)

@@ -27,7 +27,10 @@ def test_clusters_in_this_process_cached_and_json(tmp_path, monkeypatch, capsys)
 
     assert main(["clusters", "blobs", "--k", "3", "--seed", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "60 points, 60 labelled; k = 3 (given), KMeans; purity 1.000, NMI 1.000" in out[0]
+    assert (
+        "60 points, 60 labelled; k = 3 (given), SpectralClustering; purity 1.000, NMI 1.000"
+        in out[0]
+    )
     assert not out[1].endswith("(cached)")
     rows = [line.split() for line in out[3:]]
     assert [r[:2] for r in rows] == [["0", "20"], ["1", "20"], ["2", "20"]]
@@ -48,6 +51,10 @@ def test_clusters_in_this_process_cached_and_json(tmp_path, monkeypatch, capsys)
     assert main(["clusters", "blobs", "--k", "70"]) == 1  # the job fails, and says why
     assert "60 points cannot make 70 clusters" in capsys.readouterr().err
     assert main(["clusters", "blobs", "--k-min", "9", "--k-max", "3"]) == 2
+    capsys.readouterr()
+
+    assert main(["clusters", "blobs", "--k", "3", "--method", "kmeans"]) == 0
+    assert "k = 3 (given), KMeans; purity 1.000" in capsys.readouterr().out
 
 
 def test_clusters_hand_off_to_the_service_that_holds_the_store(

@@ -88,10 +88,52 @@ def test_same_seed_same_answer_and_minibatch_above_the_size(db):
         a = cluster(emb, ClusterParams(k=6, seed=7), tuning)
         b = cluster(emb, ClusterParams(k=6, seed=7), tuning)
         assert [c["members"] for c in a["clusters"]] == [c["members"] for c in b["clusters"]]
+        for method in ("spectral", "kmeans"):
+            a = cluster(emb, ClusterParams(k=6, seed=7, method=method), tuning)
+            b = cluster(emb, ClusterParams(k=6, seed=7, method=method), tuning)
+            assert [c["members"] for c in a["clusters"]] == [c["members"] for c in b["clusters"]]
+    # auto: spectral up to minibatch_above points, MiniBatchKMeans above.
     assert cluster(emb, ClusterParams(k=6), Tuning(minibatch_above=100))["algorithm"] == (
         "MiniBatchKMeans"
     )
-    assert cluster(emb, ClusterParams(k=6), Tuning())["algorithm"] == "KMeans"
+    out = cluster(emb, ClusterParams(k=6), Tuning())
+    assert out["algorithm"] == "SpectralClustering" and out["graph_neighbors"] == 10
+    assert cluster(emb, ClusterParams(k=6, method="kmeans"), Tuning())["algorithm"] == "KMeans"
+    with pytest.raises(ValueError, match="method must be one of"):
+        ClusterParams(method="dbscan")
+
+
+def arcs(n_per: int = 120, gap: float = 0.3):
+    """Two long parallel arcs on the sphere (latitudes ±gap/2, half a turn of longitude)."""
+    lon = np.linspace(0, np.pi, n_per)
+    parts = [
+        np.stack(
+            [np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.full(n_per, np.sin(lat))], 1
+        )
+        for lat in (-gap / 2, gap / 2)
+    ]
+    return np.concatenate(parts).astype(np.float32), np.repeat([0, 1], n_per)
+
+
+def test_spectral_follows_neighbourhoods_where_kmeans_cuts_across(db):
+    x, truth = arcs()
+    physical = fill(db, "arcs", x, [f"arc{t}" for t in truth])
+    emb = read_embeddings(db, physical)
+    graph = cluster(emb, ClusterParams(k=2, method="spectral"))
+    assert graph["nmi"] == pytest.approx(1.0) and graph["purity"] == 1.0
+    # The arcs are long and close: k-means' lowest inertia cuts both in halves.
+    assert cluster(emb, ClusterParams(k=2, method="kmeans"))["nmi"] < 0.2
+
+
+def test_a_graph_in_more_pieces_than_clusters_gets_more_neighbours(db):
+    x, truth = blobs(30, 4, spread=0.02)  # four tight groups: 10 neighbours stay inside each
+    physical = fill(db, "pieces", x, [f"c{t // 2}" for t in truth])  # asked: 2 clusters
+    out = cluster(read_embeddings(db, physical), ClusterParams(k=2, method="spectral"))
+    assert out["graph_neighbors"] >= 40  # doubled until a neighbour list crosses to another group
+    assert (
+        sorted(c["size"] for c in out["clusters"])
+        and sum(c["size"] for c in out["clusters"]) == 120
+    )
 
 
 def test_too_few_points_is_refused(db):
