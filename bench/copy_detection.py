@@ -141,7 +141,7 @@ def score(groups: list, truth: dict[str, int | None]) -> dict[str, float]:
     }
 
 
-def random_package(config: Path, out: Path) -> Path:
+def random_package(config: Path, out: Path, seed: int = 0) -> Path:
     """The config's ViT at a seeded random initialisation, as a package (the reference)."""
     import torch
 
@@ -150,8 +150,8 @@ def random_package(config: Path, out: Path) -> Path:
     from training.export import config_meta, write_package
 
     meta = config_meta(load_config(config))
-    meta["provenance"] = {"source": "random init (bench/copy_detection.py, seed 0)"}
-    torch.manual_seed(0)
+    meta["provenance"] = {"source": f"random init (bench/copy_detection.py, seed {seed})"}
+    torch.manual_seed(seed)
     return write_package(build_vit(meta["arch"], meta["timm_kwargs"]), meta, out, "random-init")
 
 
