@@ -27,9 +27,12 @@ function buildDiscover() {
   const k = el("input", { id: "discover-k", type: "number", min: "2", max: "50", placeholder: "auto",
     "aria-label": "number of clusters (empty: chosen automatically)" });
   const seed = el("input", { id: "discover-seed", type: "number", min: "0", value: "0", "aria-label": "seed" });
+  const method = el("select", { id: "discover-method", "aria-label": "clustering method" },
+    el("option", { value: "auto" }, "auto"), el("option", { value: "spectral" }, "neighbour graph"),
+    el("option", { value: "kmeans" }, "k-means"));
   const run = el("button", { id: "discover-run", type: "submit" }, "Find clusters");
   const controls = el("form", { id: "discover-form", class: "row" },
-    el("label", {}, "k ", k), el("label", {}, "seed ", seed), run);
+    el("label", {}, "k ", k), el("label", {}, "seed ", seed), el("label", {}, "method ", method), run);
   controls.addEventListener("submit", (e) => { e.preventDefault(); findClusters(); });
   $("#discover-view").replaceChildren(el("section", {},
     el("h2", {}, "Discover: clusters of ", el("span", { id: "discover-collection" }, "…")),
@@ -43,7 +46,7 @@ function buildDiscover() {
 
 async function findClusters() {
   const collection = targetCollection();
-  const body = { seed: Number($("#discover-seed").value || 0) };
+  const body = { seed: Number($("#discover-seed").value || 0), method: $("#discover-method").value };
   if ($("#discover-k").value) body.k = Number($("#discover-k").value);
   const status = $("#discover-status");
   showError("");
@@ -74,7 +77,8 @@ function render(record) {
   discover.collection = record.collection;
   const r = record.result;
   const labelled = r.labelled ? ` · ${r.labelled} labelled · purity ${pct(r.purity)} · NMI ${r.nmi.toFixed(2)}` : "";
-  $("#discover-summary").textContent = `k = ${r.k} (${r.k_chosen_by}) · ${r.points} images${labelled}`;
+  const how = r.algorithm === "SpectralClustering" ? `neighbour graph (${r.graph_neighbors} neighbours)` : r.algorithm;
+  $("#discover-summary").textContent = `k = ${r.k} (${r.k_chosen_by}) · ${how} · ${r.points} images${labelled}`;
   $("#clusters").replaceChildren(...r.clusters.map(clusterRow));
 }
 

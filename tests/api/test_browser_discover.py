@@ -44,7 +44,8 @@ def test_discover_finds_and_names_clusters(start_server, browser, tmp_path):  # 
     prompt.accept()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#clusters .cluster")) == 10)
     summary = browser.find_element(By.ID, "discover-summary").text
-    assert summary.startswith("k = 10 (given) · 120 images · 120 labelled · purity")
+    assert summary.startswith("k = 10 (given) · neighbour graph (")  # the default method
+    assert "neighbours) · 120 images · 120 labelled · purity" in summary
     rows = browser.find_elements(By.CSS_SELECTOR, "#clusters .cluster")
     sizes = [int(r.find_element(By.CSS_SELECTOR, ".size").text.split()[0]) for r in rows]
     assert sum(sizes) == 120 and sizes == sorted(sizes, reverse=True)
