@@ -222,6 +222,7 @@ function wire() {
   drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) analyse(f); });
   $("#threshold").addEventListener("change", () => state.file
     && Promise.all([attention(), overlay()]).catch((e) => showError(e.message)));
+  $("#overlay-head").addEventListener("change", () => state.file && overlay().catch((e) => showError(e.message)));
   $("#collection").addEventListener("change", () => state.file && analyse(state.file));
   header();
 }

@@ -61,7 +61,20 @@ function figure(canvas, caption) {
   return el("figure", {}, canvas, el("figcaption", {}, caption));
 }
 
-// The attention-mask overlay of the chosen image; with an example's true mask, beside it.
+// The head choice: the heads' mean (one outline at a glance) or one head, as the service masks it.
+function headOptions(count) {
+  const select = $("#overlay-head");
+  if (select.options.length === count + 1) return;
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "mean" }, "the heads' mean attention"),
+    ...Array.from({ length: count }, (_, h) => el("option", { value: String(h) }, `head ${h}`)));
+  select.value = Number(chosen) < count ? chosen : "mean";
+}
+
+// The attention-mask overlay of the chosen image; with an example's true mask, beside it, the
+// Jaccard of the two and the share of the attention that falls on the object (against the
+// object's share of the image, which a head spread evenly would give): the first depends on how
+// a head spreads its mass, the second only on where it looks.
 async function overlay() {
   const box = $("#overlay");
   const threshold = Number($("#threshold").value || "0.6");
@@ -69,31 +82,41 @@ async function overlay() {
     { method: "POST", body: form() });
   const body = await res.json();
   const [gh, gw] = body.grid;
-  // The heads' mean attention, then its own mask: one outline at a glance (per head: below).
-  const mean = Array.from({ length: gh }, (_, y) => Array.from({ length: gw },
-    (_, x) => body.attention.reduce((s, head) => s + head[y][x], 0) / body.attention.length));
-  const keep = massMask(mean, threshold);
+  headOptions(body.attention.length);
+  const head = $("#overlay-head").value;
+  const map = head === "mean"
+    ? Array.from({ length: gh }, (_, y) => Array.from({ length: gw },
+      (_, x) => body.attention.reduce((s, h) => s + h[y][x], 0) / body.attention.length))
+    : body.attention[Number(head)];
+  const keep = massMask(map, threshold);
   const cropPct = (state.meta && state.meta.crop_pct) || 1;
   const base = seen(await loadImage(URL.createObjectURL(state.file)), OVERLAY_PX, cropPct);
-  const predicted = new Array(OVERLAY_PX * OVERLAY_PX);
-  for (let y = 0; y < OVERLAY_PX; y++) {
-    for (let x = 0; x < OVERLAY_PX; x++) {
-      predicted[y * OVERLAY_PX + x] = keep[Math.floor(y * gh / OVERLAY_PX) * gw + Math.floor(x * gw / OVERLAY_PX)];
-    }
-  }
+  const cell = (i) => Math.floor(Math.floor(i / OVERLAY_PX) * gh / OVERLAY_PX) * gw
+    + Math.floor((i % OVERLAY_PX) * gw / OVERLAY_PX);
+  const predicted = Array.from({ length: OVERLAY_PX * OVERLAY_PX }, (_, i) => keep[cell(i)]);
+  const whose = head === "mean" ? "the heads' mean attention" : `head ${head}'s attention`;
   const tiles = [figure(outlined(base, predicted, "#6ea8fe"),
-    `attention mask: the patches holding ${Math.round(threshold * 100)}% of the heads' mean attention`)];
+    `attention mask: the patches holding ${Math.round(threshold * 100)}% of ${whose}`)];
   const sample = state.sample;
   if (sample && sample.mask) {
     const maskImg = await loadImage(URL.createObjectURL(await (await call(sample.mask)).blob()));
     const m = seen(maskImg, OVERLAY_PX, cropPct).getContext("2d").getImageData(0, 0, OVERLAY_PX, OVERLAY_PX).data;
     const truth = Array.from({ length: OVERLAY_PX * OVERLAY_PX }, (_, i) => m[4 * i] >= 128);
-    let inter = 0, union = 0;
-    truth.forEach((t, i) => { inter += t && predicted[i]; union += t || predicted[i]; });
+    let inter = 0, union = 0, area = 0, onObject = 0, mass = 0;
+    const flat = map.flat();
+    truth.forEach((t, i) => {
+      inter += t && predicted[i]; union += t || predicted[i]; area += t;
+      const a = flat[cell(i)];  // each pixel carries its patch's attention
+      mass += a; onObject += t ? a : 0;
+    });
     const j = union ? inter / union : 1;
-    tiles.push(figure(outlined(base, truth, "#4cc38a"),
-      `true mask of ${sample.name}: Jaccard with the attention mask ${j.toFixed(2)}`));
-    tiles[tiles.length - 1].querySelector("figcaption").id = "mask-jaccard";
+    const figureEl = figure(outlined(base, truth, "#4cc38a"), "");
+    figureEl.querySelector("figcaption").replaceChildren(
+      el("span", { id: "mask-jaccard" }, `true mask of ${sample.name}: Jaccard with the attention mask ${j.toFixed(2)}`),
+      el("br"),
+      el("span", { id: "mask-mass" }, `${Math.round(100 * onObject / (mass || 1))}% of the attention on the object, `
+        + `which is ${Math.round(100 * area / truth.length)}% of the image`));
+    tiles.push(figureEl);
   }
   box.replaceChildren(...tiles);
 }

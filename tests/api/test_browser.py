@@ -269,7 +269,7 @@ def test_an_example_is_one_click_with_its_mask_beside_the_attention(
 ):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from training.scenes import make_scenes
 
@@ -288,6 +288,21 @@ def test_an_example_is_one_click_with_its_mask_beside_the_attention(
     caption = browser.find_element(By.ID, "mask-jaccard").text
     assert caption.startswith("true mask of star/00000.png: Jaccard with the attention mask")
     assert 0 <= float(caption.rsplit(" ", 1)[1]) <= 1
+    # Where the attention looks, whatever its spread: its share on the object against the
+    # object's share of the image.
+    mass = browser.find_element(By.ID, "mask-mass").text
+    assert mass.endswith("% of the image") and "% of the attention on the object" in mass
+    on_object, area = (int(w.rstrip("%")) for w in mass.split() if w.endswith("%"))
+    assert 0 <= on_object <= 100 and 0 < area < 100
+    # One head instead of the mean: the heads are offered once the attention has come back.
+    heads = browser.find_elements(By.CSS_SELECTOR, "#overlay-head option")
+    assert [o.get_attribute("value") for o in heads] == ["mean", "0", "1"]  # the test model: 2
+    Select(browser.find_element(By.ID, "overlay-head")).select_by_value("1")
+    wait.until(
+        lambda d: (
+            "head 1's attention" in d.find_element(By.CSS_SELECTOR, "#overlay figcaption").text
+        )
+    )
     assert "chosen" in star.get_attribute("class")
     # The attention mask's outline is drawn over the image (in the page's accent colour).
     outline = browser.execute_script(
