@@ -298,11 +298,9 @@ def test_an_example_is_one_click_with_its_mask_beside_the_attention(
     heads = browser.find_elements(By.CSS_SELECTOR, "#overlay-head option")
     assert [o.get_attribute("value") for o in heads] == ["mean", "0", "1"]  # the test model: 2
     Select(browser.find_element(By.ID, "overlay-head")).select_by_value("1")
-    wait.until(
-        lambda d: (
-            "head 1's attention" in d.find_element(By.CSS_SELECTOR, "#overlay figcaption").text
-        )
-    )
+    # Read in one script: the overlay is re-rendered, so an element found earlier may go stale.
+    caption_js = "return document.querySelector('#overlay figcaption')?.textContent || ''"
+    wait.until(lambda d: "head 1's attention" in d.execute_script(caption_js))
     assert "chosen" in star.get_attribute("class")
     # The attention mask's outline is drawn over the image (in the page's accent colour).
     outline = browser.execute_script(
