@@ -35,7 +35,7 @@ class ClusterJobs:
         d = self.settings = settings
         self.store = store
         self.results = ClusterResults(d.clusters_dir)
-        self.tuning = Tuning(d.minibatch_above, d.k_sample, d.nearest, d.k_max, d.graph_neighbors)
+        self.tuning = Tuning.of(d)
         self.running: dict[str, Any] | None = None
         self.runner = JobRunner("clusters")
 

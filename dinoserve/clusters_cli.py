@@ -37,7 +37,7 @@ def local(settings: Settings, db: store.Store, name: str, params: ClusterParams)
     d = settings.discovery
     physical = db.resolve(store.check_name(name))
     results = ClusterResults(d.clusters_dir)
-    tuning = Tuning(d.minibatch_above, d.k_sample, d.nearest, d.k_max, d.graph_neighbors)
+    tuning = Tuning.of(d)
     key = cache_key(physical, params, tuning, fingerprint(db, physical))
     cached = results.cached(physical, key)
     if cached is not None:

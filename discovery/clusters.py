@@ -47,6 +47,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans, SpectralClustering
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 from sklearn.neighbors import kneighbors_graph
 
+from core.settings import DiscoverySettings
 from core.store import Store
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -101,6 +102,11 @@ class Tuning:
     nearest: int = 12
     k_cap: int = 50  # automatic k tries at most this
     graph_neighbors: int = 10  # spectral: each point's nearest neighbours in the graph
+
+    @classmethod
+    def of(cls, d: DiscoverySettings) -> Tuning:
+        """The tuning the settings ask for (one place, so the service and the CLI agree)."""
+        return cls(d.minibatch_above, d.k_sample, d.nearest, d.k_max, d.graph_neighbors)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
