@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 META = "model.json"
@@ -45,6 +45,29 @@ class OnnxVariant(BaseModel):
     float_nodes: list[str] = []  # nodes a static quantisation left in float, on purpose
 
 
+class EmbedViews(BaseModel):
+    """The views of an image whose embeddings are averaged into the served one.
+
+    The image itself; with `shift` > 0 also the image moved by ± `shift` pixels along each axis
+    (the input tensor, edges replicated: 4 more views); with `flip` each of those mirrored left
+    to right as well. The served embedding is then the mean of the views' unit CLS embeddings:
+    invariant to a mirror by construction and steadier under small moves, for `count` times the
+    compute. A backbone's own CLS can be far from that: the shipped demo backbone's cosine
+    between an image and its mirror is 0.29 (bench/RESULTS.md). The views are part of the
+    package (and its ONNX graph), so every embedding of a collection is made the same way. The
+    default, the image alone, serves the raw CLS feature. With `flip` the attention map is the
+    mean of the image's and its mirror's (mirrored back); moves do not change it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    flip: bool = False
+    shift: int = Field(0, ge=0)  # pixels of the model's input
+
+    @property
+    def count(self) -> int:
+        return (5 if self.shift else 1) * (2 if self.flip else 1)
+
+
 class PackageMeta(BaseModel):
     """model.json. `files` maps every other file of the package to its sha256."""
 
@@ -62,6 +85,7 @@ class PackageMeta(BaseModel):
     embed_dim: int
     num_heads: int
     grid: tuple[int, int]
+    views: EmbedViews = EmbedViews()  # test-time views averaged into the embedding
     onnx: dict[str, OnnxVariant]  # "fp32", optionally those of QUANTIZED
     parity: dict[str, float] = {}  # max abs differences ORT vs torch measured at export
     provenance: dict[str, Any] = {}

@@ -78,7 +78,7 @@ class TorchEngine(PackagedModel):
             # kernels on CUDA). The CLS map of the last block is computed on its own.
             if hasattr(blk.attn, "fused_attn"):
                 blk.attn.fused_attn = True
-        self.net: Any = EmbedAttention(vit).to(self.device).eval()
+        self.net: Any = EmbedAttention(vit, self.meta.views).to(self.device).eval()
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

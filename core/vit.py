@@ -5,6 +5,8 @@ module, so the two engines cannot drift apart.
 Two timm families are served: `VisionTransformer` (DINO, DINOv2 with or without registers) and
 `Eva` (DINOv3: RoPE instead of a position table, storage tokens as timm's `reg_token`). Both run
 through timm's own modules; only the CLS row of the last block's attention is recomputed here.
+A package's `views` (core.package.EmbedViews) are made inside the same forward, so the ONNX graph
+averages them too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from timm.models.eva import Eva
 from torch import nn
+
+from core.package import EmbedViews
 
 
 def build_vit(arch: str, timm_kwargs: dict[str, Any], pretrained: bool = False) -> nn.Module:
@@ -77,23 +81,57 @@ def cls_attention(
     return logits.squeeze(2).softmax(dim=-1)
 
 
+def view_batch(images: torch.Tensor, views: EmbedViews) -> torch.Tensor:
+    """The views of `images` (B, 3, H, W) stacked view-major: (views.count · B, 3, H, W), the
+    images themselves first."""
+    out = [images]
+    s = views.shift
+    if s:
+        h, w = images.shape[-2:]
+        padded = F.pad(images, (s, s, s, s), mode="replicate")
+        for dy, dx in ((0, -s), (0, s), (-s, 0), (s, 0)):
+            out.append(padded[..., s + dy : s + dy + h, s + dx : s + dx + w])
+    if views.flip:
+        out += [v.flip(-1) for v in out]
+    return torch.cat(out) if len(out) > 1 else images
+
+
 class EmbedAttention(nn.Module):
     """images (B, 3, H, W) → (embedding (B, D), attention (B, heads, h, w)).
 
-    The embedding is exactly `model(images)` of a timm ViT built with num_classes=0 and
-    global_pool="token": the CLS token after the final norm, before any head — what the DINO,
-    DINOv2 and DINOv3 k-NN evaluations use.
+    With the default views the embedding is exactly `model(images)` of a timm ViT built with
+    num_classes=0 and global_pool="token": the CLS token after the final norm, before any head —
+    what the DINO, DINOv2 and DINOv3 k-NN evaluations use. With more views (see
+    core.package.EmbedViews) it is the mean of the views' unit CLS tokens, all views in one
+    batch; the attention is the image's own, averaged with its mirror's (mirrored back) where
+    the views include the mirror.
 
     Args:
         model: a timm VisionTransformer or Eva.
+        views: test-time views averaged into the embedding (default: the image alone).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, views: EmbedViews | None = None) -> None:
         super().__init__()
         self.model = model
+        self.views = views or EmbedViews()
         self.eval()  # inference only: no dropout, and the exporter sees the served graph
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = self.views.count
+        if count == 1:
+            return self._one(images)
+        n = images.shape[0]
+        embedding, attn = self._one(view_batch(images, self.views))
+        embedding = F.normalize(embedding.reshape(count, n, -1), dim=-1).mean(0)
+        if not self.views.flip:
+            return embedding, attn[:n]
+        # The mirror's map, mirrored back, lands on the same patches: their mean is a steadier
+        # map (demo backbone: Jaccard 0.487 → 0.514). Moved views fall between patches: unused.
+        mirror = attn[(count // 2) * n : (count // 2 + 1) * n].flip(-1)
+        return embedding, (attn[:n] + mirror) / 2
+
+    def _one(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         h, w = m.patch_embed.dynamic_feat_size(images.shape[-2:])
         x = m.patch_embed(images)  # (B, h, w, C) with dynamic_img_size, else (B, h·w, C)

@@ -87,6 +87,7 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         activate=not args.no_activate,
         calibration=Path(args.calibration) if args.calibration else None,
         quant=QuantizeOptions(**settings.quantize.model_dump()),
+        views=args.views,
     )
     _report_package(out)
     return 0
@@ -106,6 +107,7 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         activate=args.activate,
         calibration=Path(calibration) if calibration else None,
         quant=QuantizeOptions(**settings.quantize.model_dump()),
+        views=args.views,
     )
     _report_package(out)
     if not args.activate:
@@ -196,6 +198,32 @@ def _report_package(out: Path) -> None:
     print(f"variants: {', '.join(meta.onnx)}  parity (max abs): {meta.parity}")
 
 
+def _views_flags(p: argparse.ArgumentParser, default: str) -> None:
+    def views(value: str):
+        from core.package import EmbedViews
+
+        fields: dict[str, object] = {}
+        for part in filter(None, (x.strip() for x in value.split(","))):
+            key, sep, n = part.partition("=")
+            if part == "flip":
+                fields["flip"] = True
+            elif key == "shift" and sep and n.isdigit():
+                fields["shift"] = int(n)
+            elif part != "none":
+                raise argparse.ArgumentTypeError(f"{part!r} is not flip, shift=N or none")
+        return EmbedViews(**fields)
+
+    p.add_argument(
+        "--views",
+        type=views,
+        default=None,
+        metavar="flip,shift=N",
+        help="test-time views averaged into the embedding: 'flip' adds each view's mirror, "
+        "'shift=N' the image moved by ±N px along each axis, 'none' the image alone "
+        f"(mirror and 4 moves: 10× the compute per image); {default}",
+    )
+
+
 def _quantize_flags(p: argparse.ArgumentParser) -> None:
     from core.package import QUANTIZED
 
@@ -257,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default=None, help="model name (default: DINOSERVE_MODEL)")
     e.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
     _quantize_flags(e)
+    _views_flags(e, "default: the run's eval.views")
     e.add_argument(
         "--no-activate", action="store_true", help="leave CURRENT; `dinoserve refresh` moves it"
     )
@@ -281,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--models-dir", default=None, help="default: DINOSERVE_MODELS_DIR")
     _quantize_flags(i)
+    _views_flags(i, "default: the image alone")
     i.add_argument(
         "--activate", action="store_true", help="switch its CURRENT (default: change nothing)"
     )

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.package import EmbedViews
+
 log = logging.getLogger(__name__)
 
 
@@ -133,6 +135,9 @@ class EvalConfig(_Section):
     temperature: float = Field(0.07, gt=0)
     crop_pct: float = Field(0.875, gt=0, le=1)  # resize shorter side to img_size / crop_pct
     batch_size: int = Field(256, ge=1)
+    # Test-time views averaged into the exported package's embedding (core.package.EmbedViews);
+    # the per-epoch k-NN above stays on the plain CLS, so the curves compare across runs.
+    views: EmbedViews = Field(default_factory=EmbedViews)
     at_start: bool = True  # also evaluate the untrained model, for the before/after figure
     # Upper bound on one evaluation's wall time. Every rank extracts its slice of the labelled
     # images; a rank that reaches the bound stops extracting and the others are told so at the
@@ -173,6 +178,8 @@ class TrainConfig(_Section):
             self.crops.local_number and self.crops.local_size % self.model.patch_size
         ):
             raise ValueError("crop sizes must be multiples of model.patch_size")
+        if 2 * self.eval.views.shift >= self.model.img_size:
+            raise ValueError("eval.views.shift must be less than half of model.img_size")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -208,9 +208,13 @@ def write_package(
     variants = _variants(quantize)
     quant = quant or QuantizeOptions()
     vit = vit.float().eval()
-    net = EmbedAttention(vit)
     pe = vit.patch_embed
     size = pe.img_size[0]
+    views = package.EmbedViews.model_validate(meta.get("views") or {})
+    if 2 * views.shift >= size:
+        raise ExportError(f"views.shift {views.shift} must be less than half the input, {size} px")
+    meta = {**meta, "views": views}
+    net = EmbedAttention(vit, views)
     stage = package.staging_dir(Path(models_dir), name)
     try:
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, stage / package.WEIGHTS)
@@ -228,6 +232,7 @@ def write_package(
             "embed_dim": vit.num_features,
             "num_heads": vit.blocks[-1].attn.num_heads,
             "grid": tuple(pe.grid_size),
+            "views": views,
             "parity": parity,
             "onnx": list(onnx),
         }
@@ -261,6 +266,7 @@ def config_meta(cfg: TrainConfig) -> dict[str, Any]:
         "mean": cfg.crops.mean,
         "std": cfg.crops.std,
         "crop_pct": cfg.eval.crop_pct,
+        "views": cfg.eval.views,
     }
 
 
@@ -273,6 +279,7 @@ def export_run(
     activate: bool = True,
     calibration: Path | None = None,
     quant: QuantizeOptions | None = None,
+    views: package.EmbedViews | None = None,
 ) -> Path:
     """Package the teacher backbone of a training run.
 
@@ -286,6 +293,7 @@ def export_run(
         calibration: images for static int8 and the guard; default `quant.calibration_dir`,
             else the run's own training data (the collection it was trained for).
         quant: DINOSERVE_QUANTIZE__* settings.
+        views: test-time views averaged into the embedding; default the run's `eval.views`.
     """
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", run=True)
@@ -293,6 +301,8 @@ def export_run(
     prefix = "backbone."
     weights = {k[len(prefix) :]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
     meta = config_meta(cfg)
+    if views is not None:
+        meta["views"] = views
     vit = build_vit(meta["arch"], meta["timm_kwargs"])
     vit.load_state_dict(weights, strict=True)
     summary_path = run_dir / "summary.json"
@@ -337,6 +347,7 @@ def import_published(
     activate: bool = False,
     calibration: Path | None = None,
     quant: QuantizeOptions | None = None,
+    views: package.EmbedViews | None = None,
 ) -> Path:
     """Package a published backbone (DINO, DINOv2, DINOv3) through timm, e.g.
     `vit_small_patch14_reg4_dinov2.lvd142m`, from the hub or a local file.
@@ -354,6 +365,7 @@ def import_published(
             other commands use.
         calibration: images for static int8 and the guard; default `quant.calibration_dir`.
         quant: DINOSERVE_QUANTIZE__* settings.
+        views: test-time views averaged into the embedding (default: the image alone).
     """
     vit, kwargs, provenance = build_published(model_name, img_size, weights, timm_kwargs)
     cfg = vit.pretrained_cfg
@@ -363,6 +375,7 @@ def import_published(
         "mean": tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
         "std": tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
         "crop_pct": 0.875,  # the families' k-NN evaluations: resize to 256, crop 224
+        "views": views or package.EmbedViews(),
         "provenance": provenance,
     }
     quant = quant or QuantizeOptions()

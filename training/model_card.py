@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.attention import attention_mask
 from core.images import preprocess
+from core.package import EmbedViews
 from core.vit import EmbedAttention
 from training.synthetic import draw_shape
 
@@ -79,7 +80,8 @@ def write_card(
     model = {
         "architecture": f"`{meta['arch']}` (timm) {json.dumps(meta.get('timm_kwargs', {}))}",
         "input": f"{dims['img_size']} px, patch {dims['patch_size']}, grid {dims['grid']}",
-        "embedding": f"{dims['embed_dim']}-d CLS feature of the teacher backbone (pre-head)",
+        "embedding": f"{dims['embed_dim']}-d CLS feature of the teacher backbone (pre-head)"
+        + _views_text(dims.get("views")),
         "attention": f"{dims['num_heads']} heads, last block, CLS → patches",
         "preprocessing": f"resize shorter side to img_size / {meta['crop_pct']}, centre crop, "
         f"normalise mean {meta['mean']} std {meta['std']}",
@@ -116,3 +118,14 @@ def write_card(
         "attention of each head, and the patches that hold 60 % of the heads' mean attention.\n"
     )
     (stage / CARD).write_text(text)
+
+
+def _views_text(views: EmbedViews | None) -> str:
+    if views is None or views.count == 1:
+        return ""
+    parts = ["the image"]
+    if views.shift:
+        parts.append(f"moved ±{views.shift} px along each axis")
+    if views.flip:
+        parts.append("each mirrored")
+    return f", the mean of its unit vector over {views.count} views ({', '.join(parts)})"

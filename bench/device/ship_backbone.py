@@ -172,7 +172,7 @@ def compact(
         weights = load_file(pkg / package.WEIGHTS)
         save_file({k: v.half().contiguous() for k, v in weights.items()}, stage / package.WEIGHTS)
         n = fp16_onnx(pkg / package.ONNX_FP32, stage / package.ONNX_FP32)
-        net = EmbedAttention(vit.float().eval())
+        net = EmbedAttention(vit.float().eval(), meta.views)
         batches = check_images(meta.img_size, meta.mean, meta.std, meta.crop_pct)
         parity = check_parity(net, stage / package.ONNX_FP32, batches)
         log.info("fp16 storage: %d initialisers; parity %s", n, parity)

@@ -98,3 +98,66 @@ def test_wrapper_matches_timm(arch, kwargs, size):
     torch.testing.assert_close(emb, ref_emb, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(att.flatten(2), ref_att, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(att.sum((-2, -1)), torch.ones(att.shape[:2]))
+
+
+def _tiny_vit(size: int = 32):
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        num_classes=0,
+        global_pool="token",
+        img_size=size,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+    ).eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return vit
+
+
+def test_views_average_the_unit_embeddings_of_each_view():
+    from core.package import EmbedViews
+
+    vit = _tiny_vit()
+    x = torch.randn(3, 3, 32, 32)
+    views = EmbedViews(flip=True, shift=2)
+    assert views.count == 10
+    with torch.no_grad():
+        emb, att = EmbedAttention(vit, views)(x)
+        plain_emb, plain_att = EmbedAttention(vit)(x)
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+        moved = [x] + [
+            padded[..., 2 + dy : 34 + dy, 2 + dx : 34 + dx]
+            for dy, dx in ((0, -2), (0, 2), (-2, 0), (2, 0))
+        ]
+        by_hand = [vit(v) for v in moved] + [vit(v.flip(-1)) for v in moved]
+    expected = torch.stack([torch.nn.functional.normalize(e, dim=-1) for e in by_hand]).mean(0)
+    torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        mirror_att = EmbedAttention(vit)(x.flip(-1))[1].flip(-1)
+        moved_att = EmbedAttention(vit, EmbedViews(shift=2))(x)[1]
+    # the map is the image's and its mirror's, mirrored back; moves leave it alone
+    torch.testing.assert_close(att, (plain_att + mirror_att) / 2)
+    torch.testing.assert_close(moved_att, plain_att)
+    torch.testing.assert_close(att.sum((-2, -1)), torch.ones(att.shape[:2]))
+    assert not torch.allclose(emb, plain_emb)
+    # a mirror is among the views, so the embedding cannot tell an image from its mirror
+    with torch.no_grad():
+        mirrored, mirrored_att = EmbedAttention(vit, views)(x.flip(-1))
+    torch.testing.assert_close(mirrored, emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mirrored_att, att.flip(-1))
+
+
+def test_the_default_views_serve_the_raw_cls_feature():
+    from core.package import EmbedViews
+
+    vit = _tiny_vit()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(EmbedAttention(vit, EmbedViews())(x)[0], vit(x))
+    assert EmbedViews(flip=True).count == 2 and EmbedViews(shift=3).count == 5
+    with pytest.raises(ValueError):
+        EmbedViews(shift=-1)

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from core import package
@@ -156,3 +157,60 @@ def test_quantize_options_are_the_settings_defaults():
     from core.settings import QuantizeSettings
 
     assert dataclasses.asdict(QuantizeOptions()) == QuantizeSettings().model_dump()
+
+
+def _run_with_views(micro_run, tmp_path, views: str):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("last.pt", "summary.json"):
+        shutil.copyfile(micro_run / f, run / f)
+    cfg = load_config(micro_run / "config.yaml", [f"eval.views={views}"], run=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return run
+
+
+def test_export_bakes_the_runs_views_into_both_engines(micro_run, tmp_path):
+    from core.engine_choice import load_engine
+    from core.settings import InferenceSettings
+
+    run = _run_with_views(micro_run, tmp_path, "{flip: true, shift: 2}")
+    pkg = export_run(run, tmp_path / "models", "v")
+    meta = package.verify(pkg)
+    assert meta.views == package.EmbedViews(flip=True, shift=2) and meta.views.count == 10
+    assert "over 10 views" in (pkg / "MODEL_CARD.md").read_text()
+    x = check_images(32, meta.mean, meta.std, meta.crop_pct, seed=5)["real"][:3]
+    settings = InferenceSettings(intra_op_threads=1)
+    ort_engine, torch_engine = (load_engine(pkg, r, settings) for r in ("onnxruntime", "torch"))
+    ort_emb = ort_engine.embed(x)
+    np.testing.assert_allclose(ort_emb, torch_engine.embed(x), atol=1e-4)
+    np.testing.assert_allclose(ort_engine.attention(x), torch_engine.attention(x), atol=1e-5)
+    # the mirror is one of the views: an image and its mirror get one embedding
+    mirrored = load_engine(pkg, "onnxruntime", settings).embed(np.ascontiguousarray(x[..., ::-1]))
+    np.testing.assert_allclose(mirrored, ort_emb, atol=1e-4)
+    plain = load_engine(export_run(micro_run, tmp_path / "models", "p"), "onnxruntime", settings)
+    assert plain.meta.views.count == 1
+    assert not np.allclose(plain.embed(x), ort_emb, atol=1e-3)
+
+
+def test_views_are_checked_against_the_input_size(micro_run):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.views\.shift must be less than half"):
+        load_config(micro_run / "config.yaml", ["eval.views.shift=16"], run=True)
+    with pytest.raises(ConfigError, match=r"eval\.views\.flop"):
+        load_config(micro_run / "config.yaml", ["eval.views.flop=true"], run=True)
+
+
+def test_cli_export_views_flag_overrides_the_run(micro_run, tmp_path, capsys):
+    models = tmp_path / "models"
+    args = ["export", str(micro_run), "--name", "m", "--models-dir", str(models)]
+    assert main([*args, "--views", "flip"]) == 0
+    assert package.read_meta(models / "m" / package.current_version(models / "m")).views == (
+        package.EmbedViews(flip=True)
+    )
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--views", "flip,shift=x"])
+    assert exc.value.code == 2
+    assert "'shift=x' is not flip, shift=N or none" in capsys.readouterr().err
