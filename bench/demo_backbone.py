@@ -70,11 +70,15 @@ def ship(run_dir: Path, models_dir: Path, runs_dir: Path) -> Path:
     """Export the run's teacher, compact it to fp16 weights, keep the run's record beside it."""
     from bench.device.ship_backbone import compact
     from core.vit import build_vit
+    from training.config import load_config
     from training.export import export_run
     from training.scenes import CLASSES, make_scenes
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_run(run_dir, Path(tmp) / "models", NAME, activate=False)
+        # The demo's export choices (eval.views) are configs/demo.yaml's, even for a run made
+        # before it held them.
+        views = load_config(CONFIG).eval.views
+        fp32 = export_run(run_dir, Path(tmp) / "models", NAME, activate=False, views=views)
         meta = json.loads((fp32 / "model.json").read_text())
         vit = build_vit(meta["arch"], meta["timm_kwargs"])
         from safetensors.torch import load_file

@@ -3,6 +3,7 @@
 No training here: the repository's own package is loaded as `make demo` serves it, on the demo's
 own scenes (the page's held-out queries, seed 12345, and a smaller memory of the indexed seed 0).
 The full figures, against the same ViT at random initialisation, are bench/demo_backbone.py's.
+The first star a newcomer tries is classified through the service in tests/cli/test_demo.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from bench.copy_detection import random_package
-from bench.demo_backbone import CONFIG, first_star
+from bench.demo_backbone import CONFIG
 from core.engine_choice import load_engine
 from core.settings import InferenceSettings
 from dinoserve.demo import shipped_demo_backbone
@@ -30,7 +31,7 @@ def scenes(tmp_path_factory):
 def engine():
     package = shipped_demo_backbone()
     assert package is not None, "shipped/models/demo-scenes is missing"
-    return load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=1))
+    return load_engine(package, "onnxruntime", InferenceSettings(intra_op_threads=2))
 
 
 def test_the_package_is_small_and_names_its_run(engine):
@@ -42,14 +43,21 @@ def test_the_package_is_small_and_names_its_run(engine):
 def test_the_page_queries_are_classified_by_shape(engine, scenes):
     memory, queries = scenes
     res = evaluate_knn(engine, memory, queries, progress=False)
-    # Measured 92 % on these 50 (bench/RESULTS.md; the random init: 22 %).
-    assert res.n_val == 50 and res.top1 >= 85.0, res
+    # Measured 96 % on these 50 (bench/RESULTS.md; the random init: 20 %).
+    assert res.n_val == 50 and res.top1 >= 92.0, res
 
 
-def test_the_first_star_is_a_star(scenes):
-    # The image a newcomer tried first, once classified "square" by the demo's tiny model.
-    memory, queries = scenes
-    assert first_star(shipped_demo_backbone(), memory, queries)["label"] == "star"
+def test_the_embedding_does_not_see_a_mirror(engine, scenes):
+    # The package's views include the mirror (configs/demo.yaml): without them this
+    # backbone's cosine between a scene and its mirror is 0.29.
+    _, queries = scenes
+    assert engine.meta.views.flip and engine.meta.views.count == 10
+    from PIL import Image, ImageOps
+
+    scenes_ = [Image.open(p).convert("RGB") for p in sorted(queries.rglob("*.png"))[:8]]
+    a = engine.embed_images(scenes_)
+    b = engine.embed_images([ImageOps.mirror(im) for im in scenes_])
+    assert (a * b).sum(1).min() > 0.999
 
 
 def test_the_attention_outlines_the_object_better_than_at_init(engine, scenes, tmp_path):
@@ -59,8 +67,10 @@ def test_the_attention_outlines_the_object_better_than_at_init(engine, scenes, t
         random_package(CONFIG, tmp_path), "onnxruntime", InferenceSettings(intra_op_threads=1)
     )
     at_init = evaluate_masks(init, queries, masks_dir_for(queries), progress=False)
-    # Measured: mean over heads 0.26 and best head 0.45 against 0.06 and 0.08 at init.
-    assert trained.images == 50 and trained.best >= 0.35, trained.summary()
+    # Measured: 0.516 for the one head against 0.020 at init (seed 0), and 0.57 of its
+    # attention on the object against a chance of 0.25.
+    assert trained.images == 50 and trained.mean >= 0.45, trained.summary()
+    assert trained.object_mass[0] >= 2 * trained.chance, trained.summary()
     assert trained.mean >= 2 * at_init.mean and trained.best >= 2 * at_init.best, (
         trained.summary(),
         at_init.summary(),
