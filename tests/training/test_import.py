@@ -151,6 +151,26 @@ def test_img_size_sets_the_grid_and_the_preprocessing(tmp_path, capsys):
         import_published(arch, tmp_path / "m", "pub", weights, timm_kwargs=TINY, img_size=100)
 
 
+def test_an_import_with_views_serves_them_on_both_engines(tmp_path):
+    # DINOv3: RoPE and storage tokens, the family furthest from the plain ViT.
+    arch = "vit_small_patch16_dinov3.lvd1689m"
+    weights = tmp_path / "dinov3_vits16_pretrain.pth"
+    _write(_source(arch), arch, "official", weights)
+    views = package.EmbedViews(flip=True, shift=8)
+    out = import_published(
+        arch, tmp_path / "m", "pub", weights, timm_kwargs=TINY, img_size=64, views=views
+    )
+    assert package.verify(out).views == views
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    ort_engine, torch_engine = (load_engine(out, kind) for kind in ("onnxruntime", "torch"))
+    emb, att = ort_engine.embed(x), ort_engine.attention(x)
+    np.testing.assert_allclose(emb, torch_engine.embed(x), atol=1e-4)
+    np.testing.assert_allclose(att, torch_engine.attention(x), atol=1e-5)
+    np.testing.assert_allclose(ort_engine.embed(mirrored), emb, atol=1e-4)
+    np.testing.assert_allclose(ort_engine.attention(mirrored), att[..., ::-1], atol=1e-5)
+
+
 def test_cli_refuses_a_file_of_another_depth_in_one_line(tmp_path, capsys):
     arch = "vit_small_patch16_dinov3.lvd1689m"
     one_block = timm.create_model(arch, num_classes=0, global_pool="token", depth=1)
