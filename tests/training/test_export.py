@@ -171,7 +171,7 @@ def _run_with_views(micro_run, tmp_path, views: str):
     return run
 
 
-def test_export_bakes_the_runs_views_into_both_engines(micro_run, tmp_path):
+def test_export_bakes_the_runs_views_into_both_engines(micro_run, micro_package, tmp_path):
     from core.engine_choice import load_engine
     from core.settings import InferenceSettings
 
@@ -189,7 +189,7 @@ def test_export_bakes_the_runs_views_into_both_engines(micro_run, tmp_path):
     # the mirror is one of the views: an image and its mirror get one embedding
     mirrored = load_engine(pkg, "onnxruntime", settings).embed(np.ascontiguousarray(x[..., ::-1]))
     np.testing.assert_allclose(mirrored, ort_emb, atol=1e-4)
-    plain = load_engine(export_run(micro_run, tmp_path / "models", "p"), "onnxruntime", settings)
+    plain = load_engine(micro_package, "onnxruntime", settings)  # the same run, no views
     assert plain.meta.views.count == 1
     assert not np.allclose(plain.embed(x), ort_emb, atol=1e-3)
 
