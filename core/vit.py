@@ -123,7 +123,11 @@ class EmbedAttention(nn.Module):
             return self._one(images)
         n = images.shape[0]
         embedding, attn = self._one(view_batch(images, self.views))
-        embedding = F.normalize(embedding.reshape(count, n, -1), dim=-1).mean(0)
+        # A sum of squares and slices by view, not F.normalize and a reshape to (views, n, D):
+        # their ReduceL2, Expand and data-dependent Reshape stop onnxruntime's symbolic shape
+        # inference, which every int8 quantisation runs first.
+        unit = embedding * torch.rsqrt((embedding * embedding).sum(-1, keepdim=True) + 1e-12)
+        embedding = sum(unit[v * n : (v + 1) * n] for v in range(count)) / count
         if not self.views.flip:
             return embedding, attn[:n]
         # The mirror's map, mirrored back, lands on the same patches: their mean is a steadier

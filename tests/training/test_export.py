@@ -176,9 +176,11 @@ def test_export_bakes_the_runs_views_into_both_engines(micro_run, micro_package,
     from core.settings import InferenceSettings
 
     run = _run_with_views(micro_run, tmp_path, "{flip: true, shift: 2}")
-    pkg = export_run(run, tmp_path / "models", "v")
+    pkg = export_run(run, tmp_path / "models", "v", quantize="int8")
     meta = package.verify(pkg)
     assert meta.views == package.EmbedViews(flip=True, shift=2) and meta.views.count == 10
+    # onnxruntime's quantiser infers every shape of the views' graph first (it once could not)
+    assert meta.onnx["int8"].min_cosine >= 0.995
     assert "over 10 views" in (pkg / "MODEL_CARD.md").read_text()
     x = check_images(32, meta.mean, meta.std, meta.crop_pct, seed=5)["real"][:3]
     settings = InferenceSettings(intra_op_threads=1)
