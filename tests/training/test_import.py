@@ -21,6 +21,7 @@ from core.engine_choice import load_engine
 from dinoserve.cli import main
 from tests.core.test_attention import _reference_cls_attention
 from training.export import import_published
+from training.onnx_export import ExportError
 from training.published import UnsupportedModel, WeightsMismatch, family_of
 
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2}
@@ -169,6 +170,11 @@ def test_an_import_with_views_serves_them_on_both_engines(tmp_path):
     np.testing.assert_allclose(att, torch_engine.attention(x), atol=1e-5)
     np.testing.assert_allclose(ort_engine.embed(mirrored), emb, atol=1e-4)
     np.testing.assert_allclose(ort_engine.attention(mirrored), att[..., ::-1], atol=1e-5)
+    too_far = package.EmbedViews(shift=32)  # half the input: a view of edge pixels only
+    with pytest.raises(ExportError, match=r"views\.shift 32 must be less than half the input"):
+        import_published(
+            arch, tmp_path / "m", "pub", weights, timm_kwargs=TINY, img_size=64, views=too_far
+        )
 
 
 def test_cli_refuses_a_file_of_another_depth_in_one_line(tmp_path, capsys):
