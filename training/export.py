@@ -232,7 +232,6 @@ def write_package(
             "embed_dim": vit.num_features,
             "num_heads": vit.blocks[-1].attn.num_heads,
             "grid": tuple(pe.grid_size),
-            "views": views,
             "parity": parity,
             "onnx": list(onnx),
         }
@@ -375,7 +374,7 @@ def import_published(
         "mean": tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)),
         "std": tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)),
         "crop_pct": 0.875,  # the families' k-NN evaluations: resize to 256, crop 224
-        "views": views or package.EmbedViews(),
+        "views": views,  # None: write_package's default, the image alone
         "provenance": provenance,
     }
     quant = quant or QuantizeOptions()

@@ -81,7 +81,7 @@ def write_card(
         "architecture": f"`{meta['arch']}` (timm) {json.dumps(meta.get('timm_kwargs', {}))}",
         "input": f"{dims['img_size']} px, patch {dims['patch_size']}, grid {dims['grid']}",
         "embedding": f"{dims['embed_dim']}-d CLS feature of the teacher backbone (pre-head)"
-        + _views_text(dims.get("views")),
+        + _views_text(meta.get("views")),
         "attention": f"{dims['num_heads']} heads, last block, CLS → patches",
         "preprocessing": f"resize shorter side to img_size / {meta['crop_pct']}, centre crop, "
         f"normalise mean {meta['mean']} std {meta['std']}",
