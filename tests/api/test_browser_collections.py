@@ -37,11 +37,14 @@ def _shot(driver, tmp_path, name: str) -> None:
 
 
 def test_add_relabel_and_delete_from_the_page(server, browser, tmp_path):  # noqa: F811
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 30)
+    # The page re-renders the label and the cards after every write: an element found in one
+    # poll can be gone when it is read, which is a reason to poll again, not a failure.
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(server + "/")
 
     def panel(name: str = "shapes") -> str:
