@@ -55,8 +55,13 @@ class EmbedViews(BaseModel):
     compute. A backbone's own CLS can be far from that: the shipped demo backbone's cosine
     between an image and its mirror is 0.29 (bench/RESULTS.md). The views are part of the
     package (and its ONNX graph), so every embedding of a collection is made the same way. The
-    default, the image alone, serves the raw CLS feature. With `flip` the attention map is the
-    mean of the image's and its mirror's (mirrored back); moves do not change it.
+    default, the image alone, serves the raw CLS feature.
+
+    The attention map is the mean of the views' maps, each mirrored and moved back onto the
+    image. Where `shift` divides the patch (and is smaller), the moved views' patches straddle
+    the image's: their maps land half a patch (or less) off its grid, so the mean is a map on a
+    grid of `shift`-pixel cells (shift and stitch, Long et al. 2015: a finer map for no extra
+    forward). Otherwise moves would only blur whole patches, and only the mirror is averaged in.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +71,18 @@ class EmbedViews(BaseModel):
     @property
     def count(self) -> int:
         return (5 if self.shift else 1) * (2 if self.flip else 1)
+
+    def offsets(self) -> list[tuple[int, int, bool]]:
+        """(dy, dx, mirrored) of each view, in batch order (core.vit.view_batch): view pixel
+        (y, x) shows image pixel (y + dy, x + dx), after the mirror where mirrored. The image
+        itself comes first."""
+        s = self.shift
+        moves = [(0, 0)] + ([(0, -s), (0, s), (-s, 0), (s, 0)] if s else [])
+        return [(dy, dx, m) for m in ((False, True) if self.flip else (False,)) for dy, dx in moves]
+
+    def map_cell(self, patch: int) -> int:
+        """Pixels per side of a cell of the attention map, for a backbone of patch `patch`."""
+        return self.shift if 0 < self.shift < patch and patch % self.shift == 0 else patch
 
 
 class PackageMeta(BaseModel):
@@ -84,13 +101,19 @@ class PackageMeta(BaseModel):
     crop_pct: float
     embed_dim: int
     num_heads: int
-    grid: tuple[int, int]
+    grid: tuple[int, int]  # of the attention map: the patch grid, finer with stitched views
     views: EmbedViews = EmbedViews()  # test-time views averaged into the embedding
     onnx: dict[str, OnnxVariant]  # "fp32", optionally those of QUANTIZED
     parity: dict[str, float] = {}  # max abs differences ORT vs torch measured at export
     provenance: dict[str, Any] = {}
     evaluation: dict[str, Any] = {}
     files: dict[str, str] = {}
+
+    @property
+    def map_cell(self) -> int:
+        """Pixels per side of a cell of the attention map (the patch, unless views stitch a
+        finer map; read from `grid`, so a package says what its graph makes)."""
+        return self.patch_size * (self.img_size // self.patch_size) // self.grid[1]
 
 
 def sha256(path: Path) -> str:

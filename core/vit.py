@@ -82,18 +82,55 @@ def cls_attention(
 
 
 def view_batch(images: torch.Tensor, views: EmbedViews) -> torch.Tensor:
-    """The views of `images` (B, 3, H, W) stacked view-major: (views.count · B, 3, H, W), the
-    images themselves first."""
-    out = [images]
+    """The views of `images` (B, 3, H, W) stacked view-major, in the order of
+    `views.offsets()`: (views.count · B, 3, H, W), the images themselves first."""
+    if views.count == 1:
+        return images
     s = views.shift
-    if s:
-        h, w = images.shape[-2:]
-        padded = F.pad(images, (s, s, s, s), mode="replicate")
-        for dy, dx in ((0, -s), (0, s), (-s, 0), (s, 0)):
-            out.append(padded[..., s + dy : s + dy + h, s + dx : s + dx + w])
-    if views.flip:
-        out += [v.flip(-1) for v in out]
-    return torch.cat(out) if len(out) > 1 else images
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (s, s, s, s), mode="replicate") if s else images
+    out = []
+    for dy, dx, mirrored in views.offsets():
+        v = padded[..., s + dy : s + dy + h, s + dx : s + dx + w] if s else images
+        out.append(v.flip(-1) if mirrored else v)
+    return torch.cat(out)
+
+
+def _move(maps: torch.Tensor, ky: int, kx: int) -> torch.Tensor:
+    """(B, heads, h, w) maps moved down by ky and right by kx cells, zeros where nothing lands.
+    (Pads and constant slices: an ONNX graph of fixed ops whatever the batch.)"""
+    top, bottom, left, right = max(ky, 0), max(-ky, 0), max(kx, 0), max(-kx, 0)
+    padded = F.pad(maps, (left, right, top, bottom))
+    return padded[..., bottom : -top or None, right : -left or None]
+
+
+def stitch_maps(attn: torch.Tensor, n: int, views: EmbedViews, patch: int) -> torch.Tensor:
+    """The image's attention map from its views' maps (views.count · n, heads, h, w).
+
+    Each view's map is mirrored back where the view was mirrored, brought to cells of
+    `views.map_cell(patch)` pixels and moved back by its view's offset; the map is their mean
+    per cell (over the views that saw it), normalised to sum to 1 per head. Where the cell is
+    the patch (see EmbedViews.map_cell), moved views are left out.
+    """
+    cell = views.map_cell(patch)
+    scale = patch // cell
+    total = count = None
+    for v, (dy, dx, mirrored) in enumerate(views.offsets()):
+        if cell == patch and (dy or dx):
+            continue
+        m = attn[v * n : (v + 1) * n]
+        if mirrored:
+            m = m.flip(-1)
+        if scale > 1:
+            m = F.interpolate(m, scale_factor=scale, mode="nearest")
+        seen = torch.ones_like(m[:1, :1])
+        # View cell c shows image cell c + d/cell: moving it by +d/cell puts it there.
+        m, seen = _move(m, dy // cell, dx // cell), _move(seen, dy // cell, dx // cell)
+        total = m if total is None else total + m
+        count = seen if count is None else count + seen
+    assert total is not None and count is not None  # the image itself is always a view
+    mean = total / count  # the image's own view covers every cell: count ≥ 1
+    return mean / mean.sum(dim=(-2, -1), keepdim=True)
 
 
 class EmbedAttention(nn.Module):
@@ -103,8 +140,8 @@ class EmbedAttention(nn.Module):
     num_classes=0 and global_pool="token": the CLS token after the final norm, before any head —
     what the DINO, DINOv2 and DINOv3 k-NN evaluations use. With more views (see
     core.package.EmbedViews) it is the mean of the views' unit CLS tokens, all views in one
-    batch; the attention is the image's own, averaged with its mirror's (mirrored back) where
-    the views include the mirror.
+    batch, and the attention the mean of the views' maps brought back onto the image
+    (`stitch_maps`): mirror-symmetric with the mirror, on a finer grid with sub-patch moves.
 
     Args:
         model: a timm VisionTransformer or Eva.
@@ -128,12 +165,8 @@ class EmbedAttention(nn.Module):
         # inference, which every int8 quantisation runs first.
         unit = embedding * torch.rsqrt((embedding * embedding).sum(-1, keepdim=True) + 1e-12)
         embedding = sum(unit[v * n : (v + 1) * n] for v in range(count)) / count
-        if not self.views.flip:
-            return embedding, attn[:n]
-        # The mirror's map, mirrored back, lands on the same patches: their mean is a steadier
-        # map (demo backbone: Jaccard 0.487 → 0.514). Moved views fall between patches: unused.
-        mirror = attn[(count // 2) * n : (count // 2 + 1) * n].flip(-1)
-        return embedding, (attn[:n] + mirror) / 2
+        patch = self.model.patch_embed.patch_size[0]
+        return embedding, stitch_maps(attn, n, self.views, patch)
 
     def _one(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model

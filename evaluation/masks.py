@@ -1,10 +1,12 @@
 """Jaccard of the served attention masks against true object masks, as the DINO paper reports it.
 
 Each image goes through the engine the service runs; its last-layer CLS attention becomes, per
-head, the mask `POST /attention` serves (core.attention: the patches holding `threshold` of the
-head's mass, upsampled by the patch size). The true mask is brought to the model's view with the
-same resize and centre crop as the image, then compared pixel by pixel: J = |A ∩ B| / |A ∪ B|.
-Reported per head (mean over images), for the best head and as the mean over heads.
+head, the mask `POST /attention` serves (core.attention: the cells holding `threshold` of the
+head's mass, upsampled to pixels; a cell is a patch, or `views.shift` pixels where the package's
+views stitch a finer map, core.package.EmbedViews). The true mask is brought to the model's view
+with the same resize and centre crop as the image, then compared pixel by pixel:
+J = |A ∩ B| / |A ∪ B|. Reported per head (mean over images), for the best head and as the mean
+over heads.
 
 Three figures make those readable, since a Jaccard at a mass threshold mixes where a head looks
 with how its mass is spread:
@@ -13,8 +15,8 @@ with how its mass is spread:
   share of the image, which is what a head spread evenly over the image puts there. It needs no
   threshold; a random ViT's near-uniform maps score chance here even where the few ties its
   threshold breaks happen to favour the object.
-- `ceiling`: the Jaccard of the best mask any head could serve on this patch grid (the patches
-  ranked by how much object they hold, the best prefix), the limit the grid itself sets.
+- `ceiling`: the Jaccard of the best mask any head could serve on this grid (the cells ranked
+  by how much object they hold, the best prefix), the limit the grid itself sets.
 - `even_head`: the Jaccard of a head spread evenly over the object's pixels. At threshold t it
   keeps only about t of the object, so it scores about t: a mask above that needs a head with
   part of its mass spread thinly outside the object and the rest evenly on it.
@@ -192,16 +194,17 @@ def evaluate_masks(
         batch_in = np.stack([engine.preprocess(im) for im in imgs])
         att = engine.attention(batch_in).astype(np.float64)  # (B, heads, h, w)
         grid = att.shape[-2:]
-        pred = upsample(attention_mask(att, threshold), meta.patch_size)  # (B, heads, H, W)
+        cell = meta.map_cell  # the patch, or finer where the package's views stitch the map
+        pred = upsample(attention_mask(att, threshold), cell)  # (B, heads, H, W)
         out = []
         for i, a, p, im in zip(idx, att, pred, imgs, strict=True):
             truth = true_mask(paths[i], im.size, meta.img_size, meta.crop_pct)
             h, w = min(p.shape[-2], truth.shape[0]), min(p.shape[-1], truth.shape[1])
-            share = object_share(truth, grid, meta.patch_size)
+            share = object_share(truth, grid, cell)
             total = a.sum(axis=(-2, -1))
             mass = (a * share).sum(axis=(-2, -1)) / np.where(total > 0, total, 1.0)
             row = [jaccard(p[:, :h, :w], truth[:h, :w]), mass]
-            out.append(np.concatenate([*row, limits(truth, grid, meta.patch_size, threshold)]))
+            out.append(np.concatenate([*row, limits(truth, grid, cell, threshold)]))
         # (B, 2 · heads + 3): Jaccard per head, object mass per head, chance, ceiling, even head
         return np.stack(out)
 

@@ -226,12 +226,16 @@ def write_package(
         if variants:
             cal, held = guard_images(calibration, meta, size, quant)
             onnx |= quantized_variants(stage / package.ONNX_FP32, stage, variants, cal, held, quant)
+        # The attention map's grid: the patch grid, or finer where the views stitch one.
+        patch = pe.patch_size[0]
+        grid = tuple(g * patch // views.map_cell(patch) for g in pe.grid_size)
         dims = {
             "img_size": size,
             "patch_size": pe.patch_size[0],
             "embed_dim": vit.num_features,
             "num_heads": vit.blocks[-1].attn.num_heads,
-            "grid": tuple(pe.grid_size),
+            "grid": grid,
+            "cell": views.map_cell(patch),
             "parity": parity,
             "onnx": list(onnx),
         }
@@ -242,7 +246,7 @@ def write_package(
             patch_size=pe.patch_size[0],
             embed_dim=vit.num_features,
             num_heads=vit.blocks[-1].attn.num_heads,
-            grid=tuple(pe.grid_size),
+            grid=grid,
             onnx=onnx,
             parity=parity,
             **meta,

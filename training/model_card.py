@@ -71,7 +71,8 @@ def write_card(
         stage: the staging folder of the package.
         meta: model.json fields from the source (arch, provenance, evaluation, …).
         net: the exported network (embedding + attention).
-        dims: img_size, patch_size, embed_dim, num_heads, grid, parity, onnx variants.
+        dims: img_size, patch_size, embed_dim, num_heads, grid and cell of the attention
+            map, parity, onnx variants.
     """
     attention_picture(net, meta, dims["img_size"]).save(stage / PICTURE)
     prov, ev = meta.get("provenance", {}), meta.get("evaluation", {})
@@ -79,10 +80,12 @@ def write_card(
     knn = ev.get("knn_end")
     model = {
         "architecture": f"`{meta['arch']}` (timm) {json.dumps(meta.get('timm_kwargs', {}))}",
-        "input": f"{dims['img_size']} px, patch {dims['patch_size']}, grid {dims['grid']}",
+        "input": f"{dims['img_size']} px, patch {dims['patch_size']}",
         "embedding": f"{dims['embed_dim']}-d CLS feature of the teacher backbone (pre-head)"
         + _views_text(meta.get("views")),
-        "attention": f"{dims['num_heads']} heads, last block, CLS → patches",
+        "attention": f"{dims['num_heads']} head{'s' * (dims['num_heads'] != 1)}, last block, "
+        f"CLS → patches, map grid "
+        f"{dims['grid'][0]} × {dims['grid'][1]}" + _stitch_text(dims),
         "preprocessing": f"resize shorter side to img_size / {meta['crop_pct']}, centre crop, "
         f"normalise mean {meta['mean']} std {meta['std']}",
         "ONNX variants": ", ".join(dims["onnx"]),
@@ -129,3 +132,10 @@ def _views_text(views: EmbedViews | None) -> str:
     if views.flip:
         parts.append("each mirrored")
     return f", the mean of its unit vector over {views.count} views ({', '.join(parts)})"
+
+
+def _stitch_text(dims: dict[str, Any]) -> str:
+    cell = dims.get("cell", dims["patch_size"])
+    if cell == dims["patch_size"]:
+        return ""
+    return f" of {cell}-px cells (the moved views' maps stitched)"

@@ -96,7 +96,8 @@ async function overlay() {
   const predicted = Array.from({ length: OVERLAY_PX * OVERLAY_PX }, (_, i) => keep[cell(i)]);
   const whose = head === "mean" ? "the heads' mean attention" : `head ${head}'s attention`;
   const tiles = [figure(outlined(base, predicted, "#6ea8fe"),
-    `attention mask: the patches holding ${Math.round(threshold * 100)}% of ${whose}`)];
+    `attention mask: the ${body.cell && body.cell < body.patch_size ? `${body.cell}-px cells` : "patches"} `
+    + `holding ${Math.round(threshold * 100)}% of ${whose}`)];
   const sample = state.sample;
   if (sample && sample.mask) {
     const maskImg = await loadImage(URL.createObjectURL(await (await call(sample.mask)).blob()));

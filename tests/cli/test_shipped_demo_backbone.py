@@ -69,9 +69,10 @@ def test_the_attention_outlines_the_object_better_than_at_init(engine, scenes, t
         random_package(CONFIG, tmp_path), "onnxruntime", InferenceSettings(intra_op_threads=1)
     )
     at_init = evaluate_masks(init, queries, masks_dir_for(queries), progress=False)
-    # Measured: 0.533 for the one head against 0.020 at init (seed 0), and 0.53 of its
-    # attention on the object against a chance of 0.25.
-    assert trained.images == 50 and trained.mean >= 0.45, trained.summary()
+    # Measured on these 50: 0.612 against 0.012 at init (seed 0), 0.53 of the attention on the
+    # object against a chance of 0.25; the map is stitched from the moved views on 4-px cells.
+    assert trained.images == 50 and trained.mean >= 0.60, trained.summary()
+    assert init.meta.grid == engine.meta.grid == (16, 16)
     assert trained.object_mass[0] >= 2 * trained.chance, trained.summary()
     assert trained.mean >= 2 * at_init.mean and trained.best >= 2 * at_init.best, (
         trained.summary(),

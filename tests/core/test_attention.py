@@ -127,7 +127,7 @@ def test_views_average_the_unit_embeddings_of_each_view():
     assert views.count == 10
     with torch.no_grad():
         emb, att = EmbedAttention(vit, views)(x)
-        plain_emb, plain_att = EmbedAttention(vit)(x)
+        plain_emb = EmbedAttention(vit)(x)[0]
         padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
         moved = [x] + [
             padded[..., 2 + dy : 34 + dy, 2 + dx : 34 + dx]
@@ -136,12 +136,25 @@ def test_views_average_the_unit_embeddings_of_each_view():
         by_hand = [vit(v) for v in moved] + [vit(v.flip(-1)) for v in moved]
     expected = torch.stack([torch.nn.functional.normalize(e, dim=-1) for e in by_hand]).mean(0)
     torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
+    # the map: every view's own map, mirrored back, on 2-px cells, moved back by its view's
+    # offset, and averaged per cell over the views that saw it (shift and stitch)
+    offsets = [(0, 0), (0, -2), (0, 2), (-2, 0), (2, 0)]
     with torch.no_grad():
-        mirror_att = EmbedAttention(vit)(x.flip(-1))[1].flip(-1)
-        moved_att = EmbedAttention(vit, EmbedViews(shift=2))(x)[1]
-    # the map is the image's and its mirror's, mirrored back; moves leave it alone
-    torch.testing.assert_close(att, (plain_att + mirror_att) / 2)
-    torch.testing.assert_close(moved_att, plain_att)
+        maps = [EmbedAttention(vit)(v)[1] for v in moved]
+        maps += [EmbedAttention(vit)(v.flip(-1))[1].flip(-1) for v in moved]
+    total, seen = np.zeros((3, 2, 16, 16)), np.zeros((16, 16))
+    for (dy, dx), m in zip(offsets * 2, maps, strict=True):
+        fine = m.numpy().repeat(4, -2).repeat(4, -1)  # view cell c shows image cell c + d/2
+        for cy in range(16):
+            for cx in range(16):
+                vy, vx = cy - dy // 2, cx - dx // 2
+                if 0 <= vy < 16 and 0 <= vx < 16:
+                    total[..., cy, cx] += fine[..., vy, vx]
+                    seen[cy, cx] += 1
+    stitched = total / seen
+    stitched /= stitched.sum((-2, -1), keepdims=True)
+    assert att.shape == (3, 2, 16, 16)
+    np.testing.assert_allclose(att.numpy(), stitched, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(att.sum((-2, -1)), torch.ones(att.shape[:2]))
     assert not torch.allclose(emb, plain_emb)
     # a mirror is among the views, so the embedding cannot tell an image from its mirror
@@ -149,6 +162,24 @@ def test_views_average_the_unit_embeddings_of_each_view():
         mirrored, mirrored_att = EmbedAttention(vit, views)(x.flip(-1))
     torch.testing.assert_close(mirrored, emb, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(mirrored_att, att.flip(-1))
+
+
+@pytest.mark.parametrize("shift", [3, 8])
+def test_moves_that_are_not_a_fraction_of_the_patch_leave_the_map_on_the_patch_grid(shift):
+    from core.package import EmbedViews
+
+    vit = _tiny_vit()
+    x = torch.randn(2, 3, 32, 32)
+    assert EmbedViews(shift=shift).map_cell(8) == 8
+    assert EmbedViews(shift=4).map_cell(8) == 4 and EmbedViews(shift=4).map_cell(14) == 14
+    with torch.no_grad():
+        plain = EmbedAttention(vit)(x)[1]
+        mirror = EmbedAttention(vit)(x.flip(-1))[1].flip(-1)
+        moved = EmbedAttention(vit, EmbedViews(shift=shift))(x)[1]
+        both = EmbedAttention(vit, EmbedViews(flip=True, shift=shift))(x)[1]
+    # the moved views' maps are not used: the map is the image's own, with its mirror's
+    torch.testing.assert_close(moved, plain)
+    torch.testing.assert_close(both, (plain + mirror) / 2)
 
 
 def test_the_default_views_serve_the_raw_cls_feature():

@@ -181,13 +181,20 @@ def test_export_bakes_the_runs_views_into_both_engines(micro_run, micro_package,
     assert meta.views == package.EmbedViews(flip=True, shift=2) and meta.views.count == 10
     # onnxruntime's quantiser infers every shape of the views' graph first (it once could not)
     assert meta.onnx["int8"].min_cosine >= 0.995
-    assert "over 10 views" in (pkg / "MODEL_CARD.md").read_text()
+    card = (pkg / "MODEL_CARD.md").read_text()
+    assert "over 10 views" in card and "map grid 16 × 16 of 2-px cells" in card
+    # moves of 2 px on 8-px patches stitch a map of 2-px cells: 16 × 16 over the 32-px input
+    assert meta.grid == (16, 16) and meta.map_cell == 2
     x = check_images(32, meta.mean, meta.std, meta.crop_pct, seed=5)["real"][:3]
     settings = InferenceSettings(intra_op_threads=1)
     ort_engine, torch_engine = (load_engine(pkg, r, settings) for r in ("onnxruntime", "torch"))
     ort_emb = ort_engine.embed(x)
     np.testing.assert_allclose(ort_emb, torch_engine.embed(x), atol=1e-4)
     np.testing.assert_allclose(ort_engine.attention(x), torch_engine.attention(x), atol=1e-5)
+    assert ort_engine.attention(x).shape == (3, meta.num_heads, 16, 16)
+    int8_settings = InferenceSettings(intra_op_threads=1, onnx_variant="int8")
+    int8 = load_engine(pkg, "onnxruntime", int8_settings)
+    assert int8.variant == "int8" and int8.attention(x).shape == (3, meta.num_heads, 16, 16)
     # the mirror is one of the views: an image and its mirror get one embedding
     mirrored = load_engine(pkg, "onnxruntime", settings).embed(np.ascontiguousarray(x[..., ::-1]))
     np.testing.assert_allclose(mirrored, ort_emb, atol=1e-4)

@@ -161,13 +161,17 @@ def test_an_import_with_views_serves_them_on_both_engines(tmp_path):
     out = import_published(
         arch, tmp_path / "m", "pub", weights, timm_kwargs=TINY, img_size=64, views=views
     )
-    assert package.verify(out).views == views
+    meta = package.verify(out)
+    assert meta.views == views
+    # 8-px moves of 16-px patches: a map of 8-px cells, 8 × 8 over the 64-px input
+    assert meta.grid == (8, 8) and meta.map_cell == 8
     x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
     mirrored = np.ascontiguousarray(x[..., ::-1])
     ort_engine, torch_engine = (load_engine(out, kind) for kind in ("onnxruntime", "torch"))
     emb, att = ort_engine.embed(x), ort_engine.attention(x)
     np.testing.assert_allclose(emb, torch_engine.embed(x), atol=1e-4)
     np.testing.assert_allclose(att, torch_engine.attention(x), atol=1e-5)
+    assert att.shape == (2, meta.num_heads, 8, 8)
     np.testing.assert_allclose(ort_engine.embed(mirrored), emb, atol=1e-4)
     np.testing.assert_allclose(ort_engine.attention(mirrored), att[..., ::-1], atol=1e-5)
     too_far = package.EmbedViews(shift=32)  # half the input: a view of edge pixels only
