@@ -51,6 +51,8 @@ class MaskResult:
     chance: float = 0.0  # the object's share of the image: a uniform head's object_mass
     ceiling: float = 0.0  # the best patch-grid mask's Jaccard
     even_head: float = 0.0  # a head spread evenly over the object, at this threshold
+    grid: tuple[int, int] = (0, 0)  # the attention map's cells (finer than patches if stitched)
+    cell: int = 0  # input pixels per cell side
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -64,7 +66,8 @@ class MaskResult:
             f"mean over heads {self.mean:.3f}, best head {self.best_head} {self.best:.3f} "
             f"(per head: {heads}; {self.images} images); attention on the object per head "
             f"{', '.join(f'{m:.3f}' for m in self.object_mass)} against chance {self.chance:.3f}; "
-            f"limits on this grid: best patch mask {self.ceiling:.3f}, a head even over the "
+            f"limits on this grid ({self.grid[0]} × {self.grid[1]} cells of {self.cell} px): "
+            f"best cell mask {self.ceiling:.3f}, a head even over the "
             f"object {self.even_head:.3f}"
         )
 
@@ -232,6 +235,8 @@ def evaluate_masks(
         chance=round(float(chance), 4),
         ceiling=round(float(ceiling), 4),
         even_head=round(float(even), 4),
+        grid=meta.grid,
+        cell=meta.map_cell,
         skipped=skipped,
         seconds=round(time.perf_counter() - t0, 2),
     )

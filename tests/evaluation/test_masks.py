@@ -21,28 +21,32 @@ SIZE, PATCH = 64, 8
 class OracleEngine(PackagedModel):
     """Head 0 attends to the bright pixels of each patch (the object), head 1 everywhere."""
 
-    def __init__(self) -> None:
+    def __init__(self, cell: int = PATCH) -> None:
+        # cell < PATCH: a map stitched from moved views, on a finer grid than the patches
+        self.cell, g = cell, SIZE // cell
         self.meta = fake_meta().model_copy(
-            update={"img_size": SIZE, "patch_size": PATCH, "num_heads": 2, "grid": (8, 8)}
+            update={"img_size": SIZE, "patch_size": PATCH, "num_heads": 2, "grid": (g, g)}
         )
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return (np.asarray(img.convert("L"), np.float32) / 255.0)[None]
 
     def attention(self, batch: np.ndarray) -> np.ndarray:
-        g = SIZE // PATCH
-        cover = batch[:, 0].reshape(len(batch), g, PATCH, g, PATCH).mean(axis=(2, 4))
+        c = self.cell
+        g = SIZE // c
+        cover = batch[:, 0].reshape(len(batch), g, c, g, c).mean(axis=(2, 4))
         obj = cover / cover.sum(axis=(1, 2), keepdims=True)
         uniform = np.full_like(obj, 1.0 / (g * g))
         return np.stack([obj, uniform], axis=1)
 
 
-def _square_scenes(root, n=3):
-    """Images whose object is a white square on whole patches, and their masks."""
+def _square_scenes(root, n=3, offset=0):
+    """Images whose object is a white square on whole patches (moved by `offset` px), and their
+    masks."""
     for i in range(n):
         img = np.zeros((SIZE, SIZE), np.uint8)
-        x0 = 8 * (i + 1)
-        img[16:40, x0 : x0 + 24] = 255
+        x0, y0 = 8 * (i + 1) + offset, 16 + offset
+        img[y0 : y0 + 24, x0 : x0 + 24] = 255
         for sub, arr in ((root / "img" / "sq", img), (root / "img-masks" / "sq", img)):
             sub.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).convert("RGB" if "masks" not in str(sub) else "L").save(
@@ -80,6 +84,20 @@ def test_object_mass_chance_and_the_grids_limits(tmp_path):
     # Head 0 is itself spread evenly over the object: it is the even head.
     assert result.even_head == pytest.approx(result.per_head[0], abs=1e-4)
     assert "against chance 0.141" in result.summary()
+    assert result.grid == (8, 8) and result.cell == PATCH
+    assert f"(8 × 8 cells of {PATCH} px): best cell mask 1.000" in result.summary()
+
+
+def test_a_stitched_map_is_scored_on_its_own_cells(tmp_path):
+    # Squares half a patch off the patch grid: 8-px cells cannot outline them, 4-px cells can.
+    images, masks = _square_scenes(tmp_path, offset=4)
+    patches = evaluate_masks(OracleEngine(), images, masks, threshold=1.0, progress=False)
+    cells = evaluate_masks(OracleEngine(cell=4), images, masks, threshold=1.0, progress=False)
+    assert (patches.grid, patches.cell, cells.grid, cells.cell) == ((8, 8), 8, (16, 16), 4)
+    assert patches.ceiling < 0.62 and cells.ceiling == pytest.approx(1.0)
+    # all of head 0's mass is kept: its mask is every cell touching the square
+    assert patches.per_head[0] == pytest.approx(24 * 24 / (32 * 32))
+    assert cells.per_head[0] == pytest.approx(1.0)
 
 
 def test_the_best_patch_mask_is_the_best_of_every_subset():
