@@ -49,7 +49,7 @@ class MaskResult:
     mean: float  # mean over heads
     object_mass: list[float] = field(default_factory=list)  # per head, share on the object
     chance: float = 0.0  # the object's share of the image: a uniform head's object_mass
-    ceiling: float = 0.0  # the best patch-grid mask's Jaccard
+    ceiling: float = 0.0  # the Jaccard of the best mask on the map's grid
     even_head: float = 0.0  # a head spread evenly over the object, at this threshold
     grid: tuple[int, int] = (0, 0)  # the attention map's cells (finer than patches if stitched)
     cell: int = 0  # input pixels per cell side
