@@ -191,13 +191,13 @@ def evaluate_masks(
     entries = list_entries(images)
     paths = mask_paths(images, entries, masks)
     meta = engine.meta
+    cell = meta.map_cell  # the patch, or finer where the package's views stitch the map
     skipped: list[str] = []
 
     def score(idx: list[int], imgs: list[Image.Image]) -> np.ndarray:
         batch_in = np.stack([engine.preprocess(im) for im in imgs])
         att = engine.attention(batch_in).astype(np.float64)  # (B, heads, h, w)
         grid = att.shape[-2:]
-        cell = meta.map_cell  # the patch, or finer where the package's views stitch the map
         pred = upsample(attention_mask(att, threshold), cell)  # (B, heads, H, W)
         out = []
         for i, a, p, im in zip(idx, att, pred, imgs, strict=True):
@@ -236,7 +236,7 @@ def evaluate_masks(
         ceiling=round(float(ceiling), 4),
         even_head=round(float(even), 4),
         grid=meta.grid,
-        cell=meta.map_cell,
+        cell=cell,
         skipped=skipped,
         seconds=round(time.perf_counter() - t0, 2),
     )

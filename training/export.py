@@ -228,14 +228,15 @@ def write_package(
             onnx |= quantized_variants(stage / package.ONNX_FP32, stage, variants, cal, held, quant)
         # The attention map's grid: the patch grid, or finer where the views stitch one.
         patch = pe.patch_size[0]
-        grid = tuple(g * patch // views.map_cell(patch) for g in pe.grid_size)
+        cell = views.map_cell(patch)
+        grid = tuple(g * patch // cell for g in pe.grid_size)
         dims = {
             "img_size": size,
             "patch_size": pe.patch_size[0],
             "embed_dim": vit.num_features,
             "num_heads": vit.blocks[-1].attn.num_heads,
             "grid": grid,
-            "cell": views.map_cell(patch),
+            "cell": cell,
             "parity": parity,
             "onnx": list(onnx),
         }
