@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clients", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=5.0, help="per route")
     ap.add_argument("--images", type=int, default=5, help="indexed images per class")
+    ap.add_argument(
+        "--engine-seconds",
+        type=float,
+        default=3.0,
+        help="per batch size and round when the engine alone is timed (3 rounds, batch 1 and 12)",
+    )
     args = ap.parse_args(argv)
     if len(os.sched_getaffinity(0)) < 2 or not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
         raise SystemExit("needs CPUs 0 and 1: the server and the clients each get one")
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         os.sched_setaffinity(0, before)
         proc.terminate()
         proc.wait(timeout=30)
-    engine = engine_alone(env, 3.0)
+    engine = engine_alone(env, args.engine_seconds)
     shutil.rmtree(work, ignore_errors=True)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

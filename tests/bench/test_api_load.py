@@ -9,7 +9,7 @@ def test_api_load_runs_both_modes_and_times_the_engine_alone():
             "--variant",
             "fp32",
             "--seconds",
-            "0.4",
+            "0.25",
             "--rounds",
             "2",
             "--clients",

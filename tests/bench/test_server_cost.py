@@ -9,7 +9,9 @@ from bench.server_cost import main
     not {0, 1} <= os.sched_getaffinity(0), reason="the script pins the server and the clients"
 )
 def test_server_cost_reports_cpu_per_request_for_each_route():
-    report = main(["--seconds", "0.5", "--clients", "2", "--images", "2"])
+    report = main(
+        ["--seconds", "0.5", "--clients", "2", "--images", "2", "--engine-seconds", "0.2"]
+    )
     assert [r["route"] for r in report["rows"]] == ["GET /healthz", "GET /model", "POST /embed"]
     for row in report["rows"]:
         assert row["requests"] > 0 and row["server_cpu_ms_per_request"] > 0
