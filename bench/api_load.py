@@ -1,7 +1,7 @@
 """API throughput under concurrency: micro-batching on vs batch-1 serving, in one run.
 
-    .venv/bin/python -m bench.api_load [--model vits16|tiny] [--variant int8|fp32] [--seconds 8]
-        [--engine onnxruntime|torch] [--device auto|cpu|cuda]
+    .venv/bin/python -m bench.api_load [--model vits16|tiny|PACKAGE] [--variant int8|fp32]
+        [--seconds 8] [--engine onnxruntime|torch] [--device auto|cpu|cuda]
 
 Packages a model (random init: speed only) with the real export path, indexes labelled synthetic
 images into an embedded Qdrant, then starts two real `dinoserve serve` (uvicorn) on loopback,
@@ -37,13 +37,31 @@ import numpy as np
 
 from bench.embed_throughput import median_throughput, random_package
 from bench.train_knn_cpu import cpu_model
+from core import package
 from training.synthetic import draw_shape, make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+RANDOM_MODELS = ("vits16", "tiny")
+MODEL_HELP = "vits16 or tiny at random init, or a model package directory (served as it is)"
+
+
+def model_arg(value: str) -> str:
+    """argparse type of --model: a random-init preset, or a package directory."""
+    if value in RANDOM_MODELS or (Path(value) / package.META).is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither {RANDOM_MODELS} nor a model package")
+
+
 def package_model(name: str, variant: str, models: Path) -> Path:
-    """`name` (vits16 or tiny) at random init, packaged with the int8 variant when asked."""
+    """The package to serve: `name` (vits16 or tiny) at random init, packaged with the int8
+    variant when asked, or `name` itself where it is a package (e.g. the shipped one)."""
+    if name not in RANDOM_MODELS:
+        meta = package.read_meta(Path(name))
+        if variant not in meta.onnx:
+            raise SystemExit(f"{name} has no {variant} variant (it has {', '.join(meta.onnx)})")
+        return Path(name).resolve()
     quantize = "int8" if variant == "int8" else None
     return random_package(name, models, quantize, "bench/api_load.py (random init)")[1]
 
@@ -202,7 +220,7 @@ def summarize(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("vits16", "tiny"), default="vits16")
+    ap.add_argument("--model", type=model_arg, default="vits16", help=MODEL_HELP)
     ap.add_argument("--variant", choices=("int8", "fp32"), default="int8")
     ap.add_argument("--seconds", type=float, default=12.0, help="per cell and mode, all rounds")
     ap.add_argument("--clients", default="1,8,32")

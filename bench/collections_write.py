@@ -1,6 +1,6 @@
 """Writes to a collection over HTTP: single-image adds per second at 1, 8 and 32 clients.
 
-    .venv/bin/python -m bench.collections_write [--model tiny|vits16] [--seconds 12]
+    .venv/bin/python -m bench.collections_write [--model tiny|vits16|PACKAGE] [--seconds 12]
 
 Packages a model (random init: speed only), indexes a labelled synthetic collection into an
 embedded Qdrant, starts a real `dinoserve serve` on loopback and drives, with N concurrent
@@ -36,7 +36,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.api_load import closed_loops, free_port, prepare_service, start_server, summarize
+from bench.api_load import (
+    MODEL_HELP,
+    closed_loops,
+    free_port,
+    model_arg,
+    prepare_service,
+    start_server,
+    summarize,
+)
 from bench.train_knn_cpu import cpu_model
 
 MODES = ("fsync", "no-fsync")  # DINOSERVE_BLOB_FSYNC true / false
@@ -94,7 +102,7 @@ def store_alone(images: list[bytes], dim: int, n: int, fsync: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("tiny", "vits16"), default="tiny")
+    ap.add_argument("--model", type=model_arg, default="tiny", help=MODEL_HELP)
     ap.add_argument("--seconds", type=float, default=12.0, help="per cell and endpoint")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell (median)")

@@ -1,6 +1,6 @@
 """What one request costs the service itself: CPU time of the server process per request.
 
-    .venv/bin/python -m bench.server_cost [--model tiny|vits16] [--clients 12] [--seconds 5]
+    .venv/bin/python -m bench.server_cost [--model tiny|vits16|PACKAGE] [--clients 12] [--seconds 5]
 
 The server runs pinned to CPU 0 and the load generator (httpx, this process) to CPU 1, so the
 server's CPU time is not shared with the clients'. The engine runs on one thread. For each route
@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.api_load import closed_loops, drive, free_port, prepare_service, start_server
+from bench.api_load import (
+    MODEL_HELP,
+    closed_loops,
+    drive,
+    free_port,
+    model_arg,
+    prepare_service,
+    start_server,
+)
 from bench.embed_throughput import median_throughput
 from bench.train_knn_cpu import cpu_model
 from training.synthetic import draw_shape
@@ -63,7 +71,7 @@ def engine_alone(env: dict[str, str], seconds: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("tiny", "vits16"), default="tiny")
+    ap.add_argument("--model", type=model_arg, default="tiny", help=MODEL_HELP)
     ap.add_argument("--variant", choices=("fp32", "int8"), default="fp32")
     ap.add_argument("--clients", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=5.0, help="per route")

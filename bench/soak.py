@@ -1,6 +1,7 @@
 """Soak: a bounded mixed load on loopback — no 5xx, bounded memory, tail latency.
 
-    .venv/bin/python -m bench.soak [--clients 64] [--seconds 60] [--warmup 15] [--model tiny]
+    .venv/bin/python -m bench.soak [--clients 64] [--seconds 60] [--warmup 15]
+        [--model tiny|PACKAGE]
 
 Packages a model (random init: the tiny preset by default, so two CPU cores keep up), indexes
 labelled synthetic images into an embedded Qdrant, starts a real `dinoserve serve` (uvicorn) and
@@ -36,7 +37,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.api_load import free_port, prepare_service, start_server
+from bench.api_load import MODEL_HELP, free_port, model_arg, prepare_service, start_server
 from bench.train_knn_cpu import cpu_model
 from training.synthetic import draw_shape
 
@@ -321,7 +322,7 @@ def summarise(ops: list[Op], tallies: dict[str, Tally], elapsed: float) -> dict[
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("vits16", "tiny"), default="tiny")
+    ap.add_argument("--model", type=model_arg, default="tiny", help=MODEL_HELP)
     ap.add_argument("--variant", choices=("int8", "fp32"), default="fp32")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=60.0)

@@ -6,9 +6,22 @@ def test_distinct_uploads_are_distinct():
     assert len(set(pngs)) == 300
 
 
-def test_collections_write_runs_adds_against_embeds():
+def test_collections_write_runs_adds_against_embeds(micro_package):
     report = main(
-        ["--seconds", "0.4", "--rounds", "1", "--clients", "1,2", "--images", "2", "--pool", "600"]
+        [
+            "--model",
+            str(micro_package),
+            "--seconds",
+            "0.4",
+            "--rounds",
+            "1",
+            "--clients",
+            "1,2",
+            "--images",
+            "2",
+            "--pool",
+            "600",
+        ]
     )
     assert all(a["points_per_s"] > 0 for a in report["store_alone"].values())
     assert [r["clients"] for r in report["rows"]] == [1, 2]
