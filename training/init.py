@@ -5,6 +5,11 @@ MODEL is a package path, a model name in the registry, or a timm name with its t
 weights file (`--init-weights`, any layout `dinoserve import` reads). The run's config records
 it (`model.init`, `model.init_weights`), and the architecture comes from it: `init_overrides`
 turns it into the `model.*` overrides, `init_state` gives the backbone's weights.
+
+A package's weights can continue at another input size (`model.img_size=96` after `--init`):
+its position table is resampled to the run's patch grid (timm's `resample_abs_pos_embed`, as
+timm does when it loads a checkpoint at another size), so the fine-tune starts from the same
+features seen on a finer grid.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
 
 from core import package
 from training.config import ConfigError, ModelConfig
@@ -73,9 +79,32 @@ def init_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
         cfg: the model section, with `init` (a package path or a timm name) set.
     """
     if (Path(cfg.init) / package.META).is_file():
-        package.verify(cfg.init)
-        return load_file(Path(cfg.init) / package.WEIGHTS)
+        meta = package.verify(cfg.init)
+        state = load_file(Path(cfg.init) / package.WEIGHTS)
+        grid, to = meta.img_size // meta.patch_size, cfg.img_size // cfg.patch_size
+        return fit_pos_embed(state, grid, to)
     weights = Path(cfg.init_weights) if cfg.init_weights else None
     extra: dict[str, Any] = {"patch_size": cfg.patch_size, **cfg.kwargs}
     vit, _, _ = build_published(cfg.init, cfg.img_size, weights, extra)
     return vit.state_dict()
+
+
+def fit_pos_embed(state: dict[str, torch.Tensor], grid: int, to: int) -> dict[str, torch.Tensor]:
+    """`state` with its position table resampled from a `grid`² to a `to`² patch grid.
+
+    The tokens before the patches (CLS, registers) keep their entries; the patches' are
+    resampled bicubically. Unchanged where the grids agree or the model has no table.
+
+    Raises:
+        ConfigError: the table does not hold a `grid`² patch grid (not the package's model).
+    """
+    pos = state.get("pos_embed")
+    if pos is None or grid == to:
+        return state
+    prefix = pos.shape[1] - grid * grid
+    if prefix < 0:
+        raise ConfigError(
+            f"the position table has {pos.shape[1]} entries, fewer than a {grid}² grid"
+        )
+    resized = resample_abs_pos_embed(pos, (to, to), (grid, grid), num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resized}

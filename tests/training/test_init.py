@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -9,9 +10,9 @@ from core import package
 from dinoserve.cli import main
 from tests.conftest import MICRO, TINY_PRESET
 from tests.training.test_import import TINY, _source, official_dinov3
-from training.config import load_config
+from training.config import ConfigError, load_config
 from training.export import export_run
-from training.init import init_overrides
+from training.init import fit_pos_embed, init_overrides
 from training.synthetic import make_synthetic
 from training.train import Trainer
 
@@ -52,6 +53,46 @@ def test_train_from_a_package_keeps_its_knn_and_exports(micro_package, tmp_path)
     card = package.verify(out)
     assert card.arch == meta.arch and card.grid == meta.grid
     assert load_config(tmp_path / "run" / "config.yaml", run=True).model.init == str(micro_package)
+
+
+def test_a_package_continues_at_a_larger_input_with_its_table_resampled(micro_package, tmp_path):
+    data = make_synthetic(tmp_path / "shapes", 4, 32, seed=2)
+    models = tmp_path / "models"
+    cfg = load_config(
+        TINY_PRESET,
+        [
+            *init_overrides(str(micro_package), None, models),
+            "model.img_size=48",  # after --init: the package's 8 × 8 grid becomes 12 × 12
+            *NOT_THE_MODEL,
+            "crops.global_size=48",
+            "crops.local_size=24",
+            f"data.train={data}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "run.max_steps=1",
+        ],
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    weights = load_file(micro_package / package.WEIGHTS)
+    got = trainer.model.teacher.backbone.state_dict()
+    assert got["pos_embed"].shape == (1, 1 + 12 * 12, weights["pos_embed"].shape[2])
+    # the CLS entry is kept, the patches' are the package's table resampled (bicubic, timm's)
+    assert torch.equal(got["pos_embed"][:, :1], weights["pos_embed"][:, :1])
+    grid = weights["pos_embed"][:, 1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    up = torch.nn.functional.interpolate(grid, (12, 12), mode="bicubic", antialias=True)
+    up = up.permute(0, 2, 3, 1).reshape(1, 144, -1)
+    assert torch.allclose(got["pos_embed"][:, 1:], up, atol=1e-5)
+    rest = {k: v for k, v in weights.items() if k != "pos_embed"}
+    assert _same({k: got[k] for k in rest}, rest)
+    assert trainer.fit().steps == 1
+    out = export_run(tmp_path / "run", models, "larger")
+    assert package.verify(out).img_size == 48 and package.verify(out).grid == (12, 12)
+
+
+def test_a_table_that_is_no_grid_of_the_package_is_refused():
+    state = {"pos_embed": torch.zeros(1, 10, 8)}
+    with pytest.raises(ConfigError, match="fewer than a 4² grid"):
+        fit_pos_embed(state, 4, 6)
+    assert fit_pos_embed(state, 3, 3) is state
 
 
 def test_train_from_official_dinov3_weights(tmp_path):
