@@ -155,6 +155,29 @@ def random_package(config: Path, out: Path, seed: int = 0) -> Path:
     return write_package(build_vit(meta["arch"], meta["timm_kwargs"]), meta, out, "random-init")
 
 
+def random_like(package_dir: Path, out: Path, seed: int = 0) -> Path:
+    """The package's own ViT (architecture, input size, views, map smoothing) at a seeded
+    random initialisation: the baseline that differs from it by the training alone."""
+    import torch
+
+    from core.package import read_meta
+    from core.vit import build_vit
+    from training.export import write_package
+
+    src = read_meta(package_dir)
+    meta = {
+        "arch": src.arch,
+        "timm_kwargs": src.timm_kwargs,
+        "mean": src.mean,
+        "std": src.std,
+        "crop_pct": src.crop_pct,
+        "views": src.views,
+        "provenance": {"source": f"random init like {src.name} {src.version} (seed {seed})"},
+    }
+    torch.manual_seed(seed)
+    return write_package(build_vit(src.arch, src.timm_kwargs), meta, out, "random-init")
+
+
 def engine_for(package: Path):
     """The package's ONNX model on one thread (the engine is the model: it preprocesses too)."""
     from core.engine_choice import load_engine

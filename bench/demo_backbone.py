@@ -5,7 +5,6 @@
         --out runs/demo-scenes                         # about 75 min on 2 CPU cores; --resume
     .venv/bin/python -m bench.demo_backbone ship runs/demo-scenes
     .venv/bin/python -m bench.demo_backbone measure [--model shipped/models/demo-scenes/VERSION]
-        [--config RUN/config.yaml]                     # the random-init baseline's architecture
 
 Seeds keep the sets apart: the backbone trains on scenes of seed 1000 (1,000 per class; the last
 40 of each class are training's own k-NN queries); the demo indexes seed 0 (200 per class) and
@@ -232,16 +231,26 @@ def measure_one(package: Path, name: str, sets: dict[str, Path], work: Path, arg
     return out
 
 
-def baseline_seeds(config: Path, sets: dict[str, Path], work: Path, n: int) -> dict:
+def random_init(model: Path, config: Path | None, out: Path, seed: int) -> Path:
+    """The baseline: the measured package's own ViT, input, views and map smoothing at a
+    seeded random init, or the ViT of `config` where one is given."""
+    from bench.copy_detection import random_like, random_package
+
+    return random_package(config, out, seed) if config else random_like(model, out, seed)
+
+
+def baseline_seeds(
+    model: Path, config: Path | None, sets: dict[str, Path], work: Path, n: int
+) -> dict:
     """The k-NN and the masks of `n` random inits of the architecture (seeds 0 … n−1)."""
-    from bench.copy_detection import engine_for, random_package
+    from bench.copy_detection import engine_for
     from evaluation.knn import evaluate_knn
     from evaluation.masks import evaluate_masks
     from training.scenes import masks_dir_for
 
     rows = []
     for seed in range(n):
-        engine = engine_for(random_package(config, work / f"random-{seed}", seed))
+        engine = engine_for(random_init(model, config, work / f"random-{seed}", seed))
         knn = evaluate_knn(engine, sets["memory"], sets["heldout"], progress=False)
         m = evaluate_masks(engine, sets["heldout"], masks_dir_for(sets["heldout"]), progress=False)
         rows.append(
@@ -259,7 +268,6 @@ def baseline_seeds(config: Path, sets: dict[str, Path], work: Path, n: int) -> d
 
 
 def measure(args) -> dict:
-    from bench.copy_detection import random_package
     from bench.store_scale import cpu_model
     from core.package import resolve
     from core.settings import Settings
@@ -270,12 +278,12 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         work = Path(tmp)
         sets = _scene_sets(work / "sets")
-        random_pkg = random_package(args.config, work / "random")
+        random_pkg = random_init(model, args.config, work / "random", 0)
         rows = [
             measure_one(model, "shipped", sets, work, args),
             measure_one(random_pkg, "random-init", sets, work, args),
         ]
-        seeds = baseline_seeds(args.config, sets, work, args.baseline_seeds)
+        seeds = baseline_seeds(model, args.config, sets, work, args.baseline_seeds)
     shipped = rows[0]
     base = seeds["mean"]
     ratios = {
@@ -290,7 +298,7 @@ def measure(args) -> dict:
         "cpu": cpu_model(),
         "command": "python -m bench.demo_backbone measure"
         + (f" --model {args.model}" if args.model else "")
-        + (f" --config {args.config}" if args.config != CONFIG else "")
+        + (f" --config {args.config}" if args.config else "")
         + (f" --baseline-seeds {args.baseline_seeds}" if args.baseline_seeds != 8 else ""),
         "default_duplicate_threshold": default_t,
         "rows": rows,
@@ -318,8 +326,9 @@ def main() -> None:
     m.add_argument(
         "--config",
         type=Path,
-        default=CONFIG,
-        help="the random-init baseline's architecture (the measured run's config.yaml)",
+        default=None,
+        help="a config whose ViT is the random-init baseline (default: the measured package's "
+        "own ViT, input size, views and map smoothing)",
     )
     m.add_argument(
         "--baseline-seeds",

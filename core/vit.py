@@ -133,6 +133,27 @@ def stitch_maps(attn: torch.Tensor, n: int, views: EmbedViews, patch: int) -> to
     return mean / mean.sum(dim=(-2, -1), keepdim=True)
 
 
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, heads, h, w) maps smoothed by a Gaussian of σ = `sigma` cells, per head, and each
+    normalised to sum to 1 again.
+
+    Truncated at 2σ (scipy's `gaussian_filter(..., truncate=2)`, `mode="nearest"`): separable,
+    edges replicated so that mass near the border is not lost to zeros. A grouped convolution
+    per head keeps the ONNX graph free of data-dependent reshapes (see EmbedAttention.forward).
+    """
+    if sigma <= 0:
+        return maps
+    r = int(2 * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=maps.dtype, device=maps.device)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum()
+    heads = maps.shape[1]
+    out = F.pad(maps, (r, r, r, r), mode="replicate")
+    out = F.conv2d(out, g.view(1, 1, 1, -1).expand(heads, 1, 1, -1), groups=heads)
+    out = F.conv2d(out, g.view(1, 1, -1, 1).expand(heads, 1, -1, 1), groups=heads)
+    return out / out.sum(dim=(-2, -1), keepdim=True)
+
+
 class EmbedAttention(nn.Module):
     """images (B, 3, H, W) → (embedding (B, D), attention (B, heads, h, w)).
 
@@ -141,7 +162,8 @@ class EmbedAttention(nn.Module):
     what the DINO, DINOv2 and DINOv3 k-NN evaluations use. With more views (see
     core.package.EmbedViews) it is the mean of the views' unit CLS tokens, all views in one
     batch, and the attention the mean of the views' maps brought back onto the image
-    (`stitch_maps`): mirror-symmetric with the mirror, on a finer grid with sub-patch moves.
+    (`stitch_maps`): mirror-symmetric with the mirror, on a finer grid with sub-patch moves;
+    smoothed on its grid where the views ask for it (`smooth_maps`).
 
     Args:
         model: a timm VisionTransformer or Eva.
@@ -155,6 +177,10 @@ class EmbedAttention(nn.Module):
         self.eval()  # inference only: no dropout, and the exporter sees the served graph
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding, attn = self._views(images)
+        return embedding, smooth_maps(attn, self.views.smooth)
+
+    def _views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = self.views.count
         if count == 1:
             return self._one(images)

@@ -200,6 +200,8 @@ def _report_package(out: Path) -> None:
 
 def _views_flags(p: argparse.ArgumentParser, default: str) -> None:
     def views(value: str):
+        from pydantic import ValidationError
+
         from core.package import EmbedViews
 
         fields: dict[str, object] = {}
@@ -209,19 +211,32 @@ def _views_flags(p: argparse.ArgumentParser, default: str) -> None:
                 fields["flip"] = True
             elif key == "shift" and sep and n.isdigit():
                 fields["shift"] = int(n)
+            elif key == "smooth" and sep and _number(n) is not None:
+                fields["smooth"] = _number(n)
             elif part != "none":
-                raise argparse.ArgumentTypeError(f"{part!r} is not flip, shift=N or none")
-        return EmbedViews(**fields)
+                raise argparse.ArgumentTypeError(f"{part!r} is not flip, shift=N, smooth=S or none")
+        try:
+            return EmbedViews(**fields)
+        except ValidationError as exc:  # the bounds (0 ≤ smooth ≤ 4), in one line
+            raise argparse.ArgumentTypeError(f"{value!r}: {exc.errors()[0]['msg']}") from None
 
     p.add_argument(
         "--views",
         type=views,
         default=None,
-        metavar="flip,shift=N",
+        metavar="flip,shift=N,smooth=S",
         help="test-time views averaged into the embedding: 'flip' adds each view's mirror, "
         "'shift=N' the image moved by ±N px along each axis, 'none' the image alone "
-        f"(mirror and 4 moves: 10× the compute per image); {default}",
+        "(mirror and 4 moves: 10× the compute per image); 'smooth=S' smooths the attention "
+        f"map by a Gaussian of σ = S cells (0–4; the map only); {default}",
     )
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _quantize_flags(p: argparse.ArgumentParser) -> None:

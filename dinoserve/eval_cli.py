@@ -56,6 +56,7 @@ def _cmd_masks(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.masks),
         threshold=args.threshold,
         batch=args.batch,
+        smooth=args.smooth,
     )
     return _emit(result, args.out)
 
@@ -84,5 +85,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--images", required=True, help="folder of images")
     m.add_argument("--masks", required=True, help="folder of masks, same relative names")
     m.add_argument("--threshold", type=float, default=0.6, help="attention mass kept (0.6)")
+    m.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="S",
+        help="score the map smoothed by a Gaussian of σ = S cells, as `export --views "
+        "…,smooth=S` would serve it (for a package that does not smooth its map)",
+    )
     common(m)
     m.set_defaults(func=_cmd_masks, reads_settings=True)

@@ -29,11 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from core.attention import attention_mask, upsample
 from core.engines import Engine
 from core.images import IMAGE_EXTENSIONS, resize_center_crop
+from core.vit import smooth_maps
 from evaluation.embed import batches, run_batches
 from evaluation.sources import Entry, EvalError, list_entries
 
@@ -53,6 +55,7 @@ class MaskResult:
     even_head: float = 0.0  # a head spread evenly over the object, at this threshold
     grid: tuple[int, int] = (0, 0)  # the attention map's cells (finer than patches if stitched)
     cell: int = 0  # input pixels per cell side
+    smooth: float = 0.0  # σ (cells) of the map's smoothing: the package's, or the one asked
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -66,7 +69,9 @@ class MaskResult:
             f"mean over heads {self.mean:.3f}, best head {self.best_head} {self.best:.3f} "
             f"(per head: {heads}; {self.images} images); attention on the object per head "
             f"{', '.join(f'{m:.3f}' for m in self.object_mass)} against chance {self.chance:.3f}; "
-            f"limits on this grid ({self.grid[0]} × {self.grid[1]} cells of {self.cell} px): "
+            f"limits on this grid ({self.grid[0]} × {self.grid[1]} cells of {self.cell} px"
+            + (f", the map smoothed by σ {self.smooth:g} cells" if self.smooth else "")
+            + "): "
             f"best cell mask {self.ceiling:.3f}, a head even over the "
             f"object {self.even_head:.3f}"
         )
@@ -170,6 +175,7 @@ def evaluate_masks(
     threshold: float = 0.6,
     batch: int = 64,
     progress: bool = True,
+    smooth: float | None = None,
 ) -> MaskResult:
     """Score the attention masks of every image of `images` against its mask in `masks`.
 
@@ -180,11 +186,22 @@ def evaluate_masks(
         threshold: fraction of each head's attention mass a mask keeps (the service's default).
         batch: images per engine call.
         progress: show a progress bar (stderr).
+        smooth: score the map as a package exported with `views.smooth` = this σ would serve
+            it (core.vit.smooth_maps on the engine's map), to choose σ without an export per
+            value. Only for a package whose map is not smoothed already.
     Raises:
-        EvalError: an empty folder, a missing or mis-sized mask, a threshold outside (0, 1].
+        EvalError: an empty folder, a missing or mis-sized mask, a threshold outside (0, 1],
+            a `smooth` outside [0, 4] or for a package that smooths its map itself.
     """
     if not 0 < threshold <= 1:
         raise EvalError(f"threshold must be in (0, 1], got {threshold}")
+    if smooth is not None and not 0 <= smooth <= 4:
+        raise EvalError(f"smooth must be in [0, 4] cells, got {smooth}")
+    if smooth is not None and engine.meta.views.smooth:
+        raise EvalError(
+            f"the package already smooths its map (σ {engine.meta.views.smooth} cells); "
+            "--smooth is for a package exported without it"
+        )
     t0 = time.perf_counter()
     if not images.is_dir():
         raise EvalError(f"{images}: not a folder of images")
@@ -197,6 +214,8 @@ def evaluate_masks(
     def score(idx: list[int], imgs: list[Image.Image]) -> np.ndarray:
         batch_in = np.stack([engine.preprocess(im) for im in imgs])
         att = engine.attention(batch_in).astype(np.float64)  # (B, heads, h, w)
+        if smooth:
+            att = smooth_maps(torch.from_numpy(att), smooth).numpy()
         grid = att.shape[-2:]
         pred = upsample(attention_mask(att, threshold), cell)  # (B, heads, H, W)
         out = []
@@ -237,6 +256,7 @@ def evaluate_masks(
         even_head=round(float(even), 4),
         grid=meta.grid,
         cell=cell,
+        smooth=meta.views.smooth if smooth is None else smooth,
         skipped=skipped,
         seconds=round(time.perf_counter() - t0, 2),
     )

@@ -85,7 +85,9 @@ def write_card(
         + _views_text(meta.get("views")),
         "attention": f"{dims['num_heads']} head{'s' * (dims['num_heads'] != 1)}, last block, "
         f"CLS → patches, map grid "
-        f"{dims['grid'][0]} × {dims['grid'][1]}" + _stitch_text(dims),
+        f"{dims['grid'][0]} × {dims['grid'][1]}"
+        + _stitch_text(dims)
+        + _smooth_text(meta.get("views")),
         "preprocessing": f"resize shorter side to img_size / {meta['crop_pct']}, centre crop, "
         f"normalise mean {meta['mean']} std {meta['std']}",
         "ONNX variants": ", ".join(dims["onnx"]),
@@ -132,6 +134,12 @@ def _views_text(views: EmbedViews | None) -> str:
     if views.flip:
         parts.append("each mirrored")
     return f", the mean of its unit vector over {views.count} views ({', '.join(parts)})"
+
+
+def _smooth_text(views: EmbedViews | None) -> str:
+    if views is None or not views.smooth:
+        return ""
+    return f", smoothed by a Gaussian of σ = {views.smooth:g} cells"
 
 
 def _stitch_text(dims: dict[str, Any]) -> str:

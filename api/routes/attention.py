@@ -33,7 +33,8 @@ AttentionBody = Annotated[UploadBody[AttentionParams], Depends(upload_body(Atten
 async def attention(sv: ServingDep, body: AttentionBody) -> Response:
     """`format=json`: per head an (h, w) grid of the CLS token's attention to each patch (sums
     to 1 per head; cells of `cell` input pixels, finer than a patch where the model's views
-    stitch the map), the boolean mask of the cells that hold `threshold` of it, and the sizes.
+    stitch the map; smoothed by a Gaussian of σ = `smooth` cells where the package says so),
+    the boolean mask of the cells that hold `threshold` of it, and the sizes.
     `format=png`: the image the model saw, a heat-map per head and the masks."""
     params = body.params
     (image,), batch = await sv.decode([single(body.upload)])
@@ -54,6 +55,7 @@ async def attention(sv: ServingDep, body: AttentionBody) -> Response:
             "grid": [int(att.shape[1]), int(att.shape[2])],
             "patch_size": meta.patch_size,
             "cell": meta.map_cell,  # pixels of the input per grid cell
+            "smooth": meta.views.smooth,  # σ (cells) of the map's Gaussian smoothing, 0: none
             "input_size": meta.img_size,
             "image_size": [image.width, image.height],
             "threshold": params.threshold,

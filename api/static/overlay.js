@@ -97,7 +97,8 @@ async function overlay() {
   const whose = head === "mean" ? "the heads' mean attention" : `head ${head}'s attention`;
   const tiles = [figure(outlined(base, predicted, "#6ea8fe"),
     `attention mask: the ${body.cell && body.cell < body.patch_size ? `${body.cell}-px cells` : "patches"} `
-    + `holding ${Math.round(threshold * 100)}% of ${whose}`)];
+    + `holding ${Math.round(threshold * 100)}% of ${whose}`
+    + (body.smooth ? ` (the map smoothed, σ ${body.smooth} cells)` : ""))];
   const sample = state.sample;
   if (sample && sample.mask) {
     const maskImg = await loadImage(URL.createObjectURL(await (await call(sample.mask)).blob()));

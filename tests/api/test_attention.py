@@ -20,6 +20,7 @@ def test_json_maps_and_masks(client, png_bytes, micro_package):
     assert att.shape == mask.shape == (meta.num_heads, *meta.grid)
     assert body["grid"] == list(meta.grid) and body["heads"] == meta.num_heads
     assert body["image_size"] == [32, 32] and body["patch_size"] == meta.patch_size
+    assert body["smooth"] == meta.views.smooth == 0  # the micro package does not smooth its map
     np.testing.assert_allclose(att.sum(axis=(1, 2)), 1.0, atol=1e-4)
     assert all(0.5 <= m <= 1.0 for m in body["kept_mass"])
     assert mask.dtype == bool

@@ -4,7 +4,7 @@ import timm
 import torch
 
 from core.attention import attention_mask, kept_mass, upsample
-from core.vit import EmbedAttention
+from core.vit import EmbedAttention, smooth_maps
 
 
 def test_mask_on_a_hand_made_map():
@@ -192,3 +192,40 @@ def test_the_default_views_serve_the_raw_cls_feature():
     assert EmbedViews(flip=True).count == 2 and EmbedViews(shift=3).count == 5
     with pytest.raises(ValueError):
         EmbedViews(shift=-1)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.25, 2.0])
+def test_smoothing_is_a_gaussian_with_edges_replicated_and_keeps_each_map_a_distribution(sigma):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    maps = rng.dirichlet(np.full(12 * 12, 0.2), size=(3, 2)).reshape(3, 2, 12, 12)
+    got = smooth_maps(torch.from_numpy(maps), sigma).numpy()
+    # scipy's separable filter, truncated at 2σ, edges replicated ("nearest"), per map
+    ref = ndimage.gaussian_filter(maps, (0, 0, sigma, sigma), mode="nearest", truncate=2.0)
+    ref /= ref.sum((-2, -1), keepdims=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    assert got.sum((-2, -1)) == pytest.approx(np.ones((3, 2)))
+    assert smooth_maps(torch.from_numpy(maps), 0) is not None
+    np.testing.assert_array_equal(smooth_maps(torch.from_numpy(maps), 0).numpy(), maps)
+
+
+def test_smoothing_changes_the_map_only():
+    from core.package import EmbedViews
+
+    vit = _tiny_vit()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        emb, att = EmbedAttention(vit, EmbedViews(flip=True, shift=4))(x)
+        s_emb, s_att = EmbedAttention(vit, EmbedViews(flip=True, shift=4, smooth=1.0))(x)
+        lone = EmbedAttention(vit, EmbedViews(smooth=1.0))(x)  # smoothing without other views
+    torch.testing.assert_close(s_emb, emb)
+    torch.testing.assert_close(s_att, smooth_maps(att, 1.0))
+    torch.testing.assert_close(lone[0], vit(x))
+    torch.testing.assert_close(lone[1], smooth_maps(EmbedAttention(vit)(x)[1], 1.0))
+    # the mirror still makes the smoothed map mirror-symmetric in the image
+    with torch.no_grad():
+        mirrored = EmbedAttention(vit, EmbedViews(flip=True, shift=4, smooth=1.0))(x.flip(-1))[1]
+    torch.testing.assert_close(mirrored, s_att.flip(-1))
+    with pytest.raises(ValueError):
+        EmbedViews(smooth=5)

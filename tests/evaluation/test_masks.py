@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.engines import PackagedModel
+from core.vit import smooth_maps
 from dinoserve.cli import main
 from evaluation.masks import best_patch_jaccard, evaluate_masks, jaccard
 from evaluation.sources import EvalError
@@ -146,6 +148,33 @@ def test_a_mask_of_another_size_is_refused(tmp_path):
         evaluate_masks(OracleEngine(), images, masks, progress=False)
 
 
+class SmoothingOracle(OracleEngine):
+    """The oracle as a package exported with `views.smooth` would serve it."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__(cell=4)
+        views = self.meta.views.model_copy(update={"smooth": sigma})
+        self.meta = self.meta.model_copy(update={"views": views})
+
+    def attention(self, batch: np.ndarray) -> np.ndarray:
+        raw = torch.from_numpy(super().attention(batch))
+        return smooth_maps(raw, self.meta.views.smooth).numpy()
+
+
+def test_smooth_scores_the_map_as_a_package_that_smooths_it_would_serve_it(tmp_path):
+    images, masks = _square_scenes(tmp_path, offset=2)
+    asked = evaluate_masks(OracleEngine(cell=4), images, masks, progress=False, smooth=1.5)
+    served = evaluate_masks(SmoothingOracle(1.5), images, masks, progress=False)
+    plain = evaluate_masks(OracleEngine(cell=4), images, masks, progress=False)
+    assert asked.per_head == served.per_head and asked.object_mass == served.object_mass
+    assert asked.smooth == served.smooth == 1.5 and plain.smooth == 0
+    assert asked.per_head != plain.per_head and "smoothed by σ 1.5 cells" in asked.summary()
+    with pytest.raises(EvalError, match="already smooths its map"):
+        evaluate_masks(SmoothingOracle(1.5), images, masks, progress=False, smooth=1.0)
+    with pytest.raises(EvalError, match=r"smooth must be in \[0, 4\]"):
+        evaluate_masks(OracleEngine(), images, masks, progress=False, smooth=-1)
+
+
 def test_an_empty_folder_and_a_bad_threshold_are_refused(tmp_path):
     (tmp_path / "none").mkdir()
     with pytest.raises(EvalError, match="holds no image"):
@@ -165,7 +194,10 @@ def test_cli_on_a_package(tmp_path, micro_package, capsys):
     assert len(doc["per_head"]) == 2 and doc["best"] == max(doc["per_head"])
     assert 0 <= doc["mean"] <= doc["best"] <= 1
     assert len(doc["object_mass"]) == 2 and 0 < doc["chance"] < 1
-    assert doc["even_head"] <= doc["ceiling"] <= 1
+    assert doc["even_head"] <= doc["ceiling"] <= 1 and doc["smooth"] == 0
+    assert main([*argv, "--smooth", "1.25"]) == 0
+    smoothed = json.loads(capsys.readouterr().out)
+    assert smoothed["smooth"] == 1.25 and smoothed["per_head"] != doc["per_head"]
 
 
 def test_cli_mismatched_names_are_one_line(tmp_path, micro_package, capsys):

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import save_file
 
 from core import package
-from core.vit import EmbedAttention, build_vit
+from core.vit import EmbedAttention, build_vit, smooth_maps
 from dinoserve.cli import main
 from training import checkpoint
 from training.backbone import backbone_kwargs
@@ -175,14 +175,16 @@ def test_export_bakes_the_runs_views_into_both_engines(micro_run, micro_package,
     from core.engine_choice import load_engine
     from core.settings import InferenceSettings
 
-    run = _run_with_views(micro_run, tmp_path, "{flip: true, shift: 2}")
+    run = _run_with_views(micro_run, tmp_path, "{flip: true, shift: 2, smooth: 1.5}")
     pkg = export_run(run, tmp_path / "models", "v", quantize="int8")
     meta = package.verify(pkg)
-    assert meta.views == package.EmbedViews(flip=True, shift=2) and meta.views.count == 10
+    assert meta.views == package.EmbedViews(flip=True, shift=2, smooth=1.5)
+    assert meta.views.count == 10
     # onnxruntime's quantiser infers every shape of the views' graph first (it once could not)
     assert meta.onnx["int8"].min_cosine >= 0.995
     card = (pkg / "MODEL_CARD.md").read_text()
     assert "over 10 views" in card and "map grid 16 × 16 of 2-px cells" in card
+    assert "smoothed by a Gaussian of σ = 1.5 cells" in card
     # moves of 2 px on 8-px patches stitch a map of 2-px cells: 16 × 16 over the 32-px input
     assert meta.grid == (16, 16) and meta.map_cell == 2
     x = check_images(32, meta.mean, meta.std, meta.crop_pct, seed=5)["real"][:3]
@@ -192,6 +194,11 @@ def test_export_bakes_the_runs_views_into_both_engines(micro_run, micro_package,
     np.testing.assert_allclose(ort_emb, torch_engine.embed(x), atol=1e-4)
     np.testing.assert_allclose(ort_engine.attention(x), torch_engine.attention(x), atol=1e-5)
     assert ort_engine.attention(x).shape == (3, meta.num_heads, 16, 16)
+    # the graph smooths the stitched map: the same views without smoothing, smoothed here
+    unsmoothed = EmbedAttention(torch_engine.net.model, package.EmbedViews(flip=True, shift=2))
+    with torch.no_grad():
+        raw = unsmoothed(torch.from_numpy(x))[1]
+    np.testing.assert_allclose(ort_engine.attention(x), smooth_maps(raw, 1.5).numpy(), atol=1e-5)
     int8_settings = InferenceSettings(intra_op_threads=1, onnx_variant="int8")
     int8 = load_engine(pkg, "onnxruntime", int8_settings)
     assert int8.variant == "int8" and int8.attention(x).shape == (3, meta.num_heads, 16, 16)
@@ -222,4 +229,14 @@ def test_cli_export_views_flag_overrides_the_run(micro_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*args, "--views", "flip,shift=x"])
     assert exc.value.code == 2
-    assert "'shift=x' is not flip, shift=N or none" in capsys.readouterr().err
+    assert "'shift=x' is not flip, shift=N, smooth=S or none" in capsys.readouterr().err
+    assert main([*args, "--views", "flip,shift=4,smooth=1.25"]) == 0
+    assert package.read_meta(models / "m" / package.current_version(models / "m")).views == (
+        package.EmbedViews(flip=True, shift=4, smooth=1.25)
+    )
+    capsys.readouterr()
+    for bad, why in (("smooth=x", "is not flip"), ("smooth=9", "less than or equal to 4")):
+        with pytest.raises(SystemExit):
+            main([*args, "--views", bad])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("dinoserve export: error: argument --views:") and why in last
