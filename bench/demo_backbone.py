@@ -2,8 +2,11 @@
 
     .venv/bin/python -m bench.demo_backbone data      # the training scenes (var/train-scenes)
     .venv/bin/dinoserve train --config configs/demo.yaml --data var/train-scenes/images \
-        --out runs/demo-scenes                         # about 75 min on 2 CPU cores; --resume
+        --out runs/demo-scenes                         # stage 1: about 2 h on 2 CPU cores
     .venv/bin/python -m bench.demo_backbone ship runs/demo-scenes
+    .venv/bin/dinoserve train --config configs/demo.yaml … --init PACKAGE model.img_size=96 …
+    .venv/bin/python -m bench.demo_backbone ship runs/demo96   # stage 2 (its exact command:
+                                                    # shipped/runs/demo-scenes/README.md)
     .venv/bin/python -m bench.demo_backbone measure [--model shipped/models/demo-scenes/VERSION]
 
 Seeds keep the sets apart: the backbone trains on scenes of seed 1000 (1,000 per class; the last

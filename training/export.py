@@ -321,6 +321,8 @@ def export_run(
             "step": int(ckpt.get("step", 0)),
             "config_hash": cfg.digest(),
             "data": cfg.data.train,
+            # where a continued run (`train --init`) started: a package or a published name
+            "init": cfg.model.init or None,
             "training": {
                 "epochs": cfg.optim.epochs,
                 "batch_size": cfg.data.batch_size,

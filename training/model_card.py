@@ -97,6 +97,7 @@ def write_card(
         "source": prov.get("source"),
         "data": prov.get("data"),
         "run": prov.get("run_dir"),
+        "started from": prov.get("init"),
         "config hash": prov.get("config_hash"),
         "steps": prov.get("step"),
         "epochs": train.get("epochs"),

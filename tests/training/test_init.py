@@ -52,6 +52,9 @@ def test_train_from_a_package_keeps_its_knn_and_exports(micro_package, tmp_path)
     out = export_run(tmp_path / "run", models, "adapted")
     card = package.verify(out)
     assert card.arch == meta.arch and card.grid == meta.grid
+    # the package says where it started, and its model card too; a run from scratch does not
+    assert card.provenance["init"] == str(micro_package) and meta.provenance["init"] is None
+    assert f"| started from | {micro_package} |" in (out / "MODEL_CARD.md").read_text()
     assert load_config(tmp_path / "run" / "config.yaml", run=True).model.init == str(micro_package)
 
 
