@@ -68,8 +68,8 @@ class EmbedViews(BaseModel):
     for its whole patch and the stitched cells hold means of overlapping patches, so the raw
     map has blocky steps at an object's outline; the smoothed map's 60 % mask follows the
     outline more closely (the demo backbone: Jaccard 0.617 → 0.677 at 64 px, 0.680 → 0.733 at
-    96 px; bench/RESULTS.md). It changes
-    the map only, never the embedding, and the mask is still the cells holding `threshold`.
+    96 px; bench/RESULTS.md). It changes the map only, never the embedding, and the mask is
+    still the cells holding `threshold`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
